@@ -1,0 +1,47 @@
+//! SOCI formats, byte for byte like the reference (awslabs/soci-snapshotter).
+//!
+//! `sochi-format` does no I/O: it takes bytes and returns values, and turns
+//! values back into the exact bytes the reference writes.
+//!
+//! - [`Ztoc`]: one per indexed layer, the FlatBuffers table of the layer's
+//!   files and checkpoints ([`Ztoc::from_bytes`], [`Ztoc::to_bytes`]).
+//! - [`Zinfo`]: the checkpoint blob inside a zTOC (gzip v1/v2, TarZinfo).
+//! - [`SociIndex`]: the index manifest that lists an image's zTOCs, written
+//!   as Go-canonical JSON ([`json`]) because the reference re-encodes it.
+//!
+//! ```
+//! use sochi_format::Sha256Digest;
+//! assert_eq!(
+//!     Sha256Digest::of(b"{}").to_string(),
+//!     "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+//! );
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub use digest::Sha256Digest;
+pub use error::{Error, Result};
+pub use gotime::{format_mod_time, parse_mod_time};
+pub use oci::{
+    is_index_media_type, media_types, Descriptor, ImageConfigPlatform, ImageIndex, ImageManifest,
+    Platform,
+};
+pub use soci_index::{
+    annotations, IndexVersion, PrefetchArtifact, PrefetchSpan, SociIndex, EMPTY_CONFIG,
+};
+pub use zinfo::{CheckpointRef, GzipZinfo, GzipZinfoWriter, TarZinfo, Zinfo, WINDOW_SIZE};
+pub use ztoc::{
+    CompressionAlgorithm, CompressionInfo, EntryType, FileMetadata, SpanGeometry, Ztoc,
+    ZtocFileInfo, ZtocInfo, BUILD_TOOL_IDENTIFIER, ZTOC_VERSION,
+};
+
+mod digest;
+mod error;
+mod gotime;
+pub mod json;
+mod oci;
+mod soci_index;
+mod zinfo;
+mod ztoc;

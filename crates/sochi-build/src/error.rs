@@ -1,0 +1,71 @@
+//! The one error type of `sochi-build`.
+
+/// A boxed error from an [`crate::ImageSource`] implementation.
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong while indexing a layer or an image.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The layer's tar stream is malformed or uses an unsupported entry.
+    #[error("layer {layer}: {source}")]
+    Tar {
+        /// The layer (digest or file name).
+        layer: String,
+        /// What the tar reader found.
+        #[source]
+        source: crate::tar::TarError,
+    },
+    /// The layer's gzip stream is malformed.
+    #[error("layer {layer}: {source}")]
+    Gzip {
+        /// The layer (digest or file name).
+        layer: String,
+        /// What the inflater found.
+        #[source]
+        source: sochi_zran::Error,
+    },
+    /// A layer's bytes do not match its descriptor.
+    #[error("layer {layer}: {detail}")]
+    LayerMismatch {
+        /// The layer digest.
+        layer: String,
+        /// What differs.
+        detail: String,
+    },
+    /// A SOCI format could not be read or written.
+    #[error("{context}: {source}")]
+    Format {
+        /// What was being read or written.
+        context: String,
+        /// The format error.
+        #[source]
+        source: sochi_format::Error,
+    },
+    /// The image source failed.
+    #[error("{context}: {source}")]
+    Source {
+        /// What was being read.
+        context: String,
+        /// The source's error.
+        #[source]
+        source: SourceError,
+    },
+    /// An I/O error while reading a layer or writing output.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image or options do not allow an index to be built.
+    #[error("{0}")]
+    Invalid(String),
+    /// A file asked for is not in the zTOC.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,96 @@
+//! One file per command; each turns its flags into library options, calls
+//! the libraries, and prints.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use sochi_build::{BuildOptions, PlatformSelection, DEFAULT_MIN_LAYER_SIZE, DEFAULT_SPAN_SIZE};
+use sochi_format::Platform;
+use sochi_store::Store;
+
+pub mod convert;
+pub mod create;
+pub mod index;
+pub mod ztoc;
+
+/// Flags every command sees.
+#[derive(Debug)]
+pub struct Global {
+    /// The store root.
+    pub root: PathBuf,
+}
+
+impl Global {
+    /// Opens (creating if needed) the local store.
+    pub fn store(&self) -> Result<Store> {
+        Store::open(&self.root)
+            .with_context(|| format!("opening the store at {}", self.root.display()))
+    }
+}
+
+/// Index build flags shared by `create` and `convert` (names as the
+/// reference's).
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Span size in bytes of uncompressed data between checkpoints.
+    #[arg(long, default_value_t = DEFAULT_SPAN_SIZE)]
+    pub span_size: u64,
+    /// Layers smaller than this (compressed bytes) get no zTOC.
+    #[arg(long, default_value_t = DEFAULT_MIN_LAYER_SIZE)]
+    pub min_layer_size: u64,
+    /// Optimizations to apply: `xattr` marks zTOCs of layers without xattrs.
+    #[arg(long, value_delimiter = ',')]
+    pub optimizations: Vec<String>,
+    /// Platform to index (os/arch[/variant]); repeat for more.
+    #[arg(long, short = 'p')]
+    pub platform: Vec<String>,
+    /// Index every platform of the image.
+    #[arg(long, conflicts_with = "platform")]
+    pub all_platforms: bool,
+    /// Rebuild zTOCs even when the store has one for a layer.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+    /// Layers indexed at once (default: number of cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+impl BuildArgs {
+    /// The library options these flags mean.
+    pub fn options(&self) -> Result<(BuildOptions, PlatformSelection)> {
+        let mut options = BuildOptions {
+            span_size: self.span_size,
+            min_layer_size: self.min_layer_size,
+            ..BuildOptions::default()
+        };
+        for o in &self.optimizations {
+            match o.as_str() {
+                "xattr" => options.optimize_xattrs = true,
+                other => bail!("unknown optimization {other:?} (known: xattr)"),
+            }
+        }
+        if let Some(jobs) = self.jobs {
+            options.jobs = jobs.max(1);
+        }
+        let selection = if self.all_platforms {
+            PlatformSelection::All
+        } else if self.platform.is_empty() {
+            PlatformSelection::Host
+        } else {
+            PlatformSelection::Some(
+                self.platform
+                    .iter()
+                    .map(|p| Platform::parse(p))
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        Ok((options, selection))
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,292 @@
+//! `sochi ztoc build|info|get-file|list`.
+
+use std::fs::{self, File};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use sochi_build::{
+    build_layer_ztoc, extract_file, find_entry, LayerCompression, LayerOptions, DEFAULT_SPAN_SIZE,
+};
+use sochi_format::{Sha256Digest, Ztoc, ZtocInfo};
+use sochi_store::{ArtifactKind, OciLayout, Store};
+
+use super::Global;
+use crate::output::{print_go_pretty_json, print_json_line};
+
+/// zTOC commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Build the zTOC of one local layer blob.
+    Build(BuildArgs),
+    /// Print what a zTOC holds, as JSON (as `soci ztoc info`).
+    Info(InfoArgs),
+    /// Extract one file of a layer through its zTOC.
+    GetFile(GetFileArgs),
+    /// List the zTOCs in the local store.
+    #[command(alias = "ls")]
+    List(ListArgs),
+}
+
+/// Flags of `ztoc build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Span size in bytes of uncompressed data between checkpoints.
+    #[arg(long, default_value_t = DEFAULT_SPAN_SIZE)]
+    span_size: u64,
+    /// Layer compression; by default guessed from the first bytes.
+    #[arg(long, value_parser = ["gzip", "uncompressed"])]
+    algorithm: Option<String>,
+    /// Where to write the zTOC.
+    #[arg(long, short = 'o')]
+    output: PathBuf,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+    /// The layer blob (gzip or tar).
+    layer: PathBuf,
+}
+
+/// Flags of `ztoc info`.
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// A zTOC digest in the local store, or a zTOC file.
+    ztoc: String,
+}
+
+/// Flags of `ztoc get-file`.
+#[derive(Debug, clap::Args)]
+pub struct GetFileArgs {
+    /// The layer blob; by default found through the local store.
+    #[arg(long)]
+    layer: Option<PathBuf>,
+    /// Write the file here instead of stdout.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// A zTOC digest in the local store, or a zTOC file.
+    ztoc: String,
+    /// The file's path in the layer.
+    path: String,
+}
+
+/// Flags of `ztoc list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only this zTOC.
+    #[arg(long)]
+    ztoc_digest: Option<String>,
+    /// Only zTOCs built for this image reference.
+    #[arg(long)]
+    image_ref: Option<String>,
+    /// Print digests only.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// One JSON document per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a zTOC command.
+pub fn run(global: &Global, command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Build(args) => build(args),
+        Command::Info(args) => info(global, args),
+        Command::GetFile(args) => get_file(global, args),
+        Command::List(args) => list(global, args),
+    }
+}
+
+#[derive(Serialize)]
+struct BuildReport {
+    digest: String,
+    size: usize,
+    layer_size: u64,
+    spans: usize,
+    files: usize,
+    output: String,
+}
+
+fn build(args: BuildArgs) -> Result<ExitCode> {
+    let open =
+        || File::open(&args.layer).with_context(|| format!("opening {}", args.layer.display()));
+    let compression = match args.algorithm.as_deref() {
+        Some("gzip") => LayerCompression::Gzip,
+        Some(_) => LayerCompression::Uncompressed,
+        None => {
+            let mut magic = [0u8; 2];
+            let n = open()?.read(&mut magic)?;
+            LayerCompression::sniff(&magic[..n])
+        }
+    };
+    let options = LayerOptions {
+        span_size: args.span_size,
+        compression,
+        expect: None,
+    };
+    let name = args.layer.display().to_string();
+    let built = build_layer_ztoc(open()?, &options, &name, &|_| {})?;
+    sochi_store::write_atomic(&args.output, &built.bytes)?;
+    let report = BuildReport {
+        digest: built.digest.to_string(),
+        size: built.bytes.len(),
+        layer_size: built.layer_size,
+        spans: built.ztoc.compression.span_digests.len(),
+        files: built.ztoc.toc.len(),
+        output: args.output.display().to_string(),
+    };
+    if args.json {
+        print_json_line(&report)?;
+    } else {
+        println!(
+            "ztoc {} ({} bytes, {} spans, {} files) -> {}",
+            report.digest, report.size, report.spans, report.files, report.output
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a zTOC named by a digest in the store or by a file path.
+fn load_ztoc(global: &Global, name: &str) -> Result<(Ztoc, Vec<u8>, Option<Store>)> {
+    let (bytes, store) = if name.starts_with("sha256:") && !Path::new(name).exists() {
+        let digest = Sha256Digest::parse(name)?;
+        let store = global.store()?;
+        let bytes = store
+            .content()
+            .read_blob(&digest)
+            .with_context(|| format!("reading zTOC {name} from the local store"))?;
+        (bytes, Some(store))
+    } else {
+        (
+            fs::read(name).with_context(|| format!("reading zTOC file {name}"))?,
+            None,
+        )
+    };
+    let ztoc = Ztoc::from_bytes(&bytes).with_context(|| format!("decoding zTOC {name}"))?;
+    Ok((ztoc, bytes, store))
+}
+
+fn info(global: &Global, args: InfoArgs) -> Result<ExitCode> {
+    let (ztoc, bytes, _) = load_ztoc(global, &args.ztoc)?;
+    let info = ZtocInfo::new(&ztoc, bytes.len() as u64)?;
+    print_go_pretty_json(&info)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn get_file(global: &Global, args: GetFileArgs) -> Result<ExitCode> {
+    let (ztoc, bytes, store) = load_ztoc(global, &args.ztoc)?;
+    let layer_path = match &args.layer {
+        Some(path) => path.clone(),
+        None => find_layer(global, store, &Sha256Digest::of(&bytes))?,
+    };
+    let entry = find_entry(&ztoc, &args.path)?;
+    let mut blob = BufReader::new(
+        File::open(&layer_path)
+            .with_context(|| format!("opening layer {}", layer_path.display()))?,
+    );
+    match &args.output {
+        Some(path) => {
+            let mut out =
+                File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            extract_file(&ztoc, &mut blob, entry, &mut out)?;
+            out.flush()?;
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            extract_file(&ztoc, &mut blob, entry, &mut out)?;
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The layer blob of a stored zTOC: in the content store, or in the OCI
+/// layout the index was built from.
+fn find_layer(
+    global: &Global,
+    store: Option<Store>,
+    ztoc_digest: &Sha256Digest,
+) -> Result<PathBuf> {
+    let store = match store {
+        Some(s) => s,
+        None => global.store()?,
+    };
+    let entries = store.artifacts().list()?;
+    let Some(entry) = entries
+        .iter()
+        .rev()
+        .find(|e| e.kind == ArtifactKind::SociLayer && e.digest == ztoc_digest.to_string())
+    else {
+        bail!(
+            "zTOC {ztoc_digest} is not in the local store's database: name the layer with --layer"
+        );
+    };
+    let layer = Sha256Digest::parse(&entry.original_digest)?;
+    if store.content().contains(&layer) {
+        return Ok(store.content().blob_path(&layer));
+    }
+    if !entry.layer_source.is_empty() {
+        if let Ok(source) = OciLayout::open(&entry.layer_source) {
+            if source.contains(&layer) {
+                return Ok(source.blob_path(&layer));
+            }
+        }
+    }
+    bail!("layer {layer} of zTOC {ztoc_digest} is not available locally: name it with --layer")
+}
+
+#[derive(Serialize)]
+struct ZtocRow {
+    digest: String,
+    size: i64,
+    layer_digest: String,
+    span_size: u64,
+}
+
+fn list(global: &Global, args: ListArgs) -> Result<ExitCode> {
+    let store = global.store()?;
+    let mut seen = std::collections::HashSet::new();
+    let rows: Vec<ZtocRow> = store
+        .artifacts()
+        .list()?
+        .into_iter()
+        .filter(|e| e.kind == ArtifactKind::SociLayer)
+        .filter(|e| args.ztoc_digest.as_ref().is_none_or(|d| &e.digest == d))
+        .filter(|e| args.image_ref.as_ref().is_none_or(|r| &e.image_ref == r))
+        .filter(|e| seen.insert(e.digest.clone()))
+        .map(|e| ZtocRow {
+            digest: e.digest,
+            size: e.size,
+            layer_digest: e.original_digest,
+            span_size: e.span_size,
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        drop(out);
+        for row in &rows {
+            print_json_line(row)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.quiet {
+        for row in &rows {
+            writeln!(out, "{}", row.digest)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<72} {:>10} {:<72}",
+        "DIGEST", "SIZE", "LAYER DIGEST"
+    )?;
+    for row in &rows {
+        writeln!(
+            out,
+            "{:<72} {:>10} {:<72}",
+            row.digest, row.size, row.layer_digest
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,98 @@
+//! `sochi`: build, inspect and (later) run Seekable OCI indexes.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error.
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod image_ref;
+mod layout_source;
+mod output;
+mod progress;
+
+/// Seekable OCI (SOCI) in Rust: build SOCI indexes for container images and
+/// inspect them.
+#[derive(Debug, Parser)]
+#[command(name = "sochi", version, about, long_about = None,
+    after_help = "Exit status: 0 on success, 1 on failure, 2 on a usage error.")]
+struct Cli {
+    /// Root of sochi's local store (content store and artifacts database).
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/sochi",
+        env = "SOCHI_ROOT"
+    )]
+    root: PathBuf,
+
+    /// Log level (error, warn, info, debug, trace) or a RUST_LOG-style filter.
+    #[arg(long, global = true, default_value = "warn", env = "SOCHI_LOG")]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build the SOCI index (v1) of an image and keep it in the local store.
+    Create(cmd::create::Args),
+    /// Make a SOCI-enabled image (SOCI index manifest v2) from an image.
+    Convert(cmd::convert::Args),
+    /// Work with zTOCs.
+    #[command(subcommand)]
+    Ztoc(cmd::ztoc::Command),
+    /// Work with SOCI indexes in the local store.
+    #[command(subcommand)]
+    Index(cmd::index::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let global = cmd::Global { root: cli.root };
+    let result = match cli.command {
+        Command::Create(args) => cmd::create::run(&global, args),
+        Command::Convert(args) => cmd::convert::run(&global, args),
+        Command::Ztoc(command) => cmd::ztoc::run(&global, command),
+        Command::Index(command) => cmd::index::run(&global, command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            if is_broken_pipe(&error) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("sochi: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

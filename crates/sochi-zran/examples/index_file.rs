@@ -7,6 +7,7 @@ use std::fs::File;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use sha2::{Digest as _, Sha256};
 use sochi_zran::CheckpointingReader;
 
 fn main() -> ExitCode {
@@ -37,6 +38,16 @@ fn main() -> ExitCode {
                 index.compressed_size,
                 index.uncompressed_size,
                 index.uncompressed_size as f64 / seconds / 1e6,
+            );
+            // Fingerprints to compare runs (e.g. zlib builds) at a glance.
+            let mut digests = Sha256::new();
+            for digest in &index.span_digests {
+                digests.update(digest.0);
+            }
+            println!(
+                "zinfo sha256:{:x}, span digests sha256:{:x}",
+                Sha256::digest(&index.zinfo),
+                digests.finalize()
             );
             ExitCode::SUCCESS
         }

@@ -6,9 +6,10 @@
 //! only the zinfo blob grows, by 32,785 bytes per checkpoint):
 //!
 //! - `input`: compressed bytes read from the inner reader.
-//!   `0 <= input_hashed <= input_consumed <= input_filled <= input.len()`;
-//!   `[input_hashed, input_consumed)` was inflated but not yet hashed,
-//!   `[input_consumed, input_filled)` is waiting for zlib.
+//!   `0 <= input_consumed <= input_filled <= input.len()`;
+//!   `[0, input_consumed)` was inflated, `[input_consumed, input_filled)` is
+//!   waiting for zlib. Once zlib has consumed it all, the buffer goes to the
+//!   span hashing thread ([`BackgroundHasher`]) and a free one comes back.
 //! - `output`: `WINDOW_SIZE` bytes of history followed by fresh output.
 //!   `WINDOW_SIZE <= output_filled <= output.len()` and
 //!   `output_read <= output_filled`; `output[output_filled - WINDOW_SIZE ..
@@ -25,7 +26,7 @@ use sochi_format::{GzipZinfoWriter, Sha256Digest, WINDOW_SIZE};
 
 use crate::error::{Error, Result};
 use crate::ffi::{Flush, Inflater, Status, Step, AUTO_HEADER};
-use crate::span_digests::SpanHasher;
+use crate::span_digests::BackgroundHasher;
 
 /// Compressed bytes read from the inner reader at a time.
 const INPUT_SIZE: usize = 512 * 1024;
@@ -88,6 +89,10 @@ enum State {
 /// Errors from `Read`/`BufRead` are [`io::Error`]s wrapping an [`Error`];
 /// [`Error::from_io`] gets it back.
 ///
+/// Costs: one helper thread that hashes the compressed bytes (so hashing
+/// overlaps inflating), about 3 MiB of fixed buffers, and the zinfo blob,
+/// which grows by 32,785 bytes per checkpoint.
+///
 /// ```
 /// # fn main() -> Result<(), sochi_zran::Error> {
 /// use std::io::Read as _;
@@ -112,10 +117,9 @@ pub struct CheckpointingReader<R> {
     state: State,
     span_size: u64,
     zinfo: GzipZinfoWriter,
-    hasher: SpanHasher,
+    hasher: BackgroundHasher,
 
     input: Box<[u8]>,
-    input_hashed: usize,
     input_consumed: usize,
     input_filled: usize,
     inner_eof: bool,
@@ -150,15 +154,15 @@ impl<R: Read> CheckpointingReader<R> {
             i64::try_from(span_size).map_err(|_| Error::SpanSizeTooLarge { span_size })?;
         let inflater =
             Inflater::new(AUTO_HEADER).map_err(|failure| Error::from_zlib(failure, 0))?;
+        let (hasher, input) = BackgroundHasher::new(INPUT_SIZE)?;
         Ok(CheckpointingReader {
             inner,
             inflater,
             state: State::Inflating,
             span_size,
             zinfo: GzipZinfoWriter::new(zinfo_span_size),
-            hasher: SpanHasher::default(),
-            input: vec![0; INPUT_SIZE].into_boxed_slice(),
-            input_hashed: 0,
+            hasher,
+            input,
             input_consumed: 0,
             input_filled: 0,
             inner_eof: false,
@@ -202,7 +206,7 @@ impl<R: Read> CheckpointingReader<R> {
             self.produce()?;
         }
         let checkpoint_count = self.zinfo.len();
-        let span_digests = self.hasher.finish();
+        let span_digests = self.hasher.finish(self.input, 0..self.input_consumed)?;
         debug_assert_eq!(span_digests.len(), checkpoint_count);
         Ok(GzipLayerIndex {
             zinfo: self.zinfo.finish(),
@@ -229,7 +233,8 @@ impl<R: Read> CheckpointingReader<R> {
                 State::Inflating => {}
             }
             if self.input_consumed == self.input_filled && !self.inner_eof {
-                // I/O errors leave the state consistent: the caller may retry.
+                // Errors of the inner reader leave the state consistent: the
+                // caller may retry.
                 self.refill()?;
             }
             let produced = self.step().inspect_err(|_| self.state = State::Failed)?;
@@ -324,10 +329,7 @@ impl<R: Read> CheckpointingReader<R> {
             self.refill()?;
         }
         if self.input_consumed == self.input_filled {
-            // EOF right after a member: done. Hash the rest of the last span.
-            self.hasher
-                .update(&self.input[self.input_hashed..self.input_consumed]);
-            self.input_hashed = self.input_consumed;
+            // EOF right after a member: done. (`finish` hashes the rest.)
             self.state = State::Done;
             return Ok(false);
         }
@@ -350,9 +352,6 @@ impl<R: Read> CheckpointingReader<R> {
 
     /// Places a checkpoint at the current position.
     fn checkpoint(&mut self, bits: u8) -> Result<()> {
-        self.hasher
-            .update(&self.input[self.input_hashed..self.input_consumed]);
-        self.input_hashed = self.input_consumed;
         let partial_byte = if bits == 0 {
             None
         } else {
@@ -361,7 +360,7 @@ impl<R: Read> CheckpointingReader<R> {
                 detail: "block boundary with unused bits before any input".to_owned(),
             })?)
         };
-        self.hasher.start_span(partial_byte);
+        self.hasher.start_span(self.input_consumed, partial_byte);
         let window = &self.output[self.output_filled - WINDOW_SIZE..self.output_filled];
         self.zinfo
             .push(self.total_in, self.total_out, bits, window)?;
@@ -369,15 +368,19 @@ impl<R: Read> CheckpointingReader<R> {
         Ok(())
     }
 
-    /// Hashes what zlib consumed of the input buffer, then reads the next
-    /// chunk from the inner reader. Requires all input consumed.
+    /// Hands the consumed input buffer to the hashing thread, then reads the
+    /// next chunk from the inner reader. Requires all input consumed.
     fn refill(&mut self) -> Result<()> {
         debug_assert_eq!(self.input_consumed, self.input_filled);
-        self.hasher
-            .update(&self.input[self.input_hashed..self.input_consumed]);
-        self.input_hashed = 0;
-        self.input_consumed = 0;
-        self.input_filled = 0;
+        if self.input_consumed > 0 {
+            let consumed = std::mem::take(&mut self.input);
+            self.input = self
+                .hasher
+                .hand_over(consumed, 0..self.input_consumed)
+                .inspect_err(|_| self.state = State::Failed)?;
+            self.input_consumed = 0;
+            self.input_filled = 0;
+        }
         loop {
             match self.inner.read(&mut self.input) {
                 Ok(0) => {

@@ -1,12 +1,14 @@
-//! Image references as the CLI takes them. This stage knows OCI image
-//! layout directories, in skopeo's notation `oci:PATH[:TAG]`.
+//! Image references as the CLI takes them: an OCI image layout directory in
+//! skopeo's notation `oci:PATH[:TAG]`, or a registry reference
+//! (`registry/repo:tag`, `repo@sha256:…`, `docker.io` defaults).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use sochi_registry::Reference;
 
 /// An image named on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ImageRef {
     /// An OCI image layout directory and an optional tag.
     Layout {
@@ -15,16 +17,15 @@ pub enum ImageRef {
         /// The tag (`org.opencontainers.image.ref.name`).
         tag: Option<String>,
     },
+    /// An image in a registry.
+    Registry(Reference),
 }
 
 impl ImageRef {
-    /// Parses `oci:PATH[:TAG]`.
+    /// Parses `oci:PATH[:TAG]` or a registry reference.
     pub fn parse(text: &str) -> Result<ImageRef> {
         let Some(rest) = text.strip_prefix("oci:") else {
-            bail!(
-                "{text:?}: only OCI image layouts are supported here, written oci:PATH[:TAG] \
-                 (registry references come with the registry client)"
-            );
+            return Ok(ImageRef::Registry(Reference::parse(text)?));
         };
         if rest.is_empty() {
             bail!("{text:?}: missing the layout path after oci:");
@@ -52,6 +53,7 @@ impl std::fmt::Display for ImageRef {
                 tag: Some(tag),
             } => write!(f, "oci:{}:{tag}", path.display()),
             ImageRef::Layout { path, tag: None } => write!(f, "oci:{}", path.display()),
+            ImageRef::Registry(r) => write!(f, "{r}"),
         }
     }
 }
@@ -62,21 +64,24 @@ mod tests {
 
     #[test]
     fn layout_refs_parse() {
-        assert_eq!(
-            ImageRef::parse("oci:/tmp/img:v1").ok(),
-            Some(ImageRef::Layout {
-                path: "/tmp/img".into(),
-                tag: Some("v1".into())
-            })
-        );
-        assert_eq!(
-            ImageRef::parse("oci:img").ok(),
-            Some(ImageRef::Layout {
-                path: "img".into(),
-                tag: None
-            })
-        );
-        assert!(ImageRef::parse("docker.io/library/busybox").is_err());
+        let ImageRef::Layout { path, tag } = ImageRef::parse("oci:/tmp/img:v1").unwrap() else {
+            panic!("not a layout")
+        };
+        assert_eq!((path, tag), ("/tmp/img".into(), Some("v1".into())));
+        let ImageRef::Layout { path, tag } = ImageRef::parse("oci:img").unwrap() else {
+            panic!("not a layout")
+        };
+        assert_eq!((path, tag), ("img".into(), None));
         assert!(ImageRef::parse("oci:").is_err());
+    }
+
+    #[test]
+    fn registry_refs_parse() {
+        let ImageRef::Registry(r) = ImageRef::parse("127.0.0.1:5000/busybox:latest").unwrap()
+        else {
+            panic!("not a registry ref")
+        };
+        assert_eq!(r.registry, "127.0.0.1:5000");
+        assert_eq!(r.repository, "busybox");
     }
 }

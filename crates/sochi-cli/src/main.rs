@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage error.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -15,6 +16,8 @@ mod image_ref;
 mod layout_source;
 mod output;
 mod progress;
+mod registry;
+mod tee_source;
 
 /// Seekable OCI (SOCI) in Rust: build SOCI indexes for container images and
 /// inspect them.
@@ -35,6 +38,9 @@ struct Cli {
     #[arg(long, global = true, default_value = "warn", env = "SOCHI_LOG")]
     log_level: String,
 
+    #[command(flatten)]
+    registry: cmd::RegistryArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +51,8 @@ enum Command {
     Create(cmd::create::Args),
     /// Make a SOCI-enabled image (SOCI index manifest v2) from an image.
     Convert(cmd::convert::Args),
+    /// Push the v1 SOCI index of an image to its registry repository.
+    Push(cmd::push::Args),
     /// Work with zTOCs.
     #[command(subcommand)]
     Ztoc(cmd::ztoc::Command),
@@ -56,10 +64,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
-    let global = cmd::Global { root: cli.root };
+    let global = cmd::Global {
+        root: cli.root,
+        registry: cli.registry,
+    };
     let result = match cli.command {
         Command::Create(args) => cmd::create::run(&global, args),
         Command::Convert(args) => cmd::convert::run(&global, args),
+        Command::Push(args) => cmd::push::run(&global, args),
         Command::Ztoc(command) => cmd::ztoc::run(&global, command),
         Command::Index(command) => cmd::index::run(&global, command),
     };

@@ -314,8 +314,8 @@ fn bad_input_gets_a_clear_error() {
 
     fails_with(
         root.path(),
-        &["create", "docker.io/library/busybox"],
-        "oci:",
+        &["create", "127.0.0.1:9/nothing:latest"],
+        "127.0.0.1:9",
     );
     fails_with(
         root.path(),

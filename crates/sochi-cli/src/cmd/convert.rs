@@ -1,20 +1,31 @@
-//! `sochi convert SRC DST`: the SOCI-enabled image (index manifest v2),
-//! as `soci convert --standalone --format oci-dir` writes it.
+//! `sochi convert SRC DST`: the SOCI-enabled image (index manifest v2), as
+//! `soci convert` makes it. Source and destination are each a registry
+//! reference or an OCI layout (`oci:PATH[:TAG]`), in any mix.
+//!
+//! Each layer is read once from the source, by the indexer; when the
+//! destination is a layout the same stream fills it. A registry destination
+//! gets only the blobs it lacks (cross-repository mounts within one
+//! registry), children before parents, and the tag last, so a failed run
+//! never leaves a tag pointing at missing blobs.
 
 use std::fs;
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
-use sochi_build::convert;
+use sochi_build::{convert, ConvertOutput};
 use sochi_format::{media_types, Descriptor, ImageIndex};
+use sochi_registry::Reference;
 use sochi_store::{OciLayout, REF_NAME};
 
-use super::{BuildArgs, Global};
+use super::{open_image, BuildArgs, Global, OpenedImage};
 use crate::image_ref::ImageRef;
-use crate::layout_source::LayoutSource;
 use crate::output::print_json_line;
 use crate::progress::LayerBars;
+use crate::registry::is_manifest;
+use crate::tee_source::TeeToLayout;
 
 /// Flags of `convert`.
 #[derive(Debug, clap::Args)]
@@ -24,9 +35,13 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
-    /// The source image: oci:PATH[:TAG].
+    /// Blobs uploaded at once to a registry destination.
+    #[arg(long, default_value_t = 3)]
+    max_concurrent_uploads: usize,
+    /// The source image: a registry reference or oci:PATH[:TAG].
     source: String,
-    /// The destination: oci:PATH[:TAG] (created if missing).
+    /// The destination: a registry reference with a tag (no digest), or
+    /// oci:PATH[:TAG] (created if missing).
     destination: String,
 }
 
@@ -34,6 +49,7 @@ pub struct Args {
 struct Report {
     image: String,
     size: i64,
+    destination: String,
     indexes: Vec<IndexReport>,
 }
 
@@ -46,56 +62,55 @@ struct IndexReport {
 }
 
 /// Runs `convert`.
-pub fn run(_global: &Global, args: Args) -> Result<ExitCode> {
+pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let (options, selection) = args.build.options()?;
-    let ImageRef::Layout {
-        path: src_path,
-        tag: src_tag,
-    } = ImageRef::parse(&args.source)?;
-    let ImageRef::Layout {
-        path: dst_path,
-        tag: dst_tag,
-    } = ImageRef::parse(&args.destination)?;
-    let src = OciLayout::open(&src_path)?;
-    let image = src.resolve(src_tag.as_deref())?;
-    let source = LayoutSource(src.clone());
+    let src_ref = ImageRef::parse(&args.source)?;
+    let dst_ref = ImageRef::parse(&args.destination)?;
+    if let ImageRef::Registry(r) = &dst_ref {
+        if r.digest.is_some() {
+            bail!("the destination {r} must be a tag, not a digest");
+        }
+    }
+    let opened = open_image(global, &src_ref)?;
     let bars = LayerBars::new();
-    let output = convert(&source, &image, &selection, &options, None, &|e| {
-        bars.on_event(e)
-    })
-    .with_context(|| format!("converting {}", args.source))?;
+    let events = |e: sochi_build::BuildEvent<'_>| bars.on_event(e);
 
-    let dst = OciLayout::create(&dst_path)?;
-    for blob in &output.source_blobs {
-        copy_blob(&src, &dst, blob)?;
+    let output = match &dst_ref {
+        ImageRef::Layout { path, .. } => {
+            let dst = OciLayout::create(path)?;
+            let tee = TeeToLayout {
+                inner: opened.source.as_ref(),
+                dst,
+            };
+            convert(&tee, &opened.image, &selection, &options, None, &events)
+        }
+        ImageRef::Registry(_) => convert(
+            opened.source.as_ref(),
+            &opened.image,
+            &selection,
+            &options,
+            None,
+            &events,
+        ),
     }
-    for (descriptor, bytes) in &output.new_blobs {
-        dst.write_blob(bytes)
-            .with_context(|| format!("writing {} to {}", descriptor.digest, dst_path.display()))?;
+    .with_context(|| format!("converting {src_ref}"))?;
+
+    match &dst_ref {
+        ImageRef::Layout { path, tag } => write_layout(&opened, &output, path, tag.as_deref())?,
+        ImageRef::Registry(dst) => push_registry(
+            global,
+            &src_ref,
+            &opened,
+            &output,
+            dst,
+            args.max_concurrent_uploads,
+        )?,
     }
-    let mut top = output.image.clone();
-    if let Some(tag) = &dst_tag {
-        top.annotations.insert(REF_NAME.to_string(), tag.clone());
-    }
-    let mut index = dst.index().unwrap_or_default();
-    let mut manifests: Vec<Descriptor> = index.manifests.take().unwrap_or_default();
-    // Replace whatever carried the same tag (or, untagged, everything).
-    manifests.retain(|d| match &dst_tag {
-        Some(tag) => d.annotations.get(REF_NAME) != Some(tag),
-        None => false,
-    });
-    manifests.push(top);
-    let index = ImageIndex {
-        schema_version: 2,
-        media_type: media_types::OCI_INDEX.to_string(),
-        manifests: Some(manifests),
-        ..index
-    };
-    dst.set_index(&index)?;
 
     let report = Report {
         image: output.image.digest.clone(),
         size: output.image.size,
+        destination: dst_ref.to_string(),
         indexes: output
             .indexes
             .iter()
@@ -113,30 +128,207 @@ pub fn run(_global: &Global, args: Args) -> Result<ExitCode> {
         for i in &report.indexes {
             println!("soci index {} ({}, {} ztocs)", i.index, i.platform, i.ztocs);
         }
-        println!("image {}", report.image);
+        println!("image {} -> {}", report.image, report.destination);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Copies a blob between layouts: a hard link when both are on one file
-/// system, else a verified copy.
-fn copy_blob(src: &OciLayout, dst: &OciLayout, descriptor: &Descriptor) -> Result<()> {
+/// Writes the converted image into an OCI layout: source blobs not there
+/// yet (the indexer's stream already copied the layers it read), the new
+/// blobs, then `index.json`.
+fn write_layout(
+    opened: &OpenedImage,
+    output: &ConvertOutput,
+    path: &Path,
+    tag: Option<&str>,
+) -> Result<()> {
+    let dst = OciLayout::create(path)?;
+    for blob in &output.source_blobs {
+        copy_into_layout(opened, &dst, blob)?;
+    }
+    for (descriptor, bytes) in &output.new_blobs {
+        dst.write_blob(bytes)
+            .with_context(|| format!("writing {} to {}", descriptor.digest, path.display()))?;
+    }
+    let mut top = output.image.clone();
+    if let Some(tag) = tag {
+        top.annotations
+            .insert(REF_NAME.to_string(), tag.to_string());
+    }
+    let mut index = dst.index().unwrap_or_default();
+    let mut manifests: Vec<Descriptor> = index.manifests.take().unwrap_or_default();
+    // Replace whatever carried the same tag (or, untagged, everything).
+    manifests.retain(|d| match tag {
+        Some(tag) => d.annotations.get(REF_NAME).map(String::as_str) != Some(tag),
+        None => false,
+    });
+    manifests.push(top);
+    let index = ImageIndex {
+        schema_version: 2,
+        media_type: media_types::OCI_INDEX.to_string(),
+        manifests: Some(manifests),
+        ..index
+    };
+    dst.set_index(&index)?;
+    Ok(())
+}
+
+fn copy_into_layout(opened: &OpenedImage, dst: &OciLayout, descriptor: &Descriptor) -> Result<()> {
     let digest = descriptor.sha256()?;
     if dst.contains(&digest) {
         return Ok(());
     }
-    let from = src.blob_path(&digest);
-    let to = dst.blob_path(&digest);
-    if fs::hard_link(&from, &to).is_ok() {
+    if let Ok(src) = OciLayout::open(&opened.layer_source) {
+        if fs::hard_link(src.blob_path(&digest), dst.blob_path(&digest)).is_ok() {
+            return Ok(());
+        }
+    }
+    if is_manifest(descriptor) || descriptor.size < (1 << 20) {
+        let bytes = opened
+            .source
+            .read_blob(descriptor)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", descriptor.digest))?;
+        dst.write_blob(&bytes)?;
         return Ok(());
     }
-    let mut file = src.open_blob(&digest)?;
-    dst.write_blob_from(&digest, &mut file).with_context(|| {
+    let mut reader = opened
+        .source
+        .open_blob(descriptor)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", descriptor.digest))?;
+    dst.write_blob_from(&digest, &mut reader).with_context(|| {
         format!(
             "copying {} into {}",
             descriptor.digest,
             dst.root().display()
         )
     })?;
+    Ok(())
+}
+
+/// Pushes the converted image: missing blobs (mounted or uploaded), then
+/// manifests by digest, then the image index under the tag.
+fn push_registry(
+    global: &Global,
+    src_ref: &ImageRef,
+    opened: &OpenedImage,
+    output: &ConvertOutput,
+    dst: &Reference,
+    concurrency: usize,
+) -> Result<()> {
+    let registry = match &opened.registry {
+        Some(r) => r.clone(),
+        None => std::sync::Arc::new(global.registry()?),
+    };
+    let top = ImageIndex::from_json(
+        output
+            .new_blobs
+            .last()
+            .map(|(_, b)| b.as_slice())
+            .unwrap_or_default(),
+    )?;
+    let referenced: Vec<&str> = top.manifests().iter().map(|d| d.digest.as_str()).collect();
+    let same_registry = match src_ref {
+        ImageRef::Registry(src) if src.registry == dst.registry => Some(src.repository.clone()),
+        _ => None,
+    };
+
+    // Source blobs: layers and configs (and manifests the index keeps).
+    let blobs: Vec<&Descriptor> = output
+        .source_blobs
+        .iter()
+        .filter(|d| !is_manifest(d))
+        .collect();
+    let layout = OciLayout::open(&opened.layer_source).ok();
+    registry
+        .block_on(
+            stream::iter(blobs.into_iter().map(|d| {
+                let client = registry.client.clone();
+                let dst = dst.clone();
+                let mount_from = same_registry.clone();
+                let src_ref = src_ref.clone();
+                let layout = layout.clone();
+                async move {
+                    if client.blob_size(&dst, &d.digest).await?.is_some() {
+                        return Ok(());
+                    }
+                    if let Some(from) = mount_from.as_deref() {
+                        if let ImageRef::Registry(src) = &src_ref {
+                            // Within one registry: mount, or stream through.
+                            let body = client.get_blob(src, &d.digest).await?;
+                            client.push_blob_stream(&dst, d, body, Some(from)).await?;
+                            return Ok(());
+                        }
+                    }
+                    match (&src_ref, layout) {
+                        (ImageRef::Registry(src), _) => {
+                            let body = client.get_blob(src, &d.digest).await?;
+                            client.push_blob_stream(&dst, d, body, None).await?;
+                        }
+                        (ImageRef::Layout { .. }, Some(layout)) => {
+                            let file =
+                                tokio::fs::File::open(layout.blob_path(&d.sha256()?)).await?;
+                            client.push_blob_stream(&dst, d, file, None).await?;
+                        }
+                        (ImageRef::Layout { .. }, None) => bail!("source layout is gone"),
+                    }
+                    anyhow::Ok(())
+                }
+            }))
+            .buffer_unordered(concurrency.max(1))
+            .try_collect::<Vec<()>>(),
+        )
+        .context("copying the image's blobs")?;
+
+    // Original manifests the new index still lists (other platforms).
+    for d in output
+        .source_blobs
+        .iter()
+        .filter(|d| is_manifest(d) && referenced.contains(&d.digest.as_str()))
+    {
+        let bytes = opened
+            .source
+            .read_blob(d)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", d.digest))?;
+        registry.block_on(registry.client.put_manifest(
+            &dst.with_digest(&d.digest),
+            &d.media_type,
+            &bytes,
+        ))?;
+    }
+
+    // New blobs, then new manifests by digest, then the index by tag.
+    let (last, rest) = output
+        .new_blobs
+        .split_last()
+        .ok_or_else(|| anyhow::anyhow!("conversion produced nothing"))?;
+    let (manifests, blobs): (Vec<_>, Vec<_>) = rest.iter().partition(|(d, _)| is_manifest(d));
+    registry.block_on(
+        stream::iter(blobs.into_iter().map(|(d, bytes)| {
+            let client = registry.client.clone();
+            let dst = dst.clone();
+            let bytes = bytes.clone();
+            async move {
+                client
+                    .push_blob(&dst, d, bytes.into(), None)
+                    .await
+                    .with_context(|| format!("pushing {}", d.digest))
+            }
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<_>>(),
+    )?;
+    for (d, bytes) in manifests {
+        registry
+            .block_on(registry.client.put_manifest(
+                &dst.with_digest(&d.digest),
+                &d.media_type,
+                bytes,
+            ))
+            .with_context(|| format!("pushing manifest {}", d.digest))?;
+    }
+    let (d, bytes) = last;
+    registry
+        .block_on(registry.client.put_manifest(dst, &d.media_type, bytes))
+        .with_context(|| format!("pushing the image index {} as {dst}", d.digest))?;
     Ok(())
 }

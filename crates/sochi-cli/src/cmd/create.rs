@@ -7,11 +7,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sochi_build::{build_index, has_xattrs, select_manifests, LayerOutcome, ReuseLookup};
 use sochi_format::{annotations, media_types, Descriptor, IndexVersion, Ztoc, EMPTY_CONFIG};
-use sochi_store::{ArtifactEntry, ArtifactKind, OciLayout, Store};
+use sochi_store::{ArtifactEntry, ArtifactKind, Store};
 
-use super::{now, BuildArgs, Global};
+use super::{now, open_image, BuildArgs, Global};
 use crate::image_ref::ImageRef;
-use crate::layout_source::LayoutSource;
 use crate::output::print_json_line;
 use crate::progress::LayerBars;
 
@@ -23,7 +22,7 @@ pub struct Args {
     /// Print one JSON document per index instead of text.
     #[arg(long)]
     json: bool,
-    /// The image: oci:PATH[:TAG].
+    /// The image: a registry reference, or oci:PATH[:TAG].
     image: String,
 }
 
@@ -49,18 +48,16 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let image_ref = ImageRef::parse(&args.image)?;
     let (options, selection) = args.build.options()?;
     let store = global.store()?;
-    let ImageRef::Layout { path, tag } = &image_ref;
-    let layout = OciLayout::open(path)?;
-    let image = layout.resolve(tag.as_deref())?;
-    let source = LayoutSource(layout);
-    let manifests = select_manifests(&source, &image, &selection)?;
+    let opened = open_image(global, &image_ref)?;
+    let (source, image) = (opened.source.as_ref(), &opened.image);
+    let manifests = select_manifests(source, image, &selection)?;
     let bars = LayerBars::new();
     let reuse_fn = |layer: &Descriptor, span_size: u64| {
         reuse_ztoc(&store, layer, span_size, options.optimize_xattrs)
     };
     let reuse: Option<ReuseLookup<'_>> = (!args.build.force).then_some(&reuse_fn);
     for manifest in &manifests {
-        let built = build_index(&source, manifest, IndexVersion::V1, &options, reuse, &|e| {
+        let built = build_index(source, manifest, IndexVersion::V1, &options, reuse, &|e| {
             bars.on_event(e)
         })
         .with_context(|| format!("building the SOCI index of {image_ref}"))?;
@@ -82,11 +79,7 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
                 created_at,
                 span_size: options.span_size,
                 layer_media_type: layer.media_type.clone(),
-                layer_source: path
-                    .canonicalize()
-                    .unwrap_or(path.clone())
-                    .display()
-                    .to_string(),
+                layer_source: opened.layer_source.clone(),
             });
         }
         store.content().write_blob(EMPTY_CONFIG)?;

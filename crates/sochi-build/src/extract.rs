@@ -7,6 +7,11 @@ use sochi_format::{CompressionAlgorithm, EntryType, FileMetadata, Ztoc};
 
 use crate::error::{Error, Result};
 
+/// DEFLATE's largest expansion: a 258-byte match coded in 2 bits, so one
+/// compressed byte inflates to at most 1032 bytes. Bounds the output buffer
+/// for a span, whatever sizes a (possibly hostile) zTOC claims.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
 /// Cleans a tar name the way the snapshotter does (`Clean("/" + name)`,
 /// leading `/` dropped): `./a//b/../c/` → `a/c`. `..` cannot climb above
 /// the root, so hostile names stay inside the layer.
@@ -108,6 +113,15 @@ pub fn extract_file<B: Read + Seek>(
         return Ok(size);
     }
     let geometry = ztoc.span_geometry().map_err(fmt)?;
+    // The zTOC reader does not tie entries to the archive size, and the
+    // last span ends there: a file past it would come out short.
+    if end > geometry.uncompressed_archive_size() {
+        return Err(Error::Invalid(format!(
+            "{} ends at uncompressed offset {end}, past the end of the layer's spans ({})",
+            String::from_utf8_lossy(&entry.name),
+            geometry.uncompressed_archive_size()
+        )));
+    }
     let first = geometry.span_of(start);
     let last = geometry.span_of(end - 1);
     let mut written = 0u64;
@@ -135,15 +149,35 @@ pub fn extract_file<B: Read + Seek>(
         if to <= from {
             continue;
         }
-        let c_len = usize::try_from(c_end.saturating_sub(c_start))
-            .map_err(|_| Error::Invalid(format!("span {span} is too large")))?;
-        compressed.resize(c_len, 0);
+        // Sizes come from the zTOC, which may lie: read what the layer
+        // has rather than allocate what the zTOC claims, and allocate
+        // output only as far as those bytes can inflate.
+        let c_len = c_end.saturating_sub(c_start);
         blob.seek(SeekFrom::Start(c_start))
             .map_err(io(format!("seeking to span {span} at {c_start}")))?;
-        blob.read_exact(&mut compressed).map_err(io(format!(
-            "reading span {span} ({c_len} bytes at {c_start})"
-        )))?;
-        data.resize((to - from) as usize, 0);
+        compressed.clear();
+        (&mut *blob)
+            .take(c_len)
+            .read_to_end(&mut compressed)
+            .map_err(io(format!(
+                "reading span {span} ({c_len} bytes at {c_start})"
+            )))?;
+        if compressed.len() as u64 != c_len {
+            return Err(Error::Invalid(format!(
+                "span {span}: the layer ends after {} of its {c_len} compressed bytes at {c_start}",
+                compressed.len()
+            )));
+        }
+        let max_inflated = c_len.saturating_add(1).saturating_mul(MAX_DEFLATE_RATIO);
+        if to - u_start > max_inflated {
+            return Err(Error::Invalid(format!(
+                "span {span}: {} uncompressed bytes cannot come from {c_len} compressed bytes",
+                to - u_start
+            )));
+        }
+        let len = usize::try_from(to - from)
+            .map_err(|_| Error::Invalid(format!("span {span} is too large")))?;
+        data.resize(len, 0);
         sochi_zran::inflate_span(checkpoint, &compressed, from - u_start, &mut data).map_err(
             |source| Error::Gzip {
                 layer: format!("span {span}"),
@@ -153,6 +187,12 @@ pub fn extract_file<B: Read + Seek>(
         out.write_all(&data)
             .map_err(io("writing file data".to_string()))?;
         written += data.len() as u64;
+    }
+    if written != size {
+        return Err(Error::Invalid(format!(
+            "the zTOC's spans hold {written} of the {size} bytes of {}",
+            String::from_utf8_lossy(&entry.name)
+        )));
     }
     Ok(written)
 }
@@ -167,5 +207,89 @@ mod tests {
         assert_eq!(clean_name(b"../../etc/passwd"), b"etc/passwd");
         assert_eq!(clean_name(b"/abs/x"), b"abs/x");
         assert_eq!(clean_name(b"./"), b"");
+    }
+
+    use std::io::Cursor;
+
+    use crate::{build_layer_ztoc, LayerCompression, LayerOptions};
+
+    /// A gzipped tar holding one regular file `a` of `len` bytes, and its zTOC.
+    fn one_file_layer(len: usize) -> (Vec<u8>, Ztoc) {
+        let mut header = [0u8; 512];
+        header[0] = b'a';
+        header[100..107].copy_from_slice(b"0000644");
+        header[124..135].copy_from_slice(format!("{len:011o}").as_bytes());
+        header[136..147].copy_from_slice(b"00000000000");
+        header[156] = b'0';
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let mut tar = header.to_vec();
+        tar.extend((0..len).map(|i| (i % 251) as u8));
+        tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&tar).unwrap();
+        let layer = encoder.finish().unwrap();
+        let options = LayerOptions {
+            span_size: 65536,
+            compression: LayerCompression::Gzip,
+            expect: None,
+        };
+        let built = build_layer_ztoc(&layer[..], &options, "test", &|_| {}).unwrap();
+        (layer, built.ztoc)
+    }
+
+    /// `ztoc` as the reader would hand it over: serialized and parsed back,
+    /// so only zTOCs that pass `Ztoc::from_bytes` reach `extract_file`.
+    fn reparsed(ztoc: &Ztoc) -> Ztoc {
+        Ztoc::from_bytes(&ztoc.to_bytes()).unwrap()
+    }
+
+    fn extract(ztoc: &Ztoc, layer: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        extract_file(ztoc, &mut Cursor::new(layer), &ztoc.toc[0], &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_file_reads_back_through_its_ztoc() {
+        let (layer, ztoc) = one_file_layer(3000);
+        let expected: Vec<u8> = (0..3000).map(|i| (i % 251) as u8).collect();
+        assert_eq!(extract(&reparsed(&ztoc), &layer).unwrap(), expected);
+    }
+
+    // Found by the ztoc_extract fuzz target: a file placed past the end of
+    // the last span was "extracted" as zero bytes, successfully.
+    #[test]
+    fn a_file_past_the_last_span_is_an_error_not_short_output() {
+        let (layer, mut ztoc) = one_file_layer(3000);
+        ztoc.toc[0].uncompressed_offset = 1 << 20;
+        let err = extract(&reparsed(&ztoc), &layer).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("past the end of the layer's spans"),
+            "{err}"
+        );
+    }
+
+    // Found by the ztoc_extract fuzz target: sizes taken from the zTOC were
+    // allocated before any byte was read (a 4 GiB malloc for a 2 KB zTOC).
+    #[test]
+    fn huge_sizes_in_a_ztoc_are_an_error_not_an_allocation() {
+        let (layer, ztoc) = one_file_layer(3000);
+
+        // The last span runs to the compressed archive size: 2^60 bytes.
+        let mut huge_layer = ztoc.clone();
+        huge_layer.compressed_archive_size = 1 << 60;
+        let err = extract(&reparsed(&huge_layer), &layer).unwrap_err();
+        assert!(err.to_string().contains("the layer ends after"), "{err}");
+
+        // A 32 TiB file in a 2^50-byte archive, from a few hundred bytes.
+        let mut huge_file = ztoc;
+        huge_file.uncompressed_archive_size = 1 << 50;
+        huge_file.toc[0].uncompressed_size = 1 << 45;
+        let err = extract(&reparsed(&huge_file), &layer).unwrap_err();
+        assert!(err.to_string().contains("cannot come from"), "{err}");
     }
 }

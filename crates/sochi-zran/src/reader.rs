@@ -281,9 +281,14 @@ impl<R: Read> CheckpointingReader<R> {
                 let data_type = step.data_type;
                 if data_type.at_block_boundary() {
                     self.member_header_done = true;
+                    // Spec §3.2 places a checkpoint whenever totout == 0;
+                    // a stream with no output before its first block
+                    // boundary (an empty first member, a sync flush) would
+                    // get a second one at 0 and an empty span the
+                    // snapshotter refuses (§1.3). The first one serves.
+                    let at_start = self.total_out == 0 && self.zinfo.len() == 0;
                     if !data_type.in_last_block()
-                        && (self.total_out == 0
-                            || self.total_out - self.last_checkpoint_out > self.span_size)
+                        && (at_start || self.total_out - self.last_checkpoint_out > self.span_size)
                     {
                         let bits = data_type.unused_bits().ok_or(Error::ZlibContract {
                             call: "inflate",

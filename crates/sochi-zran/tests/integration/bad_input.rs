@@ -298,13 +298,3 @@ fn corrupt_checkpoints_never_panic() {
     );
 }
 
-/// An empty first member puts a second checkpoint at uncompressed offset 0
-/// (right after the next member's header: `totout == 0`, spec §3.2). The
-/// reference writes it anyway and the snapshotter then refuses the zTOC
-/// (offsets must increase strictly, spec §0 hazard 4); we refuse at build
-/// time instead.
-#[test]
-fn empty_first_member_is_refused_by_the_zinfo_writer() {
-    let blob = gzip_members(&[b"", &synthetic(19, 1000)], 6);
-    assert!(matches!(index(&blob, 65536), Err(Error::Zinfo { .. })));
-}

@@ -145,18 +145,13 @@ fn fixture_layers() {
 }
 
 // Found with the checkpoint_builder fuzz target (fuzz/, README "Fuzzing"):
-// when no output precedes a block boundary, the reference's zran rule
-// (`totout == 0 || totout - last > span`, spec §3.2) fires twice at
-// uncompressed offset 0, e.g. after the header and after an empty first
-// member, or after an empty stored block from a sync flush before any
-// data. GzipZinfoWriter refuses the second checkpoint (offsets must
-// strictly increase), so these valid streams cannot be indexed at all:
-// "zinfo: checkpoint 1: offsets (30, 0) do not follow the previous
-// checkpoint's (10, 0)". Ignored until we decide what to emit (the
-// reference writes both checkpoints, giving an empty span 0 that its own
-// snapshotter then refuses, spec §1.3).
+// When no output precedes a block boundary (an empty first member, or an
+// empty stored block from a sync flush before any data), the reference's
+// rule (`totout == 0 || totout - last > span`, spec §3.2) fires twice at
+// uncompressed offset 0 and its zTOC has an empty span 0 that its own
+// snapshotter refuses (§1.3). sochi keeps the first checkpoint only, so
+// these valid streams index and every span inflates correctly.
 #[test]
-#[ignore = "known bug: two checkpoints at uncompressed offset 0 are refused"]
 fn streams_with_no_output_before_a_block_boundary_index() {
     let data = synthetic(8, 100_000);
     check_blob("empty first member", &gzip_members(&[b"", &data], 6));

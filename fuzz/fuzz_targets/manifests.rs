@@ -1,0 +1,88 @@
+//! The JSON documents sochi reads (image manifests and indexes, SOCI index
+//! manifests, prefetch artifacts, image configs) and platform strings.
+//! Whatever parses must re-encode to Go-canonical JSON that parses back
+//! and re-encodes to the same bytes: the reference re-encodes what it
+//! fetches and compares digests, so the encoding must be a fixed point.
+//!
+//! Input: byte 0 picks the parser, the rest is the document.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sochi_format::{
+    ImageConfigPlatform, ImageIndex, ImageManifest, Platform, PrefetchArtifact, Sha256Digest,
+    SociIndex,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, document)) = data.split_first() else {
+        return;
+    };
+    match selector % 6 {
+        0 => {
+            if let Ok(manifest) = ImageManifest::from_json(document) {
+                let json = manifest.to_go_json();
+                let again = ImageManifest::from_json(&json)
+                    .unwrap_or_else(|err| panic!("re-encoded manifest does not parse: {err}"));
+                assert!(
+                    again.to_go_json() == json,
+                    "manifest encoding is not a fixed point"
+                );
+                for layer in manifest.layers() {
+                    let _ = layer.sha256();
+                }
+            }
+        }
+        1 => {
+            if let Ok(index) = ImageIndex::from_json(document) {
+                let json = index.to_go_json();
+                let again = ImageIndex::from_json(&json)
+                    .unwrap_or_else(|err| panic!("re-encoded index does not parse: {err}"));
+                assert!(
+                    again.to_go_json() == json,
+                    "index encoding is not a fixed point"
+                );
+            }
+        }
+        2 => {
+            if let Ok(index) = SociIndex::from_bytes(document) {
+                let bytes = index.to_bytes();
+                let again = SociIndex::from_bytes(&bytes)
+                    .unwrap_or_else(|err| panic!("re-encoded SOCI index does not parse: {err}"));
+                assert!(
+                    again.to_bytes() == bytes,
+                    "SOCI index encoding is not a fixed point"
+                );
+                let _ = index.ztocs().count();
+            }
+        }
+        3 => {
+            if let Ok(artifact) = PrefetchArtifact::from_bytes(document) {
+                let bytes = artifact.to_bytes();
+                let again = PrefetchArtifact::from_bytes(&bytes).unwrap_or_else(|err| {
+                    panic!("re-encoded prefetch artifact does not parse: {err}")
+                });
+                assert_eq!(again, artifact);
+            }
+        }
+        4 => {
+            if let Ok(config) = ImageConfigPlatform::from_json(document) {
+                let _ = config.platform().to_spec_string();
+            }
+        }
+        _ => {
+            let Ok(text) = std::str::from_utf8(document) else {
+                return;
+            };
+            if let Ok(platform) = Platform::parse(text) {
+                let spec = platform.to_spec_string();
+                let again = Platform::parse(&spec)
+                    .unwrap_or_else(|err| panic!("{spec:?} does not parse: {err}"));
+                assert_eq!(again.to_spec_string(), spec);
+            }
+            if let Ok(digest) = Sha256Digest::parse(text) {
+                assert_eq!(Sha256Digest::parse(&digest.to_string()).ok(), Some(digest));
+            }
+        }
+    }
+});

@@ -129,9 +129,13 @@ pub fn build_layer_ztoc(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<LayerZtoc> {
     let mut reader = CountingReader::new(blob, options.expect.is_some(), progress);
-    let (toc, uncompressed_archive_size, compression) = match options.compression {
-        LayerCompression::Gzip => index_gzip(&mut reader, options.span_size, name)?,
-        LayerCompression::Uncompressed => index_tar(&mut reader, options.span_size, name)?,
+    let indexed = match options.compression {
+        LayerCompression::Gzip => index_gzip(&mut reader, options.span_size, name),
+        LayerCompression::Uncompressed => index_tar(&mut reader, options.span_size, name),
+    };
+    let (toc, uncompressed_archive_size, compression) = match indexed {
+        Ok(indexed) => indexed,
+        Err(error) => return Err(blame_corruption(&mut reader, options, name, error)),
     };
     let layer_size = reader.count;
     if let Some((expected, expected_size)) = options.expect {
@@ -184,6 +188,40 @@ pub fn has_xattrs(toc: &[FileMetadata]) -> bool {
                 .iter()
                 .any(|(k, _)| k.starts_with(b"SCHILY.xattr."))
     })
+}
+
+/// A layer that fails to parse may simply have been corrupted on its way
+/// (a flipped byte can still inflate). When its digest is known, read the
+/// rest of the blob: if the bytes are not the layer's, say that first.
+fn blame_corruption<R: Read>(
+    reader: &mut CountingReader<'_, R>,
+    options: &LayerOptions,
+    name: &str,
+    error: Error,
+) -> Error {
+    let Some((expected, _)) = options.expect else {
+        return error;
+    };
+    if let Err(read_error) = io::copy(reader, &mut io::sink()) {
+        // A source that checks digests itself (a registry stream) says so
+        // with InvalidData at the end of the blob.
+        if read_error.kind() == io::ErrorKind::InvalidData {
+            return Error::LayerMismatch {
+                layer: name.to_string(),
+                detail: format!("the blob is corrupt: {read_error} ({error})"),
+            };
+        }
+        return error;
+    }
+    match reader.digest() {
+        Some(actual) if actual != expected => Error::LayerMismatch {
+            layer: name.to_string(),
+            detail: format!(
+                "content has digest {actual}, not {expected}: the blob is corrupt ({error})"
+            ),
+        },
+        _ => error,
+    }
 }
 
 fn to_i64(value: u64, name: &str) -> Result<i64> {

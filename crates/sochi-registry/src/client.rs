@@ -258,9 +258,11 @@ impl Client {
         })
     }
 
-    /// `http` for loopback registries and with `plain_http`, else `https`.
+    /// `http` with `plain_http`, and for loopback registries unless a CA
+    /// file says the user expects TLS there; else `https`.
     fn scheme(&self, repo: &Reference) -> &'static str {
-        if self.inner.config.plain_http || repo.is_loopback() {
+        let config = &self.inner.config;
+        if config.plain_http || (repo.is_loopback() && config.ca_file.is_none()) {
             "http"
         } else {
             "https"

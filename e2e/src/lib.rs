@@ -1,0 +1,37 @@
+//! The end-to-end harness of sochi: real services, owned by one test each
+//! and cleaned up on drop.
+//!
+//! - [`Registry`]: a private docker-registry on a free loopback port,
+//!   plain HTTP or TLS (own CA) with optional htpasswd basic auth; killed
+//!   and waited on drop. sochi talks plain HTTP to `127.0.0.1` whatever
+//!   its flags, so TLS registries for sochi listen on `127.0.0.2`
+//!   ([`Registry::secure`]).
+//! - [`FaultProxy`]: a plain HTTP/1.1 reverse proxy in front of a plain
+//!   `Registry` with run-time faults (`down`/`up`, `fail_next`,
+//!   `reset_mid_body`, `corrupt_body`) and a request log.
+//! - [`Sochi`]: the built `sochi` binary with a private `--root` and
+//!   `DOCKER_CONFIG`; failures print the command, cwd, stdout and stderr.
+//! - [`TestImages`]: busybox, debian-python and edgecase OCI layouts from
+//!   `scripts/build-test-images.sh`, built once per process on first use,
+//!   pushed with skopeo.
+//!
+//! A missing service (registry binary, skopeo, …) fails the test; nothing
+//! is skipped. Install what the harness needs with `scripts/e2e-deps.sh`.
+//!
+//! The helpers are blocking and panic with context on failure: call them
+//! from plain `#[test]`s (or `spawn_blocking`).
+
+#![forbid(unsafe_code)]
+
+pub use crate::images::{TestImages, IMAGE_NAMES};
+pub use crate::process::{pid_alive, run_ok, workspace_root};
+pub use crate::proxy::{Fault, FaultProxy, RequestRecord};
+pub use crate::registry::{Credentials, Registry, RegistryBuilder, TLS_LOOPBACK_IP};
+pub use crate::sochi::{sochi_bin, Sochi, SochiOutput};
+
+mod images;
+mod process;
+mod proxy;
+mod registry;
+mod sochi;
+mod tls;

@@ -1,0 +1,157 @@
+//! Processes and paths the harness shares: the workspace root, a command's
+//! printable form, running a command with its context printed on failure,
+//! and whether a PID is still alive.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest_dir.to_path_buf())
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else
+/// `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// True when the process exists and is not a zombie. A guard that waited on
+/// its child leaves no zombie, so after its drop this is false.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may hold
+        // spaces and parentheses itself.
+        Ok(stat) => match stat.rfind(')') {
+            Some(end) => !matches!(stat[end + 1..].trim_start().chars().next(), Some('Z' | 'X')),
+            None => true,
+        },
+        Err(_) => false,
+    }
+}
+
+/// `program arg…` with arguments quoted where a shell would need it.
+pub fn display_command(cmd: &Command) -> String {
+    let mut out = String::new();
+    for env in cmd.get_envs() {
+        if let (key, Some(value)) = env {
+            let _ = write!(
+                out,
+                "{}={} ",
+                key.to_string_lossy(),
+                shell_quote(&value.to_string_lossy())
+            );
+        }
+    }
+    out.push_str(&shell_quote(&cmd.get_program().to_string_lossy()));
+    for arg in cmd.get_args() {
+        out.push(' ');
+        out.push_str(&shell_quote(&arg.to_string_lossy()));
+    }
+    out
+}
+
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The context a failed command prints: the command, its working
+/// directory, exit status, stdout and stderr.
+pub fn describe_output(cmd: &Command, output: &Output) -> String {
+    let cwd = cmd
+        .get_current_dir()
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    format!(
+        "\n\ncommand: {}\ncwd: {}\nstatus: {}\n\nstdout:\n{}\nstderr:\n{}\n",
+        display_command(cmd),
+        cwd.display(),
+        output.status,
+        indent(&String::from_utf8_lossy(&output.stdout)),
+        indent(&String::from_utf8_lossy(&output.stderr)),
+    )
+}
+
+fn indent(text: &str) -> String {
+    if text.is_empty() {
+        return "    (empty)\n".to_string();
+    }
+    let mut out = String::new();
+    for line in text.lines() {
+        out.push_str("    ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Runs `cmd` and panics with its context unless it exits with status 0.
+/// A program that cannot be started is a failure too, never a skip.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let output = match cmd.output() {
+        Ok(output) => output,
+        Err(err) => panic!(
+            "cannot run {}: {err} (missing? run scripts/e2e-deps.sh)",
+            display_command(cmd)
+        ),
+    };
+    if !output.status.success() {
+        panic!("command failed{}", describe_output(cmd, &output));
+    }
+    output
+}
+
+/// The last `max_lines` lines of a file, for failure messages.
+pub fn tail(path: &Path, max_lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            let start = lines.len().saturating_sub(max_lines);
+            lines[start..].join("\n")
+        }
+        Err(err) => format!("(cannot read {}: {err})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_leaves_plain_words_alone() {
+        let mut cmd = Command::new("sochi");
+        cmd.args(["--root", "/tmp/x y", "it's"]);
+        assert_eq!(display_command(&cmd), r"sochi --root '/tmp/x y' 'it'\''s'");
+    }
+
+    #[test]
+    fn own_pid_is_alive_and_a_missing_one_is_not() {
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(u32::MAX));
+    }
+}

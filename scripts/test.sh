@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The test command (README "Tests"): lint, unit and conformance tests,
-# then the CLI end to end on the fixtures and on a sample image.
+# The test command (README "Tests"): lint, unit and conformance tests, the
+# end-to-end suite against a real registry (started and stopped by the
+# tests themselves), then the CLI on a sample image made from this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
+scripts/e2e-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo build --release --bin sochi --quiet
-SOCHI_BIN=$PWD/target/release/sochi cargo test --workspace --all-targets --release --quiet 2>&1 | tee target/test-output.txt
-scripts/cli-e2e.sh target/release/sochi
+cargo build --workspace --all-targets --quiet
+export SOCHI_BIN=$PWD/target/debug/sochi
+cargo test --workspace --quiet 2>&1 | tee target/test-output.txt
+scripts/cli-e2e.sh "$SOCHI_BIN"

@@ -483,3 +483,91 @@ fn failed_pushes_publish_nothing_half_done() {
     ]);
     assert_complete(&client, &base, "debian-python", "soci");
 }
+
+#[test]
+fn convert_downloads_each_layer_once_between_registries_and_within_one() {
+    let images = TestImages::get();
+    let source = Registry::plain();
+    let target = Registry::plain();
+    images.push_to(&source, "debian-python");
+    let proxy = FaultProxy::start(&source);
+    let sochi = Sochi::new().global_args(["--plain-http"]);
+    let layers: Vec<String> = images.manifest("debian-python")["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let local = Sochi::new()
+        .run([
+            "convert",
+            "--json",
+            "--min-layer-size",
+            "0",
+            &images.oci_ref("debian-python"),
+            &format!(
+                "oci:{}",
+                tempfile::tempdir().unwrap().path().join("x").display()
+            ),
+        ])
+        .json();
+
+    // Another registry: the indexer's stream is the upload.
+    let out = sochi
+        .run([
+            "convert",
+            "--json",
+            "--min-layer-size",
+            "0",
+            &proxy.reference("debian-python:latest"),
+            &target.reference("python:soci"),
+        ])
+        .json();
+    assert_eq!(out["image"], local["image"]);
+    for layer in &layers {
+        assert_eq!(
+            proxy.count_method("GET", &format!("/blobs/{layer}")),
+            1,
+            "layer {layer} downloaded more than once"
+        );
+    }
+    assert_complete(
+        &plain_client(),
+        &format!("http://{}", target.addr()),
+        "python",
+        "soci",
+    );
+
+    // The same registry, another repository: mounted, not downloaded again.
+    proxy.clear_requests();
+    let out = sochi
+        .run([
+            "convert",
+            "--json",
+            "--min-layer-size",
+            "0",
+            &proxy.reference("debian-python:latest"),
+            &proxy.reference("elsewhere/python:soci"),
+        ])
+        .json();
+    assert_eq!(out["image"], local["image"]);
+    for layer in &layers {
+        assert_eq!(
+            proxy.count_method("GET", &format!("/blobs/{layer}")),
+            1,
+            "layer {layer} downloaded more than once"
+        );
+        assert!(
+            proxy.requests().iter().any(|r| r.method == "POST"
+                && r.path.contains("mount=")
+                && r.path.contains(layer.trim_start_matches("sha256:"))),
+            "layer {layer} was not mounted"
+        );
+    }
+    assert_complete(
+        &plain_client(),
+        &format!("http://{}", source.addr()),
+        "elsewhere/python",
+        "soci",
+    );
+}

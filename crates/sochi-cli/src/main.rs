@@ -18,6 +18,7 @@ mod output;
 mod progress;
 mod registry;
 mod tee_source;
+mod tee_upload;
 
 /// Seekable OCI (SOCI) in Rust: build SOCI indexes for container images and
 /// inspect them.

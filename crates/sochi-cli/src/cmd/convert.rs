@@ -2,11 +2,12 @@
 //! `soci convert` makes it. Source and destination are each a registry
 //! reference or an OCI layout (`oci:PATH[:TAG]`), in any mix.
 //!
-//! Each layer is read once from the source, by the indexer; when the
-//! destination is a layout the same stream fills it. A registry destination
-//! gets only the blobs it lacks (cross-repository mounts within one
-//! registry), children before parents, and the tag last, so a failed run
-//! never leaves a tag pointing at missing blobs.
+//! Each layer is read once from the source, by the indexer; the same stream
+//! fills a layout destination, or is uploaded to a registry on another
+//! host. A registry destination gets only the blobs it lacks (mounted
+//! within one registry, without a download), children before parents, and
+//! the tag last, so a failed run never leaves a tag pointing at missing
+//! blobs.
 
 use std::fs;
 use std::path::Path;
@@ -26,6 +27,7 @@ use crate::output::print_json_line;
 use crate::progress::LayerBars;
 use crate::registry::is_manifest;
 use crate::tee_source::TeeToLayout;
+use crate::tee_upload::{LazyBlob, TeeToRegistry};
 
 /// Flags of `convert`.
 #[derive(Debug, clap::Args)]
@@ -75,8 +77,22 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let bars = LayerBars::new();
     let events = |e: sochi_build::BuildEvent<'_>| bars.on_event(e);
 
-    let output = match &dst_ref {
-        ImageRef::Layout { path, .. } => {
+    // Between two registries, the indexer's stream also feeds the upload.
+    let tee_upload = match (&src_ref, &dst_ref, &opened.registry) {
+        (ImageRef::Registry(src), ImageRef::Registry(dst), Some(registry))
+            if src.registry != dst.registry =>
+        {
+            Some(TeeToRegistry {
+                inner: opened.source.as_ref(),
+                registry: registry.clone(),
+                dst: dst.clone(),
+                uploads: Default::default(),
+            })
+        }
+        _ => None,
+    };
+    let output = match (&dst_ref, &tee_upload) {
+        (ImageRef::Layout { path, .. }, _) => {
             let dst = OciLayout::create(path)?;
             let tee = TeeToLayout {
                 inner: opened.source.as_ref(),
@@ -84,7 +100,10 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
             };
             convert(&tee, &opened.image, &selection, &options, None, &events)
         }
-        ImageRef::Registry(_) => convert(
+        (ImageRef::Registry(_), Some(tee)) => {
+            convert(tee, &opened.image, &selection, &options, None, &events)
+        }
+        (ImageRef::Registry(_), None) => convert(
             opened.source.as_ref(),
             &opened.image,
             &selection,
@@ -94,6 +113,9 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
         ),
     }
     .with_context(|| format!("converting {src_ref}"))?;
+    if let Some(tee) = &tee_upload {
+        tee.finish_uploads()?;
+    }
 
     match &dst_ref {
         ImageRef::Layout { path, tag } => write_layout(&opened, &output, path, tag.as_deref())?,
@@ -251,18 +273,14 @@ fn push_registry(
                     if client.blob_size(&dst, &d.digest).await?.is_some() {
                         return Ok(());
                     }
-                    if let Some(from) = mount_from.as_deref() {
-                        if let ImageRef::Registry(src) = &src_ref {
-                            // Within one registry: mount, or stream through.
-                            let body = client.get_blob(src, &d.digest).await?;
-                            client.push_blob_stream(&dst, d, body, Some(from)).await?;
-                            return Ok(());
-                        }
-                    }
                     match (&src_ref, layout) {
                         (ImageRef::Registry(src), _) => {
-                            let body = client.get_blob(src, &d.digest).await?;
-                            client.push_blob_stream(&dst, d, body, None).await?;
+                            // Mounted within one registry; else streamed, and
+                            // only if the registry wants the bytes.
+                            let body = LazyBlob::new(client.clone(), src.clone(), d.digest.clone());
+                            client
+                                .push_blob_stream(&dst, d, body, mount_from.as_deref())
+                                .await?;
                         }
                         (ImageRef::Layout { .. }, Some(layout)) => {
                             let file =

@@ -297,4 +297,3 @@ fn corrupt_checkpoints_never_panic() {
         "only {errors} corrupt checkpoints were refused"
     );
 }
-

@@ -286,7 +286,7 @@ impl<R: Read> CheckpointingReader<R> {
                     // boundary (an empty first member, a sync flush) would
                     // get a second one at 0 and an empty span the
                     // snapshotter refuses (§1.3). The first one serves.
-                    let at_start = self.total_out == 0 && self.zinfo.len() == 0;
+                    let at_start = self.total_out == 0 && self.zinfo.is_empty();
                     if !data_type.in_last_block()
                         && (at_start || self.total_out - self.last_checkpoint_out > self.span_size)
                     {

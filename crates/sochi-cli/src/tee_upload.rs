@@ -118,7 +118,7 @@ pub struct LazyBlob {
 enum LazyState {
     Idle(Client, Reference, String),
     Opening(Pin<Box<dyn std::future::Future<Output = sochi_registry::Result<BlobStream>> + Send>>),
-    Open(BlobStream),
+    Open(Box<BlobStream>),
     Failed,
 }
 
@@ -152,13 +152,13 @@ impl AsyncRead for LazyBlob {
                 }
                 LazyState::Opening(future) => match future.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(stream)) => this.state = LazyState::Open(stream),
+                    Poll::Ready(Ok(stream)) => this.state = LazyState::Open(Box::new(stream)),
                     Poll::Ready(Err(e)) => {
                         this.state = LazyState::Failed;
                         return Poll::Ready(Err(io::Error::other(e)));
                     }
                 },
-                LazyState::Open(stream) => return Pin::new(stream).poll_read(cx, buf),
+                LazyState::Open(stream) => return Pin::new(stream.as_mut()).poll_read(cx, buf),
                 LazyState::Failed => {
                     return Poll::Ready(Err(io::Error::other("blob download failed before")))
                 }

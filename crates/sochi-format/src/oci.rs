@@ -285,41 +285,72 @@ impl ImageManifest {
     /// The Go-canonical JSON bytes of this manifest.
     pub fn to_go_json(&self) -> Vec<u8> {
         let mut w = JsonWriter::new();
-        w.begin_object();
-        w.key("schemaVersion");
-        w.int(self.schema_version);
-        if !self.media_type.is_empty() {
-            w.key("mediaType");
-            w.string(&self.media_type);
-        }
-        if let Some(t) = self.artifact_type.as_deref().filter(|t| !t.is_empty()) {
-            w.key("artifactType");
-            w.string(t);
-        }
+        write_head(
+            &mut w,
+            self.schema_version,
+            &self.media_type,
+            self.artifact_type.as_deref(),
+        );
         w.key("config");
         self.config.write(&mut w);
-        w.key("layers");
-        match &self.layers {
-            None => w.null(),
-            Some(layers) => {
-                w.begin_array();
-                for l in layers {
-                    l.write(&mut w);
-                }
-                w.end_array();
-            }
-        }
-        if let Some(subject) = &self.subject {
-            w.key("subject");
-            subject.write(&mut w);
-        }
-        if !self.annotations.is_empty() {
-            w.key("annotations");
-            w.string_map(&self.annotations);
-        }
-        w.end_object();
+        write_descriptors(&mut w, "layers", self.layers.as_deref());
+        write_tail(&mut w, self.subject.as_ref(), &self.annotations);
         w.finish().into_bytes()
     }
+}
+
+/// `schemaVersion`, `mediaType`, `artifactType`: how manifests and indexes
+/// begin (`ocispec` field order).
+fn write_head(
+    w: &mut JsonWriter,
+    schema_version: i64,
+    media_type: &str,
+    artifact_type: Option<&str>,
+) {
+    w.begin_object();
+    w.key("schemaVersion");
+    w.int(schema_version);
+    if !media_type.is_empty() {
+        w.key("mediaType");
+        w.string(media_type);
+    }
+    if let Some(t) = artifact_type.filter(|t| !t.is_empty()) {
+        w.key("artifactType");
+        w.string(t);
+    }
+}
+
+/// A descriptor list that Go does not omit when empty (`null` when absent).
+fn write_descriptors(w: &mut JsonWriter, key: &str, descriptors: Option<&[Descriptor]>) {
+    w.key(key);
+    match descriptors {
+        None => w.null(),
+        Some(list) => {
+            w.begin_array();
+            for d in list {
+                d.write(w);
+            }
+            w.end_array();
+        }
+    }
+}
+
+/// `subject`, `annotations` and the closing brace: how manifests and
+/// indexes end.
+fn write_tail(
+    w: &mut JsonWriter,
+    subject: Option<&Descriptor>,
+    annotations: &BTreeMap<String, String>,
+) {
+    if let Some(subject) = subject {
+        w.key("subject");
+        subject.write(w);
+    }
+    if !annotations.is_empty() {
+        w.key("annotations");
+        w.string_map(annotations);
+    }
+    w.end_object();
 }
 
 /// An image index (`ocispec.Index`).
@@ -362,37 +393,14 @@ impl ImageIndex {
     /// The Go-canonical JSON bytes of this index.
     pub fn to_go_json(&self) -> Vec<u8> {
         let mut w = JsonWriter::new();
-        w.begin_object();
-        w.key("schemaVersion");
-        w.int(self.schema_version);
-        if !self.media_type.is_empty() {
-            w.key("mediaType");
-            w.string(&self.media_type);
-        }
-        if let Some(t) = self.artifact_type.as_deref().filter(|t| !t.is_empty()) {
-            w.key("artifactType");
-            w.string(t);
-        }
-        w.key("manifests");
-        match &self.manifests {
-            None => w.null(),
-            Some(ms) => {
-                w.begin_array();
-                for m in ms {
-                    m.write(&mut w);
-                }
-                w.end_array();
-            }
-        }
-        if let Some(subject) = &self.subject {
-            w.key("subject");
-            subject.write(&mut w);
-        }
-        if !self.annotations.is_empty() {
-            w.key("annotations");
-            w.string_map(&self.annotations);
-        }
-        w.end_object();
+        write_head(
+            &mut w,
+            self.schema_version,
+            &self.media_type,
+            self.artifact_type.as_deref(),
+        );
+        write_descriptors(&mut w, "manifests", self.manifests.as_deref());
+        write_tail(&mut w, self.subject.as_ref(), &self.annotations);
         w.finish().into_bytes()
     }
 }

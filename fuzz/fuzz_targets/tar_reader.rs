@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
         span_size,
         compression: LayerCompression::Uncompressed,
         expect: None,
+        source_verifies_digest: false,
     };
     let Ok(built) = build_layer_ztoc(data, &options, "fuzz", &|_| {}) else {
         return;
@@ -57,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
         span_size,
         compression: LayerCompression::Gzip,
         expect: None,
+        source_verifies_digest: false,
     };
     let built_gzip = match build_layer_ztoc(&gzipped[..], &options, "fuzz.gz", &|_| {}) {
         Ok(built) => built,

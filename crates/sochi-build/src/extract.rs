@@ -235,6 +235,7 @@ mod tests {
             span_size: 65536,
             compression: LayerCompression::Gzip,
             expect: None,
+            source_verifies_digest: false,
         };
         let built = build_layer_ztoc(&layer[..], &options, "test", &|_| {}).unwrap();
         (layer, built.ztoc)

@@ -277,6 +277,7 @@ fn index_one_layer(
         span_size: options.span_size,
         compression,
         expect: Some((digest, size)),
+        source_verifies_digest: source.verifies_digests(),
     };
     let progress = |read| events(BuildEvent::LayerProgress { layer, read });
     let ztoc = build_layer_ztoc(blob, &layer_options, &layer.digest, &progress)?;

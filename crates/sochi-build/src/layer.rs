@@ -116,6 +116,9 @@ pub struct LayerOptions {
     pub compression: LayerCompression,
     /// If set, the blob must hash to this digest and have this size.
     pub expect: Option<(Sha256Digest, u64)>,
+    /// The blob reader checks the digest itself (and fails at the end of
+    /// the stream on a mismatch), so `expect` only checks the size.
+    pub source_verifies_digest: bool,
 }
 
 /// Reads a layer blob once and builds its zTOC.
@@ -128,7 +131,8 @@ pub fn build_layer_ztoc(
     name: &str,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<LayerZtoc> {
-    let mut reader = CountingReader::new(blob, options.expect.is_some(), progress);
+    let hash = options.expect.is_some() && !options.source_verifies_digest;
+    let mut reader = CountingReader::new(blob, hash, progress);
     let indexed = match options.compression {
         LayerCompression::Gzip => index_gzip(&mut reader, options.span_size, name),
         LayerCompression::Uncompressed => index_tar(&mut reader, options.span_size, name),
@@ -146,7 +150,7 @@ pub fn build_layer_ztoc(
             });
         }
         let actual = reader.digest();
-        if actual != Some(expected) {
+        if !options.source_verifies_digest && actual != Some(expected) {
             return Err(Error::LayerMismatch {
                 layer: name.to_string(),
                 detail: format!(

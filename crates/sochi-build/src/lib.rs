@@ -25,6 +25,7 @@
 //!     span_size: 512,
 //!     compression: LayerCompression::Uncompressed,
 //!     expect: None,
+//!     source_verifies_digest: false,
 //! };
 //! let built = build_layer_ztoc(&tar[..], &options, "example", &|_| {})?;
 //! assert_eq!(built.ztoc.toc.len(), 1);

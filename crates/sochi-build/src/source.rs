@@ -21,6 +21,12 @@ pub trait ImageSource: Sync {
     ) -> std::result::Result<Box<dyn Read + Send + '_>, SourceError>;
     /// Whether the blob can be read (a layout may hold only some platforms).
     fn has_blob(&self, descriptor: &Descriptor) -> bool;
+    /// Whether the streams of [`ImageSource::open_blob`] check the blob's
+    /// digest themselves and fail at the end on a mismatch (a registry
+    /// client does): the builder then does not hash the layer a second time.
+    fn verifies_digests(&self) -> bool {
+        false
+    }
 }
 
 /// Which platforms of a multi-platform image to index.

@@ -7,9 +7,9 @@ use std::io::Read;
 use anyhow::{Context, Result};
 use sochi_build::{ImageSource, SourceError};
 use sochi_format::{is_index_media_type, media_types, Descriptor};
-use sochi_registry::{Client, Reference};
+use sochi_registry::{BlobStream, Client, Reference};
+use tokio::io::AsyncReadExt;
 use tokio::runtime::{Handle, Runtime};
-use tokio_util::io::SyncIoBridge;
 
 /// A registry client and the runtime it runs on.
 pub struct Registry {
@@ -49,6 +49,32 @@ pub fn is_manifest(descriptor: &Descriptor) -> bool {
         || descriptor.media_type == media_types::DOCKER_MANIFEST
 }
 
+/// A blob stream read from synchronous code. Each `read` waits until the
+/// buffer is at least half full (or the blob ends): the indexer reads in
+/// large buffers, and a runtime round trip per network chunk costs more
+/// than it carries.
+struct BlockingBlob {
+    stream: BlobStream,
+    handle: Handle,
+}
+
+impl Read for BlockingBlob {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let stream = &mut self.stream;
+        self.handle.block_on(async {
+            let mut filled = 0;
+            while filled < buf.len().div_ceil(2) {
+                let n = stream.read(&mut buf[filled..]).await?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            Ok(filled)
+        })
+    }
+}
+
 /// Reads an image's blobs from its registry repository.
 pub struct RegistrySource {
     client: Client,
@@ -81,10 +107,16 @@ impl ImageSource for RegistrySource {
         let stream = self
             .handle
             .block_on(self.client.get_blob(&self.repository, &descriptor.digest))?;
-        Ok(Box::new(SyncIoBridge::new_with_handle(
+        Ok(Box::new(BlockingBlob {
             stream,
-            self.handle.clone(),
-        )))
+            handle: self.handle.clone(),
+        }))
+    }
+
+    fn verifies_digests(&self) -> bool {
+        // BlobStream hashes what it delivers and fails at its end on a
+        // mismatch.
+        true
     }
 
     fn has_blob(&self, descriptor: &Descriptor) -> bool {

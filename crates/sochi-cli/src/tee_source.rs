@@ -45,6 +45,10 @@ impl ImageSource for TeeToLayout<'_> {
     fn has_blob(&self, descriptor: &Descriptor) -> bool {
         self.inner.has_blob(descriptor)
     }
+
+    fn verifies_digests(&self) -> bool {
+        self.inner.verifies_digests()
+    }
 }
 
 /// Copies what it reads into a temp file, renamed into place at the end of

@@ -81,6 +81,10 @@ impl ImageSource for TeeToRegistry<'_> {
     fn has_blob(&self, descriptor: &Descriptor) -> bool {
         self.inner.has_blob(descriptor)
     }
+
+    fn verifies_digests(&self) -> bool {
+        self.inner.verifies_digests()
+    }
 }
 
 /// Hands a copy of every chunk read to an upload. If the upload gives up,

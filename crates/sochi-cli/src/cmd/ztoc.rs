@@ -124,6 +124,7 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         span_size: args.span_size,
         compression,
         expect: None,
+        source_verifies_digest: false,
     };
     let name = args.layer.display().to_string();
     let built = build_layer_ztoc(open()?, &options, &name, &|_| {})?;

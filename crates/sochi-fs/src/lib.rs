@@ -1,0 +1,71 @@
+//! sochi's lazy layers, first building block: the **layer tree**, the
+//! filesystem tree of one layer built from its zTOC the way the reference
+//! snapshotter builds it (spec §3.6). It does no I/O and knows nothing of
+//! FUSE; file data is located through the zTOC when a file is read.
+//!
+//! [`LayerTree::build`] turns a [`sochi_format::Ztoc`] into a [`LayerTree`]
+//! whose nodes are addressed by [`Ino`]; [`LayerTree::lookup`],
+//! [`LayerTree::attr`] (an [`Attr`]), [`LayerTree::readdir`],
+//! [`LayerTree::readlink`], [`LayerTree::xattrs`] and
+//! [`LayerTree::file_extent`] answer what a filesystem asks.
+//!
+//! The tree is laid out for small memory (the reference's users report
+//! gigabytes for big layers): nodes in one `Vec`, sorted child lists, names
+//! in one byte arena, and regular files holding only a TOC index.
+//!
+//! ```
+//! use sochi_format::{CompressionAlgorithm, CompressionInfo, EntryType, FileMetadata, Ztoc};
+//! use sochi_fs::{FileKind, LayerTree};
+//!
+//! let file = FileMetadata {
+//!     name: b"./etc/hostname".to_vec(),
+//!     entry_type: EntryType::Regular,
+//!     uncompressed_offset: 512,
+//!     uncompressed_size: 5,
+//!     linkname: Vec::new(),
+//!     mode: 0o644,
+//!     uid: 0,
+//!     gid: 0,
+//!     uname: Vec::new(),
+//!     gname: Vec::new(),
+//!     mod_time: "2023-11-14T22:13:20Z".into(),
+//!     devmajor: 0,
+//!     devminor: 0,
+//!     pax_records: Vec::new(),
+//! };
+//! let ztoc = Ztoc {
+//!     version: "0.9".into(),
+//!     build_tool_identifier: "AWS SOCI CLI v0.2".into(),
+//!     compressed_archive_size: 0,
+//!     uncompressed_archive_size: 2048,
+//!     toc: vec![file],
+//!     compression: CompressionInfo {
+//!         algorithm: CompressionAlgorithm::Uncompressed,
+//!         max_span_id: 0,
+//!         span_digests: Vec::new(),
+//!         checkpoints: Vec::new(),
+//!     },
+//! };
+//! let tree = LayerTree::build(&ztoc)?;
+//! let etc = tree.lookup(tree.root(), b"etc").unwrap();
+//! assert_eq!(tree.attr(etc).unwrap().perm, 0o755); // synthesized parent
+//! let hostname = tree.lookup(etc, b"hostname").unwrap();
+//! assert_eq!(tree.attr(hostname).unwrap().kind, FileKind::Regular);
+//! assert_eq!(tree.file_extent(&ztoc, hostname), Some((512, 5)));
+//! # Ok::<(), sochi_fs::Error>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub use error::{Error, Result};
+pub use tree::{Attr, FileKind, Ino, LayerTree};
+
+mod build;
+mod error;
+mod path;
+mod tree;
+
+#[cfg(test)]
+mod tests;

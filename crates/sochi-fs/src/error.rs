@@ -1,12 +1,14 @@
-//! Errors of the layer tree.
+//! Errors of the layer tree and the span manager.
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong while turning a zTOC into a layer tree.
+/// Everything that can go wrong while turning a zTOC into a layer tree or
+/// reading a layer's data through its spans.
 ///
-/// All variants are malformed input: the zTOC describes something that is
-/// not a filesystem tree. Names are raw bytes, shown lossily.
+/// The layer-tree variants come first and are malformed input (the zTOC
+/// describes something that is not a filesystem tree; names are raw bytes,
+/// shown lossily); the span manager's follow, from malformed input to I/O.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A hardlink names a target that no earlier entry of the layer created
@@ -71,5 +73,58 @@ pub enum Error {
         what: &'static str,
         /// The limit.
         limit: u64,
+    },
+    /// The zTOC's span geometry or checkpoints are malformed.
+    #[error("span manager: {0}")]
+    Ztoc(#[from] sochi_format::Error),
+    /// A span's compressed bytes do not hash to the digest in the zTOC,
+    /// also after one retry; none of its bytes were used.
+    #[error("span {span}: compressed bytes have digest {actual}, the ztoc says {expected}")]
+    SpanDigestMismatch {
+        /// The span id.
+        span: usize,
+        /// The digest recorded in the zTOC.
+        expected: sochi_format::Sha256Digest,
+        /// The digest of the bytes fetched.
+        actual: sochi_format::Sha256Digest,
+    },
+    /// A span whose digest matched did not decompress.
+    #[error("span {span}: cannot decompress")]
+    Inflate {
+        /// The span id.
+        span: usize,
+        /// What zlib reported.
+        #[source]
+        source: sochi_zran::Error,
+    },
+    /// Reading the layer blob failed.
+    #[error("layer blob: reading bytes {start}..{end}")]
+    Blob {
+        /// First byte asked for.
+        start: u64,
+        /// End (exclusive) of the range asked for.
+        end: u64,
+        /// What the blob reader reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The layer blob answered a range read with the wrong number of bytes.
+    #[error("layer blob: asked for bytes {start}..{end}, got {actual} bytes")]
+    BlobLength {
+        /// First byte asked for.
+        start: u64,
+        /// End (exclusive) of the range asked for.
+        end: u64,
+        /// How many bytes came back.
+        actual: usize,
+    },
+    /// Writing or reading the on-disk span cache failed.
+    #[error("span cache: {}", .path.display())]
+    CacheIo {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
     },
 }

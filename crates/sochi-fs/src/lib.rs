@@ -1,13 +1,19 @@
-//! sochi's lazy layers, first building block: the **layer tree**, the
+//! sochi's lazy layers, first building blocks: the **layer tree**, the
 //! filesystem tree of one layer built from its zTOC the way the reference
-//! snapshotter builds it (spec §3.6). It does no I/O and knows nothing of
-//! FUSE; file data is located through the zTOC when a file is read.
+//! snapshotter builds it (spec §3.6), and the **span manager** that reads
+//! the layer's data lazily. Neither knows anything of FUSE; the tree does no
+//! I/O, and file data is located through the zTOC when a file is read.
 //!
 //! [`LayerTree::build`] turns a [`sochi_format::Ztoc`] into a [`LayerTree`]
 //! whose nodes are addressed by [`Ino`]; [`LayerTree::lookup`],
 //! [`LayerTree::attr`] (an [`Attr`]), [`LayerTree::readdir`],
 //! [`LayerTree::readlink`], [`LayerTree::xattrs`] and
 //! [`LayerTree::file_extent`] answer what a filesystem asks.
+//!
+//! File data comes from a [`SpanManager`]: it maps an uncompressed range to
+//! the zTOC's spans and fetches, verifies, inflates and caches whole spans
+//! through a [`BlobReader`] (spec §3.7, §6.6); [`MemoryBlob`] is the
+//! in-memory blob used by tests.
 //!
 //! The tree is laid out for small memory (the reference's users report
 //! gigabytes for big layers): nodes in one `Vec`, sorted child lists, names
@@ -59,12 +65,16 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub use blob::{BlobReader, MemoryBlob};
 pub use error::{Error, Result};
+pub use spans::{SpanManager, DEFAULT_MEMORY_LIMIT};
 pub use tree::{Attr, FileKind, Ino, LayerTree};
 
+mod blob;
 mod build;
 mod error;
 mod path;
+mod spans;
 mod tree;
 
 #[cfg(test)]

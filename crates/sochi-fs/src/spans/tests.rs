@@ -1,0 +1,269 @@
+//! Span-manager tests on the reference fixtures: every file read back
+//! through the spans equals a plain gunzip, fetches are minimal and cached,
+//! and corrupt bytes (in the blob or the disk cache) are never served.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use sochi_format::Ztoc;
+
+use crate::{Error, FileKind, Ino, LayerTree, MemoryBlob, SpanManager};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/");
+const LAYERS: [&str; 2] = ["pax-mixed.tar.gz", "plain.tar"];
+
+/// A fixture layer: its zTOC, blob, uncompressed tar and regular files.
+struct Layer {
+    ztoc: Ztoc,
+    blob: Vec<u8>,
+    tar: Vec<u8>,
+    /// `(uncompressed offset, size)` of every regular file.
+    files: Vec<(u64, u64)>,
+}
+
+fn layer(name: &str) -> Layer {
+    let read = |file: &str| {
+        let path = format!("{FIXTURES}{file}");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+    };
+    let blob = read(name);
+    let ztoc = Ztoc::from_bytes(&read(&format!("{name}.65536.ztoc"))).unwrap();
+    let tar = if name.ends_with(".gz") {
+        let mut tar = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        tar
+    } else {
+        blob.clone()
+    };
+    let tree = LayerTree::build(&ztoc).unwrap();
+    let files = (1..=tree.len() as u64)
+        .map(Ino)
+        .filter(|&ino| tree.attr(ino).is_some_and(|a| a.kind == FileKind::Regular))
+        .filter_map(|ino| tree.file_extent(&ztoc, ino))
+        .collect::<Vec<_>>();
+    assert!(files.len() > 10, "{name}: {} files", files.len());
+    Layer {
+        ztoc,
+        blob,
+        tar,
+        files,
+    }
+}
+
+fn manager(layer: &Layer, blob: Vec<u8>, dir: Option<&Path>) -> (SpanManager, Arc<MemoryBlob>) {
+    let blob = Arc::new(MemoryBlob::new(blob));
+    let manager = SpanManager::new(&layer.ztoc, blob.clone(), dir.map(Path::to_path_buf)).unwrap();
+    (manager, blob)
+}
+
+/// Reads `size` bytes at `offset` in chunks of `chunk`.
+fn read_chunks(manager: &SpanManager, offset: u64, size: u64, chunk: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while (out.len() as u64) < size {
+        let want = chunk.min((size - out.len() as u64) as usize);
+        let mut buf = vec![0; want];
+        let got = manager.read(offset + out.len() as u64, &mut buf).unwrap();
+        assert_eq!(got, want, "short read at {offset}+{}", out.len());
+        out.extend_from_slice(&buf);
+    }
+    out
+}
+
+fn expected(layer: &Layer, offset: u64, size: u64) -> &[u8] {
+    &layer.tar[offset as usize..(offset + size) as usize]
+}
+
+/// A non-empty file that lies inside one span, and that span's id.
+fn single_span_file(layer: &Layer, skip: usize) -> ((u64, u64), usize) {
+    let geometry = layer.ztoc.span_geometry().unwrap();
+    layer
+        .files
+        .iter()
+        .filter(|&&(offset, size)| {
+            size > 0 && geometry.span_of(offset) == geometry.span_of(offset + size - 1)
+        })
+        .map(|&file| (file, geometry.span_of(file.0)))
+        .filter(|&(_, span)| span > 0)
+        .nth(skip)
+        .unwrap()
+}
+
+#[test]
+fn every_file_reads_back_in_odd_chunks() {
+    for name in LAYERS {
+        let layer = layer(name);
+        let (manager, _) = manager(&layer, layer.blob.clone(), None);
+        for &(offset, size) in &layer.files {
+            for chunk in [4093, 65537] {
+                let got = read_chunks(&manager, offset, size, chunk);
+                assert!(
+                    got == expected(&layer, offset, size),
+                    "{name} file at {offset}"
+                );
+            }
+        }
+        // The whole layer too, and a read past its end.
+        let size = manager.uncompressed_size();
+        assert!(read_chunks(&manager, 0, size, 100_003) == expected(&layer, 0, size));
+        assert_eq!(manager.read(size, &mut [0; 10]).unwrap(), 0);
+        let mut tail = [0; 10];
+        assert_eq!(manager.read(size - 3, &mut tail).unwrap(), 3);
+    }
+}
+
+#[test]
+fn small_file_fetches_only_its_span_and_then_hits_the_cache() {
+    for name in LAYERS {
+        let layer = layer(name);
+        let ((offset, size), span) = single_span_file(&layer, 0);
+        let geometry = layer.ztoc.span_geometry().unwrap();
+        let span_bytes =
+            geometry.end_compressed(span).unwrap() - geometry.start_compressed(span).unwrap();
+        let (manager, blob) = manager(&layer, layer.blob.clone(), None);
+        assert!(read_chunks(&manager, offset, size, 1000) == expected(&layer, offset, size));
+        assert_eq!((blob.requests(), blob.bytes()), (1, span_bytes), "{name}");
+        assert_eq!(manager.fetched_bytes(), span_bytes);
+        assert_eq!(manager.cached_spans(), 1);
+        assert!(read_chunks(&manager, offset, size, 7) == expected(&layer, offset, size));
+        assert_eq!(
+            blob.requests(),
+            1,
+            "{name}: second read is served from cache"
+        );
+    }
+}
+
+#[test]
+fn adjacent_missing_spans_are_fetched_with_one_request() {
+    let layer = layer("pax-mixed.tar.gz");
+    let geometry = layer.ztoc.span_geometry().unwrap();
+    assert!(geometry.span_count() >= 4);
+    let (manager, blob) = manager(&layer, layer.blob.clone(), None);
+    let start = geometry.start_uncompressed(1).unwrap();
+    let end = geometry.end_uncompressed(3).unwrap();
+    assert!(
+        read_chunks(&manager, start, end - start, 1 << 20) == expected(&layer, start, end - start)
+    );
+    let compressed = geometry.end_compressed(3).unwrap() - geometry.start_compressed(1).unwrap();
+    assert_eq!((blob.requests(), blob.bytes()), (1, compressed));
+    assert_eq!(manager.cached_spans(), 3);
+}
+
+#[test]
+fn corrupt_blob_byte_is_a_digest_mismatch_never_wrong_bytes() {
+    for name in LAYERS {
+        let layer = layer(name);
+        let ((offset, size), span) = single_span_file(&layer, 1);
+        let geometry = layer.ztoc.span_geometry().unwrap();
+        let mut blob = layer.blob.clone();
+        let start = geometry.start_compressed(span).unwrap();
+        let end = geometry.end_compressed(span).unwrap();
+        blob[((start + end) / 2) as usize] ^= 0x40;
+        let (manager, memory) = manager(&layer, blob, None);
+        let mut buf = vec![0; size as usize];
+        match manager.read(offset, &mut buf) {
+            Err(Error::SpanDigestMismatch {
+                span: bad,
+                expected,
+                actual,
+            }) => {
+                assert_eq!(bad, span);
+                assert_eq!(expected, layer.ztoc.compression.span_digests[span]);
+                assert_ne!(actual, expected);
+            }
+            other => panic!("{name}: expected a digest mismatch, got {other:?}"),
+        }
+        assert!(buf.iter().all(|&b| b == 0), "{name}: no byte was served");
+        assert_eq!(memory.requests(), 2, "{name}: one retry");
+        assert_eq!(manager.cached_spans(), 0);
+        // Other spans still read fine.
+        let ((offset, size), other) = single_span_file(&layer, 0);
+        if other != span {
+            assert!(read_chunks(&manager, offset, size, 999) == expected(&layer, offset, size));
+        }
+    }
+}
+
+#[test]
+fn concurrent_readers_get_correct_bytes_and_share_fetches() {
+    for name in LAYERS {
+        let layer = layer(name);
+        let (manager, blob) = manager(&layer, layer.blob.clone(), None);
+        std::thread::scope(|scope| {
+            for thread in 0..8u64 {
+                let (layer, manager) = (&layer, &manager);
+                scope.spawn(move || {
+                    let mut state = thread.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                    for _ in 0..200 {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let (offset, size) =
+                            layer.files[(state % layer.files.len() as u64) as usize];
+                        let chunk = 1 + (state >> 40) as usize % 70_000;
+                        let got = read_chunks(manager, offset, size, chunk);
+                        assert!(got == expected(layer, offset, size), "{name} at {offset}");
+                    }
+                });
+            }
+        });
+        // Each span is fetched at most once: the layer fits in memory.
+        assert!(blob.bytes() <= layer.blob.len() as u64 + manager.span_count() as u64);
+    }
+}
+
+#[test]
+fn disk_cache_survives_a_new_manager_and_tampered_files_are_refetched() {
+    for name in LAYERS {
+        let layer = layer(name);
+        let dir = tempfile::tempdir().unwrap();
+        let size = layer.ztoc.uncompressed_archive_size as u64;
+        let (first, blob) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+        assert!(read_chunks(&first, 0, size, 1 << 20) == expected(&layer, 0, size));
+        assert!(blob.requests() > 0);
+
+        let (second, blob) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+        assert!(read_chunks(&second, 0, size, 77_777) == expected(&layer, 0, size));
+        assert_eq!(blob.requests(), 0, "{name}: all spans came from disk");
+
+        let ((offset, file_size), span) = single_span_file(&layer, 0);
+        let path = dir.path().join(span.to_string());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let (third, blob) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+        let got = read_chunks(&third, offset, file_size, 4096);
+        assert!(got == expected(&layer, offset, file_size), "{name}");
+        assert_eq!(
+            blob.requests(),
+            1,
+            "{name}: the tampered span is fetched again"
+        );
+
+        let (fourth, blob) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+        assert!(
+            read_chunks(&fourth, offset, file_size, 4096) == expected(&layer, offset, file_size)
+        );
+        assert_eq!(
+            blob.requests(),
+            0,
+            "{name}: the refetched span was written back"
+        );
+    }
+}
+
+#[test]
+fn small_memory_limit_evicts_but_stays_correct() {
+    let layer = layer("pax-mixed.tar.gz");
+    let (manager, blob) = manager(&layer, layer.blob.clone(), None);
+    let manager = manager.with_memory_limit(100_000);
+    let size = manager.uncompressed_size();
+    assert!(read_chunks(&manager, 0, size, 50_001) == expected(&layer, 0, size));
+    assert!(read_chunks(&manager, 0, size, 50_001) == expected(&layer, 0, size));
+    assert!(manager.cached_spans() <= 2);
+    assert!(blob.bytes() > layer.blob.len() as u64);
+}

@@ -6,3 +6,6 @@ mod harness;
 
 // create / push / convert against the real registry, with faults.
 mod registry;
+
+// sochi mount: a lazy layer over FUSE compared with tar -x.
+mod mount;

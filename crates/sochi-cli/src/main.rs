@@ -60,6 +60,8 @@ enum Command {
     /// Work with SOCI indexes in the local store.
     #[command(subcommand)]
     Index(cmd::index::Command),
+    /// Mount one local layer lazily (read-only FUSE, as root).
+    Mount(cmd::mount::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Push(args) => cmd::push::run(&global, args),
         Command::Ztoc(command) => cmd::ztoc::run(&global, command),
         Command::Index(command) => cmd::index::run(&global, command),
+        Command::Mount(args) => cmd::mount::run(&global, args),
     };
     match result {
         Ok(code) => code,

@@ -66,3 +66,29 @@ impl BlobReader for MemoryBlob {
         Ok(bytes.to_vec())
     }
 }
+
+/// A blob in a local file, read with positioned reads (`pread`).
+#[derive(Debug)]
+pub struct FileBlob {
+    file: std::fs::File,
+}
+
+impl FileBlob {
+    /// Opens the blob at `path`.
+    pub fn open(path: &std::path::Path) -> io::Result<FileBlob> {
+        Ok(FileBlob {
+            file: std::fs::File::open(path)?,
+        })
+    }
+}
+
+impl BlobReader for FileBlob {
+    fn read_range(&self, range: Range<u64>) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let len = usize::try_from(range.end.saturating_sub(range.start))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
+        let mut buf = vec![0; len];
+        self.file.read_exact_at(&mut buf, range.start)?;
+        Ok(buf)
+    }
+}

@@ -127,4 +127,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Mounting the layer failed.
+    #[error("mounting at {}", .path.display())]
+    Mount {
+        /// The mountpoint.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -65,14 +65,16 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub use blob::{BlobReader, MemoryBlob};
+pub use blob::{BlobReader, FileBlob, MemoryBlob};
 pub use error::{Error, Result};
+pub use fuse::{errno_of, mount_layer, LayerFs, MountHandle};
 pub use spans::{SpanManager, DEFAULT_MEMORY_LIMIT};
 pub use tree::{Attr, FileKind, Ino, LayerTree};
 
 mod blob;
 mod build;
 mod error;
+mod fuse;
 mod path;
 mod spans;
 mod tree;

@@ -387,3 +387,29 @@ fn memory_per_entry() {
         );
     }
 }
+
+#[test]
+fn fuse_read_is_clamped_to_the_file_and_a_bad_blob_is_eio() {
+    use crate::{LayerFs, MemoryBlob, SpanManager};
+    use std::sync::Arc;
+    let ztoc = Arc::new(fixture("plain.tar.65536.ztoc"));
+    let tree = Arc::new(LayerTree::build(&ztoc).unwrap());
+    let data = std::fs::read(format!("{FIXTURES}plain.tar")).unwrap();
+    let (ino, (start, size)) = (1..=tree.len() as u64)
+        .map(Ino)
+        .find_map(|ino| Some((ino, tree.file_extent(&ztoc, ino).filter(|e| e.1 > 0)?)))
+        .unwrap();
+    let (start, size) = (start as usize, size as usize);
+    let spans =
+        Arc::new(SpanManager::new(&ztoc, Arc::new(MemoryBlob::new(data.clone())), None).unwrap());
+    let fs = LayerFs::new(tree.clone(), spans, ztoc.clone());
+    let all = fs.read_file(ino, 0, u32::MAX).unwrap();
+    assert_eq!(all, data[start..start + size]);
+    assert!(fs.read_file(ino, size as u64, 10).unwrap().is_empty());
+    let tail = fs.read_file(ino, size as u64 - 1, 10).unwrap();
+    assert_eq!(tail, data[start + size - 1..start + size]);
+    let truncated = MemoryBlob::new(data[..start].to_vec());
+    let spans = Arc::new(SpanManager::new(&ztoc, Arc::new(truncated), None).unwrap());
+    let fs = LayerFs::new(tree, spans, ztoc);
+    assert_eq!(fs.read_file(ino, 0, 4096), Err(fuser::Errno::EIO));
+}

@@ -11,6 +11,7 @@ use sochi_store::Store;
 pub mod convert;
 pub mod create;
 pub mod index;
+pub mod mount;
 pub mod push;
 pub mod ztoc;
 

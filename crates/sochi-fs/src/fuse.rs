@@ -1,0 +1,327 @@
+//! A read-only FUSE filesystem over one lazy layer: the [`LayerTree`]
+//! answers metadata, the [`SpanManager`] reads file data on demand.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request, SessionACL,
+};
+use sochi_format::Ztoc;
+
+use crate::{Attr, Error, FileKind, Ino, LayerTree, Result, SpanManager};
+
+/// How long the kernel may cache attributes and entries.
+const TTL: Duration = Duration::from_secs(1);
+
+/// The errno a filesystem request fails with for `error`: every error of
+/// reading layer data is an I/O error (never wrong bytes).
+pub fn errno_of(error: &Error) -> Errno {
+    match error {
+        Error::TooLarge { .. } => Errno::EFBIG,
+        _ => Errno::EIO,
+    }
+}
+
+/// A read-only [`Filesystem`] serving one layer.
+pub struct LayerFs {
+    tree: Arc<LayerTree>,
+    spans: Arc<SpanManager>,
+    ztoc: Arc<Ztoc>,
+}
+
+impl std::fmt::Debug for LayerFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerFs")
+            .field("nodes", &self.tree.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LayerFs {
+    /// A filesystem over `tree`, reading data through `spans`; `ztoc` is the
+    /// zTOC `tree` was built from.
+    pub fn new(tree: Arc<LayerTree>, spans: Arc<SpanManager>, ztoc: Arc<Ztoc>) -> LayerFs {
+        LayerFs { tree, spans, ztoc }
+    }
+
+    fn file_attr(&self, ino: Ino) -> Option<FileAttr> {
+        self.tree.attr(ino).map(|attr| to_file_attr(ino, &attr))
+    }
+
+    /// Reads `size` bytes at `offset` of regular file `ino`.
+    pub(crate) fn read_file(
+        &self,
+        ino: Ino,
+        offset: u64,
+        size: u32,
+    ) -> std::result::Result<Vec<u8>, Errno> {
+        let Some((start, len)) = self.tree.file_extent(&self.ztoc, ino) else {
+            return Err(match self.tree.attr(ino) {
+                Some(a) if a.kind == FileKind::Directory => Errno::EISDIR,
+                Some(_) => Errno::EINVAL,
+                None => Errno::ENOENT,
+            });
+        };
+        if offset >= len {
+            return Ok(Vec::new());
+        }
+        let want = (len - offset).min(u64::from(size));
+        let want = usize::try_from(want).map_err(|_| Errno::EIO)?;
+        let mut buf = vec![0; want];
+        let mut done = 0;
+        while done < want {
+            let at = start + offset + done as u64;
+            match self.spans.read(at, &mut buf[done..]) {
+                Ok(0) => return Err(Errno::EIO),
+                Ok(n) => done += n,
+                Err(e) => return Err(errno_of(&e)),
+            }
+        }
+        Ok(buf)
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+    }
+}
+
+fn to_file_attr(ino: Ino, attr: &Attr) -> FileAttr {
+    let mtime = if attr.mtime_secs >= 0 {
+        UNIX_EPOCH + Duration::new(attr.mtime_secs.unsigned_abs(), attr.mtime_nanos)
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::new(attr.mtime_secs.unsigned_abs(), 0))
+            .unwrap_or(UNIX_EPOCH)
+    };
+    FileAttr {
+        ino: INodeNo(ino.get()),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime: mtime,
+        kind: file_type(attr.kind),
+        perm: attr.perm,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: u32::try_from(attr.rdev).unwrap_or(0),
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// Replies to an xattr request following the size-probe protocol.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    let Ok(len) = u32::try_from(data.len()) else {
+        return reply.error(Errno::E2BIG);
+    };
+    if size == 0 {
+        reply.size(len);
+    } else if len <= size {
+        reply.data(data);
+    } else {
+        reply.error(Errno::ERANGE);
+    }
+}
+
+impl Filesystem for LayerFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let found = self
+            .tree
+            .lookup(Ino(parent.0), name.as_bytes())
+            .and_then(|ino| self.file_attr(ino));
+        match found {
+            Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.file_attr(Ino(ino.0)) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.tree.readlink(Ino(ino.0)) {
+            Some(target) => reply.data(target),
+            None => reply.error(Errno::EINVAL),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc_accmode() != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        match self.tree.attr(Ino(ino.0)) {
+            Some(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.read_file(Ino(ino.0), offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dir = Ino(ino.0);
+        match self.tree.attr(dir) {
+            Some(a) if a.kind == FileKind::Directory => {}
+            Some(_) => return reply.error(Errno::ENOTDIR),
+            None => return reply.error(Errno::ENOENT),
+        }
+        let parent = self.tree.parent(dir).unwrap_or(dir);
+        let dots = [
+            (OsStr::new("."), dir, FileType::Directory),
+            (OsStr::new(".."), parent, FileType::Directory),
+        ];
+        let children = self.tree.readdir(dir).map(|(name, child)| {
+            let kind = self
+                .tree
+                .attr(child)
+                .map_or(FileType::RegularFile, |a| file_type(a.kind));
+            (OsStr::from_bytes(name), child, kind)
+        });
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (name, child, kind)) in dots.into_iter().chain(children).enumerate().skip(skip) {
+            if reply.add(INodeNo(child.get()), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let blocks = self.spans.uncompressed_size().div_ceil(4096);
+        reply.statfs(blocks, 0, 0, self.tree.len() as u64, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let ino = Ino(ino.0);
+        if self.tree.attr(ino).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        match self.tree.xattr(ino, name.as_bytes()) {
+            Some(value) => reply_xattr(reply, size, value),
+            None => reply.error(Errno::ENODATA),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let ino = Ino(ino.0);
+        if self.tree.attr(ino).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        let mut names = Vec::new();
+        for (name, _) in self.tree.xattrs(ino) {
+            names.extend_from_slice(name);
+            names.push(0);
+        }
+        reply_xattr(reply, size, &names);
+    }
+}
+
+/// `O_ACCMODE` bits that ask for writing (`O_WRONLY | O_RDWR`).
+const fn libc_accmode() -> i32 {
+    0o3
+}
+
+/// A mounted layer; unmounts (and joins the session thread) on drop.
+pub struct MountHandle {
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl std::fmt::Debug for MountHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountHandle").finish_non_exhaustive()
+    }
+}
+
+impl MountHandle {
+    /// Waits until the filesystem is unmounted from outside.
+    pub fn join(mut self) -> std::io::Result<()> {
+        match self.session.take() {
+            Some(session) => session.join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            // Nothing to report to from a drop; the session is gone either way.
+            let _ = session.umount_and_join();
+        }
+    }
+}
+
+/// Mounts the layer read-only at `mountpoint` (as root: pure-Rust mount).
+pub fn mount_layer(
+    tree: Arc<LayerTree>,
+    spans: Arc<SpanManager>,
+    ztoc: Arc<Ztoc>,
+    mountpoint: &Path,
+) -> Result<MountHandle> {
+    let options = vec![
+        MountOption::RO,
+        MountOption::FSName("sochi".into()),
+        MountOption::Subtype("sochi".into()),
+        MountOption::DefaultPermissions,
+    ];
+    let mut last = None;
+    for acl in [SessionACL::All, SessionACL::Owner] {
+        let mut config = Config::default();
+        config.mount_options = options.clone();
+        config.acl = acl;
+        let fs = LayerFs::new(tree.clone(), spans.clone(), ztoc.clone());
+        match fuser::spawn_mount(fs, mountpoint, &config) {
+            Ok(session) => {
+                return Ok(MountHandle {
+                    session: Some(session),
+                })
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Mount {
+        path: mountpoint.to_path_buf(),
+        source: last.unwrap_or_else(|| std::io::Error::other("mount failed")),
+    })
+}

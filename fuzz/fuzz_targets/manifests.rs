@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sochi_format::{
-    ImageConfigPlatform, ImageIndex, ImageManifest, Platform, PrefetchArtifact, Sha256Digest,
+    ImageIndex, ImageManifest, Platform, PrefetchArtifact, Sha256Digest,
     SociIndex,
 };
 
@@ -66,8 +66,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         4 => {
-            if let Ok(config) = ImageConfigPlatform::from_json(document) {
-                let _ = config.platform().to_spec_string();
+            if let Ok(platform) = Platform::from_image_config(document) {
+                let _ = platform.to_spec_string();
             }
         }
         _ => {

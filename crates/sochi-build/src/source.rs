@@ -3,9 +3,7 @@
 
 use std::io::Read;
 
-use sochi_format::{
-    is_index_media_type, Descriptor, ImageConfigPlatform, ImageIndex, ImageManifest, Platform,
-};
+use sochi_format::{is_index_media_type, Descriptor, ImageIndex, ImageManifest, Platform};
 
 use crate::error::{Error, Result, SourceError};
 
@@ -66,12 +64,10 @@ fn format_err(context: String) -> impl FnOnce(sochi_format::Error) -> Error {
 /// The platform of a single manifest, read from its config.
 pub fn manifest_platform(source: &dyn ImageSource, manifest: &ImageManifest) -> Result<Platform> {
     let config = read_blob(source, &manifest.config, "image config")?;
-    Ok(ImageConfigPlatform::from_json(&config)
-        .map_err(format_err(format!(
-            "image config {}",
-            manifest.config.digest
-        )))?
-        .platform())
+    Platform::from_image_config(&config).map_err(format_err(format!(
+        "image config {}",
+        manifest.config.digest
+    )))
 }
 
 /// The image manifests to index, in the image's order.

@@ -24,10 +24,7 @@
 pub use digest::Sha256Digest;
 pub use error::{Error, Result};
 pub use gotime::{format_mod_time, parse_mod_time};
-pub use oci::{
-    is_index_media_type, media_types, Descriptor, ImageConfigPlatform, ImageIndex, ImageManifest,
-    Platform,
-};
+pub use oci::{is_index_media_type, media_types, Descriptor, ImageIndex, ImageManifest, Platform};
 pub use soci_index::{
     annotations, IndexVersion, PrefetchArtifact, PrefetchSpan, SociIndex, EMPTY_CONFIG,
 };

@@ -123,6 +123,15 @@ impl Platform {
         a.0 == b.0 && a.1 == b.1 && (a.2 == b.2 || a.2.is_empty())
     }
 
+    /// The platform of an image config: `ocispec.Image` embeds `Platform`,
+    /// so its fields sit at the top of the config (the rest is ignored).
+    pub fn from_image_config(bytes: &[u8]) -> Result<Platform> {
+        serde_json::from_slice(bytes).map_err(|source| Error::Json {
+            what: "image config",
+            source,
+        })
+    }
+
     /// The platform of the machine sochi runs on.
     pub fn host() -> Platform {
         let architecture = match std::env::consts::ARCH {
@@ -402,48 +411,6 @@ impl ImageIndex {
         write_descriptors(&mut w, "manifests", self.manifests.as_deref());
         write_tail(&mut w, self.subject.as_ref(), &self.annotations);
         w.finish().into_bytes()
-    }
-}
-
-/// The platform fields of an image config (`ocispec.Image` embeds
-/// `Platform`); everything else of the config is left alone.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct ImageConfigPlatform {
-    /// CPU architecture.
-    #[serde(default)]
-    pub architecture: String,
-    /// Operating system.
-    #[serde(default)]
-    pub os: String,
-    /// OS version.
-    #[serde(default, rename = "os.version")]
-    pub os_version: String,
-    /// OS features.
-    #[serde(default, rename = "os.features")]
-    pub os_features: Vec<String>,
-    /// CPU variant.
-    #[serde(default)]
-    pub variant: String,
-}
-
-impl ImageConfigPlatform {
-    /// Decodes the platform fields of an image config.
-    pub fn from_json(bytes: &[u8]) -> Result<ImageConfigPlatform> {
-        serde_json::from_slice(bytes).map_err(|source| Error::Json {
-            what: "image config",
-            source,
-        })
-    }
-
-    /// As a [`Platform`].
-    pub fn platform(&self) -> Platform {
-        Platform {
-            architecture: self.architecture.clone(),
-            os: self.os.clone(),
-            os_version: self.os_version.clone(),
-            os_features: self.os_features.clone(),
-            variant: self.variant.clone(),
-        }
     }
 }
 

@@ -118,6 +118,46 @@ pub enum Error {
         /// How many bytes came back.
         actual: usize,
     },
+    /// Another reader's fetch of this span, which this reader waited for,
+    /// failed.
+    #[error("span {span}: the fetch this read waited for failed: {message}")]
+    SharedFetch {
+        /// The span id.
+        span: usize,
+        /// The fetching reader's error.
+        message: String,
+    },
+    /// Another reader's fetch of this span did not end in time.
+    #[error("span {span}: waited {waited:?} for another reader's fetch")]
+    WaitTimeout {
+        /// The span id.
+        span: usize,
+        /// How long this read waited.
+        waited: std::time::Duration,
+    },
+    /// The layer blob's digest, computed by the background fetch over all
+    /// its bytes, is not the layer digest.
+    #[error("layer blob: whole-blob digest {actual}, expected {expected}")]
+    LayerDigestMismatch {
+        /// The layer digest.
+        expected: String,
+        /// The digest of the bytes read.
+        actual: String,
+    },
+    /// The background fetch was stopped.
+    #[error("background fetch stopped")]
+    Stopped,
+    /// A file's tar header in the layer does not match its zTOC entry
+    /// (spec §3.6 verification on first read).
+    #[error("toc entry {entry} {:?}: tar header does not match the zTOC: {detail}", String::from_utf8_lossy(.name))]
+    HeaderMismatch {
+        /// Index of the entry in the TOC.
+        entry: usize,
+        /// Raw name of the entry.
+        name: Vec<u8>,
+        /// What differs.
+        detail: String,
+    },
     /// Writing or reading the on-disk span cache failed.
     #[error("span cache: {}", .path.display())]
     CacheIo {

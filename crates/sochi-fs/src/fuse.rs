@@ -14,6 +14,8 @@ use fuser::{
 };
 use sochi_format::Ztoc;
 
+use crate::metrics::LayerMetrics;
+use crate::verify::Verified;
 use crate::{Attr, Error, FileKind, Ino, LayerTree, Result, SpanManager};
 
 /// How long the kernel may cache attributes and entries.
@@ -28,11 +30,55 @@ pub fn errno_of(error: &Error) -> Errno {
     }
 }
 
+/// Inode of the hidden status directory `/.soci-snapshotter` (spec §3.6).
+const STATUS_DIR_INO: u64 = u64::MAX - 1;
+/// Inode of the status file `<layer digest>.json` in it.
+const STATUS_FILE_INO: u64 = u64::MAX - 2;
+/// Name of the status directory.
+const STATUS_DIR: &[u8] = b".soci-snapshotter";
+
+/// What a mounted layer knows of itself beyond its zTOC.
+#[derive(Clone, Debug)]
+pub struct LayerOptions {
+    /// The layer digest, for the status file (no status dir without it).
+    pub layer_digest: Option<String>,
+    /// The compressed layer size, for the status file.
+    pub layer_size: u64,
+    /// Check each file's tar header against the zTOC before its first read
+    /// (spec §3.6; on by default in the reference and here).
+    pub verify: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+impl LayerOptions {
+    /// Verification on, [`DEFAULT_FUSE_THREADS`] threads, no status file.
+    pub fn new() -> LayerOptions {
+        LayerOptions {
+            layer_digest: None,
+            layer_size: 0,
+            verify: true,
+            threads: DEFAULT_FUSE_THREADS,
+        }
+    }
+}
+
+impl Default for LayerOptions {
+    fn default() -> Self {
+        LayerOptions::new()
+    }
+}
+
+/// FUSE worker threads per layer by default.
+pub const DEFAULT_FUSE_THREADS: usize = 8;
+
 /// A read-only [`Filesystem`] serving one layer.
 pub struct LayerFs {
     tree: Arc<LayerTree>,
     spans: Arc<SpanManager>,
     ztoc: Arc<Ztoc>,
+    verified: Option<Arc<Verified>>,
+    options: LayerOptions,
 }
 
 impl std::fmt::Debug for LayerFs {
@@ -46,12 +92,62 @@ impl std::fmt::Debug for LayerFs {
 impl LayerFs {
     /// A filesystem over `tree`, reading data through `spans`; `ztoc` is the
     /// zTOC `tree` was built from.
-    pub fn new(tree: Arc<LayerTree>, spans: Arc<SpanManager>, ztoc: Arc<Ztoc>) -> LayerFs {
-        LayerFs { tree, spans, ztoc }
+    pub fn new(
+        tree: Arc<LayerTree>,
+        spans: Arc<SpanManager>,
+        ztoc: Arc<Ztoc>,
+        options: LayerOptions,
+    ) -> Result<LayerFs> {
+        let verified = if options.verify {
+            Some(Arc::new(Verified::new(&ztoc)?))
+        } else {
+            None
+        };
+        Ok(LayerFs {
+            tree,
+            spans,
+            ztoc,
+            verified,
+            options,
+        })
     }
 
     fn file_attr(&self, ino: Ino) -> Option<FileAttr> {
-        self.tree.attr(ino).map(|attr| to_file_attr(ino, &attr))
+        match ino.get() {
+            STATUS_DIR_INO if self.options.layer_digest.is_some() => {
+                Some(special_attr(STATUS_DIR_INO, FileType::Directory, 0o500, 0))
+            }
+            STATUS_FILE_INO if self.options.layer_digest.is_some() => Some(special_attr(
+                STATUS_FILE_INO,
+                FileType::RegularFile,
+                0o400,
+                self.status_json().len() as u64,
+            )),
+            _ => self.tree.attr(ino).map(|attr| to_file_attr(ino, &attr)),
+        }
+    }
+
+    /// The status file's content (spec §3.6).
+    fn status_json(&self) -> Vec<u8> {
+        let size = self.options.layer_size;
+        let fetched = self.spans.resident_compressed_bytes().min(size);
+        let percent = if size == 0 {
+            100.0
+        } else {
+            fetched as f64 * 100.0 / size as f64
+        };
+        format!(
+            "{{\"digest\":\"{}\",\"size\":{size},\"fetchedSize\":{fetched},\"fetchedPercent\":{percent}}}",
+            self.options.layer_digest.as_deref().unwrap_or_default()
+        )
+        .into_bytes()
+    }
+
+    fn status_file_name(&self) -> Option<Vec<u8>> {
+        self.options
+            .layer_digest
+            .as_ref()
+            .map(|digest| format!("{digest}.json").into_bytes())
     }
 
     /// Reads `size` bytes at `offset` of regular file `ino`.
@@ -61,6 +157,14 @@ impl LayerFs {
         offset: u64,
         size: u32,
     ) -> std::result::Result<Vec<u8>, Errno> {
+        if ino.get() == STATUS_FILE_INO && self.options.layer_digest.is_some() {
+            let json = self.status_json();
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(json.len());
+            let to = from.saturating_add(size as usize).min(json.len());
+            return Ok(json[from..to].to_vec());
+        }
         let Some((start, len)) = self.tree.file_extent(&self.ztoc, ino) else {
             return Err(match self.tree.attr(ino) {
                 Some(a) if a.kind == FileKind::Directory => Errno::EISDIR,
@@ -68,6 +172,15 @@ impl LayerFs {
                 None => Errno::ENOENT,
             });
         };
+        if let (Some(verified), Some(entry)) = (&self.verified, self.tree.toc_index(ino)) {
+            if let Err(error) = verified.check(&self.ztoc, &self.spans, entry) {
+                if matches!(error, Error::HeaderMismatch { .. }) {
+                    LayerMetrics::add(&self.spans.metrics().verification_failures, 1);
+                }
+                tracing::error!(error = %error, "file verification failed");
+                return Err(errno_of(&error));
+            }
+        }
         if offset >= len {
             return Ok(Vec::new());
         }
@@ -80,10 +193,34 @@ impl LayerFs {
             match self.spans.read(at, &mut buf[done..]) {
                 Ok(0) => return Err(Errno::EIO),
                 Ok(n) => done += n,
-                Err(e) => return Err(errno_of(&e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, offset = at, "layer read failed");
+                    return Err(errno_of(&e));
+                }
             }
         }
         Ok(buf)
+    }
+}
+
+/// Attributes of the status dir and file.
+fn special_attr(ino: u64, kind: FileType, perm: u16, size: u64) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind,
+        perm,
+        nlink: if kind == FileType::Directory { 2 } else { 1 },
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
     }
 }
 
@@ -141,10 +278,19 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 
 impl Filesystem for LayerFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let found = self
-            .tree
-            .lookup(Ino(parent.0), name.as_bytes())
-            .and_then(|ino| self.file_attr(ino));
+        let name = name.as_bytes();
+        let status = self.options.layer_digest.is_some();
+        let found = if status && parent.0 == self.tree.root().get() && name == STATUS_DIR {
+            self.file_attr(Ino(STATUS_DIR_INO))
+        } else if status && parent.0 == STATUS_DIR_INO {
+            (self.status_file_name().as_deref() == Some(name))
+                .then(|| self.file_attr(Ino(STATUS_FILE_INO)))
+                .flatten()
+        } else {
+            self.tree
+                .lookup(Ino(parent.0), name)
+                .and_then(|ino| self.file_attr(ino))
+        };
         match found {
             Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
             None => reply.error(Errno::ENOENT),
@@ -169,8 +315,13 @@ impl Filesystem for LayerFs {
         if flags.0 & libc_accmode() != 0 {
             return reply.error(Errno::EROFS);
         }
+        if ino.0 == STATUS_FILE_INO && self.options.layer_digest.is_some() {
+            // The status changes as spans arrive: no page cache for it.
+            return reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+        }
         match self.tree.attr(Ino(ino.0)) {
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            // Layer content never changes: keep the page cache across opens.
+            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -186,9 +337,19 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let started = std::time::Instant::now();
+        let metrics = self.spans.metrics();
         match self.read_file(Ino(ino.0), offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(errno) => reply.error(errno),
+            Ok(data) => {
+                LayerMetrics::add(&metrics.reads, 1);
+                LayerMetrics::add(&metrics.read_bytes, data.len() as u64);
+                metrics.read_latency.observe(started.elapsed());
+                reply.data(&data)
+            }
+            Err(errno) => {
+                LayerMetrics::add(&metrics.read_failures, 1);
+                reply.error(errno)
+            }
         }
     }
 
@@ -201,6 +362,26 @@ impl Filesystem for LayerFs {
         mut reply: ReplyDirectory,
     ) {
         let dir = Ino(ino.0);
+        if ino.0 == STATUS_DIR_INO && self.options.layer_digest.is_some() {
+            let root = self.tree.root();
+            let name = self.status_file_name().unwrap_or_default();
+            let entries = [
+                (OsStr::new("."), STATUS_DIR_INO, FileType::Directory),
+                (OsStr::new(".."), root.get(), FileType::Directory),
+                (
+                    OsStr::from_bytes(&name),
+                    STATUS_FILE_INO,
+                    FileType::RegularFile,
+                ),
+            ];
+            let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+            for (i, (name, child, kind)) in entries.into_iter().enumerate().skip(skip) {
+                if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+                    break;
+                }
+            }
+            return reply.ok();
+        }
         match self.tree.attr(dir) {
             Some(a) if a.kind == FileKind::Directory => {}
             Some(_) => return reply.error(Errno::ENOTDIR),
@@ -297,9 +478,10 @@ pub fn mount_layer(
     tree: Arc<LayerTree>,
     spans: Arc<SpanManager>,
     ztoc: Arc<Ztoc>,
+    options: &LayerOptions,
     mountpoint: &Path,
 ) -> Result<MountHandle> {
-    let options = vec![
+    let mount_options = vec![
         MountOption::RO,
         MountOption::FSName("sochi".into()),
         MountOption::Subtype("sochi".into()),
@@ -308,9 +490,13 @@ pub fn mount_layer(
     let mut last = None;
     for acl in [SessionACL::All, SessionACL::Owner] {
         let mut config = Config::default();
-        config.mount_options = options.clone();
+        config.mount_options = mount_options.clone();
         config.acl = acl;
-        let fs = LayerFs::new(tree.clone(), spans.clone(), ztoc.clone());
+        // Reads block on the registry: enough threads that a few slow
+        // fetches do not stall lookups and cached reads.
+        config.n_threads = Some(options.threads.max(1));
+        config.clone_fd = true;
+        let fs = LayerFs::new(tree.clone(), spans.clone(), ztoc.clone(), options.clone())?;
         match fuser::spawn_mount(fs, mountpoint, &config) {
             Ok(session) => {
                 return Ok(MountHandle {

@@ -65,19 +65,24 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub use background::{spawn_background_fetch, BackgroundOptions};
 pub use blob::{BlobReader, FileBlob, MemoryBlob};
 pub use error::{Error, Result};
-pub use fuse::{errno_of, mount_layer, LayerFs, MountHandle};
-pub use spans::{SpanManager, DEFAULT_MEMORY_LIMIT};
+pub use fuse::{errno_of, mount_layer, LayerFs, LayerOptions, MountHandle, DEFAULT_FUSE_THREADS};
+pub use metrics::{Histogram, LayerMetrics};
+pub use spans::{SpanManager, DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND};
 pub use tree::{Attr, FileKind, Ino, LayerTree};
 
+mod background;
 mod blob;
 mod build;
 mod error;
 mod fuse;
+mod metrics;
 mod path;
 mod spans;
 mod tree;
+mod verify;
 
 #[cfg(test)]
 mod tests;

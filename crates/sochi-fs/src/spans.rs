@@ -9,53 +9,65 @@
 //! checkpoint (gzip) or taken as is (tar).
 //!
 //! Invariants:
-//! - `spans.len() >= 1` and `fetch_locks.len() == spans.len()`; `spans[i]`
-//!   holds span `i`'s geometry and digest, copied from the zTOC.
+//! - `spans.len() >= 1`; `spans[i]` holds span `i`'s geometry and digest,
+//!   copied from the zTOC.
 //! - A cached span, in memory or on disk, holds exactly
 //!   `spans[i].uncompressed_len()` bytes decompressed from compressed bytes
 //!   whose digest matched. A disk entry is the SHA-256 of those bytes
 //!   followed by the bytes, checked on load; a bad entry counts as a miss
 //!   and is overwritten by the next fetch.
-//! - A span is fetched only while its fetch lock is held and after a second
-//!   cache look-up under that lock, so concurrent readers of one span share
-//!   one fetch. Locks are taken in ascending span order, so no deadlock.
-//! - `MemoryCache::bytes` is the sum of the cached lengths; after each
-//!   insert it is at most the memory limit (least recently used go first).
+//! - A span is fetched only by the reader that put its [`Flight`] in
+//!   `flights`; other readers of that span wait on the flight, with a bound,
+//!   instead of fetching it again. No lock is held while fetching: the
+//!   flights map is locked only to look up, claim and release.
+//! - A finished fetch stores its spans in the caches before it removes
+//!   their flights, so a reader that finds no flight finds the span cached
+//!   (or starts a fetch that another reader may duplicate, never corrupt).
+//! - `MemoryCache::bytes` and `DiskIndex::bytes` are the sums of their
+//!   entries' lengths; after each insert they are at most their limits
+//!   (least recently used go first).
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::ops::Range;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use sochi_format::{CheckpointRef, CompressionAlgorithm, Sha256Digest, Zinfo, Ztoc};
 
 use crate::blob::BlobReader;
 use crate::error::{Error, Result};
+use crate::metrics::LayerMetrics;
 
 /// Default bound of the in-memory span cache, in uncompressed bytes.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+
+/// Default bound of a reader's wait for a span that another reader is
+/// fetching. The fetching reader's own wait is bounded by its
+/// [`BlobReader`]; this only guards against a fetch that never ends.
+pub const DEFAULT_WAIT_BOUND: Duration = Duration::from_secs(120);
 
 /// Size of the SHA-256 that heads each on-disk cache file.
 const DISK_DIGEST_LEN: usize = 32;
 
 /// One span's geometry (spec §2.4) and digest.
 #[derive(Clone, Copy, Debug)]
-struct Span {
-    start_compressed: u64,
-    end_compressed: u64,
-    start_uncompressed: u64,
+pub(crate) struct Span {
+    pub(crate) start_compressed: u64,
+    pub(crate) end_compressed: u64,
+    pub(crate) start_uncompressed: u64,
     /// May be below `start_uncompressed` for the last span (see
     /// `sochi_format::SpanGeometry`); such a span holds no TOC data.
-    end_uncompressed: u64,
-    digest: Sha256Digest,
+    pub(crate) end_uncompressed: u64,
+    pub(crate) digest: Sha256Digest,
 }
 
 impl Span {
-    fn uncompressed_len(&self) -> u64 {
+    pub(crate) fn uncompressed_len(&self) -> u64 {
         self.end_uncompressed
             .saturating_sub(self.start_uncompressed)
     }
@@ -100,22 +112,179 @@ impl MemoryCache {
     }
 }
 
+/// The spans on disk: length and last-use tick of each, for LRU eviction.
+#[derive(Default)]
+struct DiskIndex {
+    entries: HashMap<usize, (u64, u64)>,
+    bytes: u64,
+    tick: u64,
+}
+
+impl DiskIndex {
+    fn touch(&mut self, span: usize) -> bool {
+        self.tick += 1;
+        let tick = self.tick;
+        match self.entries.get_mut(&span) {
+            Some(entry) => {
+                entry.1 = tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `span` (of `len` bytes) and returns the spans to delete to
+    /// stay within `limit`, never `span` itself.
+    fn insert(&mut self, span: usize, len: u64, limit: u64) -> Vec<usize> {
+        self.tick += 1;
+        self.bytes += len;
+        if let Some((old, _)) = self.entries.insert(span, (len, self.tick)) {
+            self.bytes = self.bytes.saturating_sub(old);
+        }
+        let mut evicted = Vec::new();
+        while self.bytes > limit {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .filter(|(id, _)| **id != span)
+                .min_by_key(|(_, (_, tick))| *tick)
+                .map(|(id, _)| *id)
+            else {
+                break;
+            };
+            self.remove(oldest);
+            evicted.push(oldest);
+        }
+        evicted
+    }
+
+    fn remove(&mut self, span: usize) {
+        if let Some((len, _)) = self.entries.remove(&span) {
+            self.bytes = self.bytes.saturating_sub(len);
+        }
+    }
+}
+
+/// A fetch in progress that other readers of its span wait for.
+#[derive(Default)]
+struct Flight {
+    /// `None` until the fetch ends; then the span or why it failed.
+    outcome: Mutex<Option<std::result::Result<Arc<[u8]>, String>>>,
+    done: Condvar,
+}
+
+impl Flight {
+    fn finish(&self, outcome: std::result::Result<Arc<[u8]>, String>) {
+        let mut slot = self.outcome.lock();
+        if slot.is_none() {
+            *slot = Some(outcome);
+        }
+        self.done.notify_all();
+    }
+
+    fn wait(&self, span: usize, bound: Duration) -> Result<Arc<[u8]>> {
+        let deadline = Instant::now() + bound;
+        let mut slot = self.outcome.lock();
+        loop {
+            match &*slot {
+                Some(Ok(data)) => return Ok(Arc::clone(data)),
+                Some(Err(message)) => {
+                    return Err(Error::SharedFetch {
+                        span,
+                        message: message.clone(),
+                    })
+                }
+                None => {
+                    if self.done.wait_until(&mut slot, deadline).timed_out() && slot.is_none() {
+                        return Err(Error::WaitTimeout {
+                            span,
+                            waited: bound,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The spans one reader claimed to fetch. Dropping it without
+/// [`Claim::publish`] (an error, a panic) fails the flights so that no
+/// waiter waits for nothing, and releases them.
+struct Claim<'m> {
+    manager: &'m SpanManager,
+    run: Range<usize>,
+    flights: Vec<Arc<Flight>>,
+    published: bool,
+}
+
+impl Claim<'_> {
+    fn publish(mut self, data: &[Arc<[u8]>]) {
+        for (flight, data) in self.flights.iter().zip(data) {
+            flight.finish(Ok(Arc::clone(data)));
+        }
+        self.published = true;
+    }
+
+    fn fail(mut self, error: &Error) {
+        let message = error_chain(error);
+        for flight in &self.flights {
+            flight.finish(Err(message.clone()));
+        }
+        self.published = true;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.published {
+            for flight in &self.flights {
+                flight.finish(Err("the fetching reader stopped".into()));
+            }
+        }
+        let mut flights = self.manager.flights.lock();
+        for span in self.run.clone() {
+            flights.remove(&span);
+        }
+    }
+}
+
+/// `error` and its sources, for readers that share a failed fetch.
+fn error_chain(error: &Error) -> String {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 /// Reads a layer's uncompressed bytes lazily, span by span, through a
-/// [`BlobReader`], with a bounded memory cache and an optional disk cache.
+/// [`BlobReader`], with a bounded memory cache and an optional bounded disk
+/// cache.
 pub struct SpanManager {
     algorithm: CompressionAlgorithm,
     /// The zTOC's zinfo blob, parsed again for each fetch (cheap next to a
     /// range request) because [`Zinfo`] borrows.
     zinfo: Vec<u8>,
-    spans: Vec<Span>,
+    pub(crate) spans: Vec<Span>,
     uncompressed_size: u64,
-    blob: Arc<dyn BlobReader>,
+    pub(crate) blob: Arc<dyn BlobReader>,
     /// One file per span, named by its decimal id (spec §6.6).
-    cache_dir: Option<PathBuf>,
+    pub(crate) cache_dir: Option<PathBuf>,
     memory: Mutex<MemoryCache>,
     memory_limit: u64,
-    fetch_locks: Vec<Mutex<()>>,
-    fetched_bytes: AtomicU64,
+    disk: Mutex<DiskIndex>,
+    disk_limit: u64,
+    flights: Mutex<HashMap<usize, Arc<Flight>>>,
+    wait_bound: Duration,
+    pub(crate) metrics: Arc<LayerMetrics>,
+    /// Fetches for readers in progress now, and when the last one ended
+    /// (milliseconds since `created`): the background fetch yields to them.
+    pub(crate) demand_in_flight: AtomicUsize,
+    pub(crate) last_demand_ms: AtomicU64,
+    pub(crate) created: Instant,
     /// Makes temp file names unique within this process.
     temp_counter: AtomicU64,
 }
@@ -123,7 +292,8 @@ pub struct SpanManager {
 impl SpanManager {
     /// A span manager for the layer `ztoc` describes, reading the layer
     /// from `blob` and keeping spans in memory and, if given, as files in
-    /// `cache_dir` (created if missing).
+    /// `cache_dir` (created if missing; spans already there from an earlier
+    /// manager of the same layer are used once their hash checks out).
     pub fn new(
         ztoc: &Ztoc,
         blob: Arc<dyn BlobReader>,
@@ -169,23 +339,27 @@ impl SpanManager {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        if let Some(dir) = &cache_dir {
-            fs::create_dir_all(dir).map_err(|source| Error::CacheIo {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+        let disk = match &cache_dir {
+            Some(dir) => scan_disk_cache(dir, spans.len())?,
+            None => DiskIndex::default(),
+        };
         Ok(SpanManager {
             algorithm: geometry.algorithm(),
             zinfo: ztoc.compression.checkpoints.clone(),
-            fetch_locks: spans.iter().map(|_| Mutex::new(())).collect(),
             spans,
             uncompressed_size: geometry.uncompressed_archive_size(),
             blob,
             cache_dir,
             memory: Mutex::new(MemoryCache::default()),
             memory_limit: DEFAULT_MEMORY_LIMIT,
-            fetched_bytes: AtomicU64::new(0),
+            disk: Mutex::new(disk),
+            disk_limit: u64::MAX,
+            flights: Mutex::new(HashMap::new()),
+            wait_bound: DEFAULT_WAIT_BOUND,
+            metrics: Arc::new(LayerMetrics::default()),
+            demand_in_flight: AtomicUsize::new(0),
+            last_demand_ms: AtomicU64::new(0),
+            created: Instant::now(),
             temp_counter: AtomicU64::new(0),
         })
     }
@@ -195,6 +369,31 @@ impl SpanManager {
     pub fn with_memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = bytes;
         self
+    }
+
+    /// Bounds the on-disk cache to `bytes` of uncompressed spans (default:
+    /// unbounded); the least recently used spans are deleted first.
+    pub fn with_disk_limit(mut self, bytes: u64) -> Self {
+        self.disk_limit = bytes;
+        self
+    }
+
+    /// Bounds how long a reader waits for a span another reader is fetching
+    /// (default [`DEFAULT_WAIT_BOUND`]).
+    pub fn with_wait_bound(mut self, bound: Duration) -> Self {
+        self.wait_bound = bound;
+        self
+    }
+
+    /// Counts into `metrics` instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<LayerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The layer's counters.
+    pub fn metrics(&self) -> &Arc<LayerMetrics> {
+        &self.metrics
     }
 
     /// Number of spans of the layer.
@@ -207,14 +406,29 @@ impl SpanManager {
         self.uncompressed_size
     }
 
-    /// Compressed bytes fetched from the blob so far (retries included).
+    /// Compressed bytes fetched from the blob so far for reads and by the
+    /// background fetch (retries included).
     pub fn fetched_bytes(&self) -> u64 {
-        self.fetched_bytes.load(Ordering::Relaxed)
+        LayerMetrics::get(&self.metrics.demand_bytes)
+            + LayerMetrics::get(&self.metrics.background_bytes)
     }
 
     /// Number of spans held in the in-memory cache now.
     pub fn cached_spans(&self) -> usize {
         self.memory.lock().entries.len()
+    }
+
+    /// Compressed size of the spans held locally (memory or disk): what the
+    /// reference's status file calls `fetchedSize`.
+    pub fn resident_compressed_bytes(&self) -> u64 {
+        let memory = self.memory.lock();
+        let disk = self.disk.lock();
+        self.spans
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| memory.entries.contains_key(id) || disk.entries.contains_key(id))
+            .map(|(_, span)| span.end_compressed - span.start_compressed)
+            .sum()
     }
 
     /// Reads uncompressed layer bytes at `offset` into `buf`; returns how
@@ -264,11 +478,11 @@ impl SpanManager {
             .saturating_sub(1)
     }
 
-    fn span(&self, span: usize) -> Result<&Span> {
+    pub(crate) fn span(&self, span: usize) -> Result<&Span> {
         self.spans.get(span).ok_or_else(|| self.corrupt(span))
     }
 
-    fn corrupt(&self, span: usize) -> Error {
+    pub(crate) fn corrupt(&self, span: usize) -> Error {
         Error::Ztoc(sochi_format::Error::Invalid {
             what: "ztoc",
             detail: format!("span {span} does not hold the bytes its geometry says"),
@@ -281,54 +495,106 @@ impl SpanManager {
         if let Some(data) = self.cached(span)? {
             return Ok(vec![data]);
         }
-        let lock = self
-            .fetch_locks
-            .get(span)
-            .ok_or_else(|| self.corrupt(span))?;
-        let mut guards = vec![lock.lock()];
-        // Another reader may have fetched it while we waited.
-        if let Some(data) = self.cached(span)? {
-            return Ok(vec![data]);
-        }
-        // Extend the run over adjacent missing spans nobody else is fetching.
-        let mut end = span + 1;
-        while end <= last {
-            let Some(guard) = self.fetch_locks.get(end).and_then(Mutex::try_lock) else {
-                break;
-            };
-            if self.cached(end)?.is_some() {
-                break;
+        LayerMetrics::add(&self.metrics.misses, 1);
+        let claim = {
+            let mut flights = self.flights.lock();
+            if let Some(flight) = flights.get(&span) {
+                let flight = Arc::clone(flight);
+                drop(flights);
+                return flight.wait(span, self.wait_bound).map(|data| vec![data]);
             }
-            guards.push(guard);
-            end += 1;
+            // Extend the run over adjacent spans that nobody is fetching and
+            // that are not cached (an in-memory check: no I/O under the lock).
+            let mut end = span + 1;
+            while end <= last
+                && !flights.contains_key(&end)
+                && !self.memory.lock().entries.contains_key(&end)
+                && !self.disk.lock().entries.contains_key(&end)
+            {
+                end += 1;
+            }
+            let mut claimed = Vec::with_capacity(end - span);
+            for id in span..end {
+                let flight = Arc::new(Flight::default());
+                flights.insert(id, Arc::clone(&flight));
+                claimed.push(flight);
+            }
+            Claim {
+                manager: self,
+                run: span..end,
+                flights: claimed,
+                published: false,
+            }
+        };
+        // A fetch may have ended between the cache look-up and the claim
+        // (for a longer run, a rare duplicate fetch is cheaper than undoing
+        // the claim).
+        if claim.run.len() == 1 {
+            if let Some(data) = self.cached(span)? {
+                claim.publish(std::slice::from_ref(&data));
+                return Ok(vec![data]);
+            }
         }
-        let run = self.fetch(span..end)?;
-        for (id, data) in (span..end).zip(&run) {
-            self.store(id, data)?;
+        self.demand_in_flight.fetch_add(1, Ordering::Relaxed);
+        let fetched = self.fetch(claim.run.clone(), false);
+        self.demand_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.last_demand_ms.store(
+            u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        match fetched {
+            Ok(run) => {
+                for (id, data) in claim.run.clone().zip(&run) {
+                    // A failed disk write still leaves the span in memory.
+                    if let Err(error) = self.store(id, data, true) {
+                        tracing::warn!(span = id, error = %error_chain(&error), "span cache write failed");
+                    }
+                }
+                claim.publish(&run);
+                Ok(run)
+            }
+            Err(error) => {
+                LayerMetrics::add(&self.metrics.fetch_failures, 1);
+                claim.fail(&error);
+                Err(error)
+            }
         }
-        drop(guards);
-        Ok(run)
+    }
+
+    /// Whether `span` is cached in memory or on disk (no I/O).
+    pub(crate) fn is_cached(&self, span: usize) -> bool {
+        self.memory.lock().entries.contains_key(&span)
+            || self.disk.lock().entries.contains_key(&span)
     }
 
     /// `span` from memory, else from disk (then kept in memory too).
     fn cached(&self, span: usize) -> Result<Option<Arc<[u8]>>> {
         if let Some(data) = self.memory.lock().get(span) {
+            LayerMetrics::add(&self.metrics.memory_hits, 1);
             return Ok(Some(data));
         }
         let Some(dir) = &self.cache_dir else {
             return Ok(None);
         };
+        if !self.disk.lock().touch(span) {
+            return Ok(None);
+        }
         let path = dir.join(span.to_string());
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                self.disk.lock().remove(span);
+                return Ok(None);
+            }
             Err(source) => return Err(Error::CacheIo { path, source }),
         };
         let expected_len = self.span(span)?.uncompressed_len();
         let (digest, data) = bytes.split_at(DISK_DIGEST_LEN.min(bytes.len()));
         if data.len() as u64 != expected_len || Sha256Digest::of(data).0[..] != *digest {
+            self.disk.lock().remove(span);
             return Ok(None);
         }
+        LayerMetrics::add(&self.metrics.disk_hits, 1);
         let data: Arc<[u8]> = Arc::from(data);
         self.memory
             .lock()
@@ -336,15 +602,21 @@ impl SpanManager {
         Ok(Some(data))
     }
 
-    /// Keeps a freshly fetched span in memory and, if configured, on disk
-    /// (written to a temp file, then renamed into place).
-    fn store(&self, span: usize, data: &Arc<[u8]>) -> Result<()> {
-        self.memory
-            .lock()
-            .insert(span, Arc::clone(data), self.memory_limit);
+    /// Keeps a verified span in memory (if `in_memory`) and, if configured,
+    /// on disk (written to a temp file, then renamed into place), evicting
+    /// the least recently used spans past the disk bound.
+    pub(crate) fn store(&self, span: usize, data: &Arc<[u8]>, in_memory: bool) -> Result<()> {
+        if in_memory {
+            self.memory
+                .lock()
+                .insert(span, Arc::clone(data), self.memory_limit);
+        }
         let Some(dir) = &self.cache_dir else {
             return Ok(());
         };
+        if data.len() as u64 > self.disk_limit {
+            return Ok(());
+        }
         let counter = self.temp_counter.fetch_add(1, Ordering::Relaxed);
         let temp = dir.join(format!("wip-{span}-{}-{counter}", std::process::id()));
         let written = fs::File::create(&temp).and_then(|mut file| {
@@ -353,39 +625,45 @@ impl SpanManager {
         });
         let path = dir.join(span.to_string());
         let result = written.and_then(|()| fs::rename(&temp, &path));
-        result.map_err(|source| {
+        if let Err(source) = result {
             let _ = fs::remove_file(&temp);
-            Error::CacheIo { path, source }
-        })
+            return Err(Error::CacheIo { path, source });
+        }
+        let evicted = self
+            .disk
+            .lock()
+            .insert(span, data.len() as u64, self.disk_limit);
+        for old in evicted {
+            LayerMetrics::add(&self.metrics.disk_evictions, 1);
+            let _ = fs::remove_file(dir.join(old.to_string()));
+        }
+        Ok(())
     }
 
     /// Fetches spans `run` with one range read, verifies every span's
     /// digest (one retry of the whole read on mismatch), and decompresses.
-    fn fetch(&self, run: Range<usize>) -> Result<Vec<Arc<[u8]>>> {
+    fn fetch(&self, run: Range<usize>, background: bool) -> Result<Vec<Arc<[u8]>>> {
         let first = *self.span(run.start)?;
         let last = *self.span(run.end.saturating_sub(1))?;
         let (start, end) = (first.start_compressed, last.end_compressed);
         let mut retried = false;
         let bytes = loop {
-            let bytes = self
-                .blob
-                .read_range(start..end)
-                .map_err(|source| Error::Blob { start, end, source })?;
-            self.fetched_bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            if bytes.len() as u64 != end - start {
-                return Err(Error::BlobLength {
-                    start,
-                    end,
-                    actual: bytes.len(),
-                });
-            }
+            let bytes = self.read_blob(start..end, background)?;
             match self.verify(run.clone(), start, &bytes) {
                 Ok(()) => break bytes,
-                Err(_) if !retried => retried = true,
-                Err(error) => return Err(error),
+                Err(error) => {
+                    LayerMetrics::add(&self.metrics.digest_mismatches, 1);
+                    if retried {
+                        return Err(error);
+                    }
+                    tracing::warn!(error = %error, "span digest mismatch, fetching again");
+                    retried = true;
+                }
             }
         };
+        if !background {
+            LayerMetrics::add(&self.metrics.demand_spans, run.len() as u64);
+        }
         let zinfo = Zinfo::parse(self.algorithm, &self.zinfo)?;
         run.map(|span| {
             let compressed = self.compressed_slice(span, start, &bytes)?;
@@ -394,17 +672,50 @@ impl SpanManager {
         .collect()
     }
 
+    /// Exactly `range` of the blob, counted as a demand or background read.
+    pub(crate) fn read_blob(&self, range: Range<u64>, background: bool) -> Result<Vec<u8>> {
+        let (start, end) = (range.start, range.end);
+        let (requests, bytes_counter) = if background {
+            (
+                &self.metrics.background_requests,
+                &self.metrics.background_bytes,
+            )
+        } else {
+            (&self.metrics.demand_requests, &self.metrics.demand_bytes)
+        };
+        LayerMetrics::add(requests, 1);
+        let bytes =
+            self.blob
+                .read_range(range)
+                .map_err(|source| Error::Blob { start, end, source })?;
+        LayerMetrics::add(bytes_counter, bytes.len() as u64);
+        if bytes.len() as u64 != end - start {
+            return Err(Error::BlobLength {
+                start,
+                end,
+                actual: bytes.len(),
+            });
+        }
+        Ok(bytes)
+    }
+
     /// The bytes of `span` within `bytes`, which start at blob offset `start`.
-    fn compressed_slice<'b>(&self, span: usize, start: u64, bytes: &'b [u8]) -> Result<&'b [u8]> {
+    pub(crate) fn compressed_slice<'b>(
+        &self,
+        span: usize,
+        start: u64,
+        bytes: &'b [u8],
+    ) -> Result<&'b [u8]> {
         let info = self.span(span)?;
-        usize::try_from(info.start_compressed - start)
-            .ok()
+        info.start_compressed
+            .checked_sub(start)
+            .and_then(|from| usize::try_from(from).ok())
             .zip(usize::try_from(info.end_compressed - start).ok())
             .and_then(|(from, to)| bytes.get(from..to))
             .ok_or_else(|| self.corrupt(span))
     }
 
-    fn verify(&self, run: Range<usize>, start: u64, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn verify(&self, run: Range<usize>, start: u64, bytes: &[u8]) -> Result<()> {
         for span in run {
             let actual = Sha256Digest::of(self.compressed_slice(span, start, bytes)?);
             let expected = self.span(span)?.digest;
@@ -417,6 +728,12 @@ impl SpanManager {
             }
         }
         Ok(())
+    }
+
+    /// Decompresses verified span bytes.
+    pub(crate) fn inflate(&self, span: usize, compressed: &[u8]) -> Result<Arc<[u8]>> {
+        let zinfo = Zinfo::parse(self.algorithm, &self.zinfo)?;
+        self.decompress(&zinfo, span, compressed)
     }
 
     fn decompress(&self, zinfo: &Zinfo<'_>, span: usize, compressed: &[u8]) -> Result<Arc<[u8]>> {
@@ -437,6 +754,34 @@ impl SpanManager {
             }
         }
     }
+}
+
+/// The spans an earlier manager left in `dir` (created if missing); stale
+/// temp files are removed. Contents are checked when a span is loaded.
+fn scan_disk_cache(dir: &Path, spans: usize) -> Result<DiskIndex> {
+    let io_error = |source| Error::CacheIo {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(io_error)?;
+    let mut index = DiskIndex::default();
+    for entry in fs::read_dir(dir).map_err(io_error)? {
+        let entry = entry.map_err(io_error)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("wip-") {
+            let _ = fs::remove_file(entry.path());
+            continue;
+        }
+        let Ok(span) = name.parse::<usize>() else {
+            continue;
+        };
+        let len = entry.metadata().map_err(io_error)?.len();
+        if span < spans && len >= DISK_DIGEST_LEN as u64 {
+            index.insert(span, len - DISK_DIGEST_LEN as u64, u64::MAX);
+        }
+    }
+    Ok(index)
 }
 
 impl std::fmt::Debug for SpanManager {

@@ -390,7 +390,7 @@ fn memory_per_entry() {
 
 #[test]
 fn fuse_read_is_clamped_to_the_file_and_a_bad_blob_is_eio() {
-    use crate::{LayerFs, MemoryBlob, SpanManager};
+    use crate::{LayerFs, LayerOptions, MemoryBlob, SpanManager};
     use std::sync::Arc;
     let ztoc = Arc::new(fixture("plain.tar.65536.ztoc"));
     let tree = Arc::new(LayerTree::build(&ztoc).unwrap());
@@ -402,7 +402,7 @@ fn fuse_read_is_clamped_to_the_file_and_a_bad_blob_is_eio() {
     let (start, size) = (start as usize, size as usize);
     let spans =
         Arc::new(SpanManager::new(&ztoc, Arc::new(MemoryBlob::new(data.clone())), None).unwrap());
-    let fs = LayerFs::new(tree.clone(), spans, ztoc.clone());
+    let fs = LayerFs::new(tree.clone(), spans, ztoc.clone(), LayerOptions::new()).unwrap();
     let all = fs.read_file(ino, 0, u32::MAX).unwrap();
     assert_eq!(all, data[start..start + size]);
     assert!(fs.read_file(ino, size as u64, 10).unwrap().is_empty());
@@ -410,6 +410,69 @@ fn fuse_read_is_clamped_to_the_file_and_a_bad_blob_is_eio() {
     assert_eq!(tail, data[start + size - 1..start + size]);
     let truncated = MemoryBlob::new(data[..start].to_vec());
     let spans = Arc::new(SpanManager::new(&ztoc, Arc::new(truncated), None).unwrap());
-    let fs = LayerFs::new(tree, spans, ztoc);
+    let fs = LayerFs::new(tree, spans, ztoc, LayerOptions::new()).unwrap();
     assert_eq!(fs.read_file(ino, 0, 4096), Err(fuser::Errno::EIO));
+}
+
+/// Every regular file of the fixtures passes first-read verification, and a
+/// zTOC entry that disagrees with its tar header fails the read with EIO.
+#[test]
+fn first_read_verifies_tar_headers() {
+    use crate::{LayerFs, LayerOptions, MemoryBlob, SpanManager};
+    use std::sync::Arc;
+    for (name, blob) in [
+        ("pax-mixed.tar.gz.65536.ztoc", "pax-mixed.tar.gz"),
+        ("plain.tar.65536.ztoc", "plain.tar"),
+    ] {
+        let data = std::fs::read(format!("{FIXTURES}{blob}")).unwrap();
+        let ztoc = Arc::new(fixture(name));
+        let tree = Arc::new(LayerTree::build(&ztoc).unwrap());
+        let spans = Arc::new(
+            SpanManager::new(&ztoc, Arc::new(MemoryBlob::new(data.clone())), None).unwrap(),
+        );
+        let fs = LayerFs::new(
+            tree.clone(),
+            spans.clone(),
+            ztoc.clone(),
+            LayerOptions::new(),
+        )
+        .unwrap();
+        let files: Vec<Ino> = (1..=tree.len() as u64)
+            .map(Ino)
+            .filter(|&ino| tree.attr(ino).is_some_and(|a| a.kind == FileKind::Regular))
+            .collect();
+        for &ino in &files {
+            fs.read_file(ino, 0, 1)
+                .unwrap_or_else(|e| panic!("{name}: {ino:?}: {e:?}"));
+        }
+        assert_eq!(
+            spans
+                .metrics()
+                .verification_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+
+        // The same layer with one entry's owner changed in the zTOC.
+        let target = tree.toc_index(files[files.len() / 2]).unwrap();
+        let mut tampered = (*ztoc).clone();
+        tampered.toc[target].uid += 1;
+        let tampered = Arc::new(tampered);
+        let tree = Arc::new(LayerTree::build(&tampered).unwrap());
+        let spans =
+            Arc::new(SpanManager::new(&tampered, Arc::new(MemoryBlob::new(data)), None).unwrap());
+        let fs = LayerFs::new(tree, spans.clone(), tampered, LayerOptions::new()).unwrap();
+        assert_eq!(
+            fs.read_file(files[files.len() / 2], 0, 1),
+            Err(fuser::Errno::EIO),
+            "{name}"
+        );
+        assert_eq!(
+            spans
+                .metrics()
+                .verification_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
 }

@@ -51,7 +51,13 @@ pub fn run(_global: &Global, args: Args) -> Result<ExitCode> {
         .mountpoint
         .canonicalize()
         .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
-    let handle = sochi_fs::mount_layer(tree, spans, ztoc, &mountpoint)?;
+    let handle = sochi_fs::mount_layer(
+        tree,
+        spans,
+        ztoc,
+        &sochi_fs::LayerOptions::new(),
+        &mountpoint,
+    )?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     println!("mounted {}", mountpoint.display());
     while is_mounted(&mountpoint)? {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sochi_format::Ztoc;
 
-use crate::{Error, FileKind, Ino, LayerTree, MemoryBlob, SpanManager};
+use crate::{Error, FileKind, Ino, LayerMetrics, LayerTree, MemoryBlob, SpanManager};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/");
 const LAYERS: [&str; 2] = ["pax-mixed.tar.gz", "plain.tar"];
@@ -266,4 +266,170 @@ fn small_memory_limit_evicts_but_stays_correct() {
     assert!(read_chunks(&manager, 0, size, 50_001) == expected(&layer, 0, size));
     assert!(manager.cached_spans() <= 2);
     assert!(blob.bytes() > layer.blob.len() as u64);
+}
+
+fn layer_digest(layer: &Layer) -> String {
+    sochi_format::Sha256Digest::of(&layer.blob).to_string()
+}
+
+#[test]
+fn background_fetch_fills_the_disk_cache_and_checks_the_layer_digest() {
+    use crate::BackgroundOptions;
+    use std::sync::atomic::AtomicBool;
+    for name in LAYERS {
+        let layer = layer(name);
+        let dir = tempfile::tempdir().unwrap();
+        let digest = layer_digest(&layer);
+        let (first, blob) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+        // One file read first: the background fetch skips caching it again.
+        let ((offset, size), _) = single_span_file(&layer, 1);
+        read_chunks(&first, offset, size, 4096);
+        let options = BackgroundOptions {
+            chunk_bytes: 100_000,
+            idle: std::time::Duration::ZERO,
+            ..BackgroundOptions::default()
+        };
+        let stop = AtomicBool::new(false);
+        first
+            .fetch_all(&digest, layer.blob.len() as u64, &options, &stop)
+            .unwrap();
+        assert!(first.is_verified(&digest));
+        let metrics = first.metrics();
+        let background_bytes = LayerMetrics::get(&metrics.background_bytes);
+        // The whole blob once, plus at most one shared byte per request.
+        assert!(background_bytes >= layer.blob.len() as u64, "{name}");
+        assert!(
+            background_bytes
+                <= layer.blob.len() as u64 + LayerMetrics::get(&metrics.background_requests),
+            "{name}"
+        );
+        assert_eq!(
+            LayerMetrics::get(&metrics.background_spans) + 1,
+            first.span_count() as u64,
+            "{name}: every span but the one read was cached by the background fetch"
+        );
+        assert!(first.resident_compressed_bytes() > 0);
+
+        // A new manager finds everything on disk and the layer verified.
+        let (second, blob2) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+        assert!(second.is_verified(&digest));
+        let total = layer.ztoc.uncompressed_archive_size as u64;
+        assert!(read_chunks(&second, 0, total, 1 << 20) == expected(&layer, 0, total));
+        second
+            .fetch_all(&digest, layer.blob.len() as u64, &options, &stop)
+            .unwrap();
+        assert_eq!(blob2.requests(), 0, "{name}: nothing fetched twice");
+        drop(blob);
+    }
+}
+
+#[test]
+fn background_fetch_refuses_a_blob_that_is_not_the_layer() {
+    use crate::BackgroundOptions;
+    use std::sync::atomic::AtomicBool;
+    let layer = layer("plain.tar");
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, _) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+    let options = BackgroundOptions {
+        idle: std::time::Duration::ZERO,
+        attempts: 2,
+        backoff: std::time::Duration::from_millis(1),
+        ..BackgroundOptions::default()
+    };
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let error = manager
+        .fetch_all(
+            &wrong,
+            layer.blob.len() as u64,
+            &options,
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::LayerDigestMismatch { .. }),
+        "{error}"
+    );
+    assert!(!manager.is_verified(&wrong));
+
+    // A corrupt byte in the blob: the span is refused after the retries.
+    let mut bad = layer.blob.clone();
+    bad[layer.blob.len() / 2] ^= 0x40;
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, _) = self::manager(&layer, bad, Some(dir.path()));
+    let error = manager
+        .fetch_all(
+            &layer_digest(&layer),
+            layer.blob.len() as u64,
+            &options,
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
+    assert!(matches!(error, Error::SpanDigestMismatch { .. }), "{error}");
+
+    // Stopping ends it at once.
+    let stop = AtomicBool::new(true);
+    let error = manager
+        .fetch_all(
+            &layer_digest(&layer),
+            layer.blob.len() as u64,
+            &options,
+            &stop,
+        )
+        .unwrap_err();
+    assert!(matches!(error, Error::Stopped));
+}
+
+#[test]
+fn disk_limit_evicts_least_recently_used_spans() {
+    let layer = layer("pax-mixed.tar.gz");
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, _) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+    let manager = manager.with_disk_limit(200_000).with_memory_limit(0);
+    let size = manager.uncompressed_size();
+    assert!(read_chunks(&manager, 0, size, 65_536) == expected(&layer, 0, size));
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len() - 32)
+        .sum();
+    assert!(on_disk <= 200_000, "{on_disk}");
+    assert!(LayerMetrics::get(&manager.metrics().disk_evictions) > 0);
+}
+
+/// A blob whose reads never answer: readers of a span being fetched give up
+/// after the wait bound instead of hanging.
+#[test]
+fn waiting_for_another_readers_fetch_is_bounded() {
+    struct Stuck(std::sync::Mutex<bool>, std::sync::Condvar);
+    impl crate::BlobReader for Stuck {
+        fn read_range(&self, _: std::ops::Range<u64>) -> std::io::Result<Vec<u8>> {
+            let guard = self.0.lock().unwrap();
+            let _unused = self
+                .1
+                .wait_timeout(guard, std::time::Duration::from_secs(2));
+            Err(std::io::Error::other("timed out"))
+        }
+    }
+    let layer = layer("plain.tar");
+    let blob = Arc::new(Stuck(
+        std::sync::Mutex::new(false),
+        std::sync::Condvar::new(),
+    ));
+    let manager = SpanManager::new(&layer.ztoc, blob, None)
+        .unwrap()
+        .with_wait_bound(std::time::Duration::from_millis(300));
+    let (offset, _) = layer.files[0];
+    std::thread::scope(|scope| {
+        let fetching = scope.spawn(|| manager.read(offset, &mut [0; 10]));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let waited = manager.read(offset, &mut [0; 10]);
+        assert!(
+            matches!(waited, Err(Error::WaitTimeout { .. })),
+            "{waited:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(matches!(fetching.join().unwrap(), Err(Error::Blob { .. })));
+    });
+    // After the failure, a new read fetches again (and fails the same way).
+    assert!(LayerMetrics::get(&manager.metrics().fetch_failures) >= 1);
 }

@@ -1,0 +1,345 @@
+//! Counters of one lazy layer, rendered in the Prometheus text format.
+//!
+//! Everything is a relaxed atomic: the numbers are for humans and
+//! dashboards, and tests read them only after the work they count is done.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the read-latency buckets, in microseconds (powers of 4
+/// from 16 µs to about 67 s: a cached read lands in the first buckets, a
+/// read that waits on the registry in the middle ones).
+const LATENCY_BUCKETS_US: [u64; 12] = [
+    16, 64, 256, 1_024, 4_096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304, 16_777_216,
+    67_108_864,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        if let Some(bucket) = LATENCY_BUCKETS_US.iter().position(|&bound| us <= bound) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS_US.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let seconds = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{seconds}\"}} {cumulative}"
+            );
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// What one layer fetched, served and cached.
+#[derive(Debug, Default)]
+pub struct LayerMetrics {
+    /// Range requests made for reads (one per run of adjacent spans).
+    pub demand_requests: AtomicU64,
+    /// Compressed bytes those requests returned.
+    pub demand_bytes: AtomicU64,
+    /// Spans fetched for reads.
+    pub demand_spans: AtomicU64,
+    /// Range requests made by the background fetch.
+    pub background_requests: AtomicU64,
+    /// Compressed bytes the background fetch read.
+    pub background_bytes: AtomicU64,
+    /// Spans the background fetch put in the cache.
+    pub background_spans: AtomicU64,
+    /// 1 once the background fetch has read the whole blob and its digest
+    /// matched.
+    pub background_complete: AtomicU64,
+    /// Background fetch attempts that failed.
+    pub background_failures: AtomicU64,
+    /// Span fetches whose bytes did not match the zTOC digest.
+    pub digest_mismatches: AtomicU64,
+    /// Span fetches that failed (network, length, digest after retry).
+    pub fetch_failures: AtomicU64,
+    /// Span look-ups served from memory.
+    pub memory_hits: AtomicU64,
+    /// Span look-ups served from the disk cache.
+    pub disk_hits: AtomicU64,
+    /// Span look-ups that had to fetch (or wait for another reader's fetch).
+    pub misses: AtomicU64,
+    /// Spans evicted from the disk cache to keep it under its bound.
+    pub disk_evictions: AtomicU64,
+    /// File reads served (FUSE `read`).
+    pub reads: AtomicU64,
+    /// Bytes those reads returned.
+    pub read_bytes: AtomicU64,
+    /// File reads that failed.
+    pub read_failures: AtomicU64,
+    /// Files whose tar header failed verification on first read.
+    pub verification_failures: AtomicU64,
+    /// Latency of file reads.
+    pub read_latency: Histogram,
+}
+
+impl LayerMetrics {
+    /// Adds `n` to `counter`.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value of `counter`.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Appends this layer's metrics to `out`, labelled with `labels` (the
+    /// inside of the braces, e.g. `layer="sha256:…"`). `spans` and
+    /// `compressed_size` describe the layer.
+    pub fn render(&self, out: &mut String, labels: &str, spans: u64, compressed_size: u64) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let rows: [(&str, &str, String, u64); 17] = [
+            (
+                "sochi_layer_fetch_requests_total",
+                "counter",
+                format!("{labels},kind=\"demand\""),
+                g(&self.demand_requests),
+            ),
+            (
+                "sochi_layer_fetch_requests_total",
+                "counter",
+                format!("{labels},kind=\"background\""),
+                g(&self.background_requests),
+            ),
+            (
+                "sochi_layer_fetched_bytes_total",
+                "counter",
+                format!("{labels},kind=\"demand\""),
+                g(&self.demand_bytes),
+            ),
+            (
+                "sochi_layer_fetched_bytes_total",
+                "counter",
+                format!("{labels},kind=\"background\""),
+                g(&self.background_bytes),
+            ),
+            (
+                "sochi_layer_fetched_spans_total",
+                "counter",
+                format!("{labels},kind=\"demand\""),
+                g(&self.demand_spans),
+            ),
+            (
+                "sochi_layer_fetched_spans_total",
+                "counter",
+                format!("{labels},kind=\"background\""),
+                g(&self.background_spans),
+            ),
+            (
+                "sochi_span_cache_lookups_total",
+                "counter",
+                format!("{labels},result=\"memory\""),
+                g(&self.memory_hits),
+            ),
+            (
+                "sochi_span_cache_lookups_total",
+                "counter",
+                format!("{labels},result=\"disk\""),
+                g(&self.disk_hits),
+            ),
+            (
+                "sochi_span_cache_lookups_total",
+                "counter",
+                format!("{labels},result=\"miss\""),
+                g(&self.misses),
+            ),
+            (
+                "sochi_span_cache_evictions_total",
+                "counter",
+                labels.to_string(),
+                g(&self.disk_evictions),
+            ),
+            (
+                "sochi_span_digest_mismatches_total",
+                "counter",
+                labels.to_string(),
+                g(&self.digest_mismatches),
+            ),
+            (
+                "sochi_span_fetch_failures_total",
+                "counter",
+                labels.to_string(),
+                g(&self.fetch_failures),
+            ),
+            (
+                "sochi_background_fetch_complete",
+                "gauge",
+                labels.to_string(),
+                g(&self.background_complete),
+            ),
+            (
+                "sochi_background_fetch_failures_total",
+                "counter",
+                labels.to_string(),
+                g(&self.background_failures),
+            ),
+            (
+                "sochi_reads_total",
+                "counter",
+                labels.to_string(),
+                g(&self.reads),
+            ),
+            (
+                "sochi_read_bytes_total",
+                "counter",
+                labels.to_string(),
+                g(&self.read_bytes),
+            ),
+            (
+                "sochi_read_failures_total",
+                "counter",
+                labels.to_string(),
+                g(&self.read_failures),
+            ),
+        ];
+        for (name, _, row_labels, value) in rows {
+            let _ = writeln!(out, "{name}{{{row_labels}}} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "sochi_verification_failures_total{{{labels}}} {}",
+            g(&self.verification_failures)
+        );
+        let _ = writeln!(out, "sochi_layer_spans{{{labels}}} {spans}");
+        let _ = writeln!(out, "sochi_layer_size_bytes{{{labels}}} {compressed_size}");
+        self.read_latency
+            .render(out, "sochi_read_duration_seconds", labels);
+    }
+
+    /// `# HELP`/`# TYPE` lines for the families [`LayerMetrics::render`]
+    /// writes; emit once before the layers' rows.
+    pub fn render_help(out: &mut String) {
+        let families = [
+            (
+                "sochi_layer_fetch_requests_total",
+                "counter",
+                "Range requests to the layer blob.",
+            ),
+            (
+                "sochi_layer_fetched_bytes_total",
+                "counter",
+                "Compressed bytes fetched from the layer blob.",
+            ),
+            (
+                "sochi_layer_fetched_spans_total",
+                "counter",
+                "Spans fetched from the layer blob.",
+            ),
+            (
+                "sochi_span_cache_lookups_total",
+                "counter",
+                "Span look-ups by where the span was found.",
+            ),
+            (
+                "sochi_span_cache_evictions_total",
+                "counter",
+                "Spans evicted from the disk cache.",
+            ),
+            (
+                "sochi_span_digest_mismatches_total",
+                "counter",
+                "Fetched spans whose digest did not match the zTOC.",
+            ),
+            (
+                "sochi_span_fetch_failures_total",
+                "counter",
+                "Span fetches that failed.",
+            ),
+            (
+                "sochi_background_fetch_complete",
+                "gauge",
+                "1 once the whole layer is fetched and its digest checked.",
+            ),
+            (
+                "sochi_background_fetch_failures_total",
+                "counter",
+                "Failed background fetch attempts.",
+            ),
+            ("sochi_reads_total", "counter", "File reads served."),
+            (
+                "sochi_read_bytes_total",
+                "counter",
+                "Bytes returned by file reads.",
+            ),
+            (
+                "sochi_read_failures_total",
+                "counter",
+                "File reads that failed.",
+            ),
+            (
+                "sochi_verification_failures_total",
+                "counter",
+                "Files whose tar header did not match the zTOC.",
+            ),
+            ("sochi_layer_spans", "gauge", "Spans of the layer."),
+            (
+                "sochi_layer_size_bytes",
+                "gauge",
+                "Compressed size of the layer.",
+            ),
+            (
+                "sochi_read_duration_seconds",
+                "histogram",
+                "Latency of file reads.",
+            ),
+        ];
+        for (name, kind, help) in families {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let metrics = LayerMetrics::default();
+        LayerMetrics::add(&metrics.demand_requests, 2);
+        metrics.read_latency.observe(Duration::from_micros(10));
+        metrics.read_latency.observe(Duration::from_millis(2));
+        let mut out = String::new();
+        LayerMetrics::render_help(&mut out);
+        metrics.render(&mut out, "layer=\"sha256:ab\"", 3, 100);
+        assert!(
+            out.contains("sochi_layer_fetch_requests_total{layer=\"sha256:ab\",kind=\"demand\"} 2")
+        );
+        assert!(out
+            .contains("sochi_read_duration_seconds_bucket{layer=\"sha256:ab\",le=\"0.000016\"} 1"));
+        assert!(out
+            .contains("sochi_read_duration_seconds_bucket{layer=\"sha256:ab\",le=\"0.004096\"} 2"));
+        assert!(out.contains("sochi_read_duration_seconds_count{layer=\"sha256:ab\"} 2"));
+        assert!(out.contains("sochi_layer_spans{layer=\"sha256:ab\"} 3"));
+    }
+}

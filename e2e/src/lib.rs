@@ -30,6 +30,7 @@ pub use crate::registry::{Credentials, Registry, RegistryBuilder, TLS_LOOPBACK_I
 pub use crate::sochi::{sochi_bin, Sochi, SochiOutput};
 
 mod images;
+pub mod oracle;
 mod process;
 mod proxy;
 mod registry;

@@ -9,3 +9,6 @@ mod registry;
 
 // sochi mount: a lazy layer over FUSE compared with tar -x.
 mod mount;
+
+// The oracle: real-tool unpack of an image and tree comparison.
+mod oracle;

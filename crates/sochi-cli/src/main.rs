@@ -60,8 +60,12 @@ enum Command {
     /// Work with SOCI indexes in the local store.
     #[command(subcommand)]
     Index(cmd::index::Command),
-    /// Mount one local layer lazily (read-only FUSE, as root).
+    /// Mount an image from a registry lazily (read-only; as root): the
+    /// overlay of its layers, or one layer. A daemon serves it until
+    /// `sochi unmount`.
     Mount(cmd::mount::Args),
+    /// Unmount what `sochi mount` mounted and release its layers.
+    Unmount(cmd::unmount::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Ztoc(command) => cmd::ztoc::run(&global, command),
         Command::Index(command) => cmd::index::run(&global, command),
         Command::Mount(args) => cmd::mount::run(&global, args),
+        Command::Unmount(args) => cmd::unmount::run(&global, args),
     };
     match result {
         Ok(code) => code,

@@ -130,7 +130,12 @@ impl LayerFs {
     /// The status file's content (spec §3.6).
     fn status_json(&self) -> Vec<u8> {
         let size = self.options.layer_size;
-        let fetched = self.spans.resident_compressed_bytes().min(size);
+        let complete = LayerMetrics::get(&self.spans.metrics().background_complete) == 1;
+        let fetched = if complete {
+            size
+        } else {
+            self.spans.resident_compressed_bytes().min(size)
+        };
         let percent = if size == 0 {
             100.0
         } else {

@@ -103,7 +103,7 @@ pub struct LayerMetrics {
 
 impl LayerMetrics {
     /// Adds `n` to `counter`.
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 

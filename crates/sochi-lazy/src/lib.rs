@@ -1,10 +1,27 @@
 //! Lazy images: an image in a registry, mounted without pulling it.
 //!
-//! - [`unpack`]: a layer without a zTOC, fetched whole and unpacked into a
-//!   directory in overlayfs's format (whiteouts as 0/0 character devices,
-//!   opaque directories with the opaque xattr).
+//! - [`plan_image`] resolves an image for a platform, finds its SOCI index
+//!   (v2 annotation, then v1 referrers or fallback tag; spec §5.2) and
+//!   fetches the zTOC of each indexed layer.
+//! - [`ImageMount::mount`] mounts each layer with a zTOC over FUSE, reading
+//!   its spans from the registry through a [`RegistryBlob`] (bounded range
+//!   reads) and fetching the rest in the background; each layer without a
+//!   zTOC is fetched whole and unpacked ([`unpack`]); an overlay stacks
+//!   them read-only.
+//! - [`serve_metrics`] publishes the layers' counters for Prometheus.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub use blob::{RegistryBlob, DEFAULT_FETCH_TIMEOUT};
+pub use metrics_server::serve_metrics;
+pub use mount::{ImageMount, LayerState, MountOptions, MountTarget, MountedLayer};
+pub use overlay::{mount_overlay, unmount};
+pub use plan::{plan_image, ImagePlan, IndexSource, PlannedLayer};
+
+mod blob;
+mod metrics_server;
+mod mount;
+mod overlay;
+mod plan;
 pub mod unpack;

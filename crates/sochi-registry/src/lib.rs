@@ -47,6 +47,7 @@
 
 pub use blob::BlobStream;
 pub use client::{Client, ClientConfig, PutManifest};
+pub use discovery::{DiscoveredIndex, DiscoveryOptions, FoundBy};
 pub use error::{Error, Result};
 pub use push::PushBlob;
 pub use reference::Reference;
@@ -56,6 +57,7 @@ mod auth;
 mod blob;
 mod client;
 mod digest;
+mod discovery;
 mod docker_config;
 mod error;
 mod push;

@@ -13,6 +13,7 @@ pub mod create;
 pub mod index;
 pub mod mount;
 pub mod push;
+pub mod unmount;
 pub mod ztoc;
 
 /// Flags every command sees.

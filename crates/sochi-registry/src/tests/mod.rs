@@ -2,6 +2,7 @@
 //! 127.0.0.1: auth flows, retries, resumed and ranged reads, uploads,
 //! referrers. Each test starts its own fake on its own port.
 
+mod discovery;
 mod fake_registry;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,467 @@
+//! An image mounted lazily: each layer with a zTOC is a FUSE mount served
+//! from the registry on demand, each layer without one is fetched whole and
+//! unpacked, and a read-only overlay stacks them at the mountpoint.
+//!
+//! Local state lives under a root directory:
+//! - `cache/<layer hex>/` the span cache of a lazy layer (spec §6.6), kept
+//!   across restarts, shared by every mount of that layer;
+//! - `layers/<layer hex>/` an unpacked layer, likewise shared;
+//! - `users/` inside both: one empty file per mount using it, so the last
+//!   mount to let go deletes the directory (a layer is released).
+//!
+//! The layer mountpoints themselves live in the caller's state directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sochi_format::{media_types, Descriptor, Ztoc};
+use sochi_fs::{
+    BackgroundOptions, LayerMetrics, LayerOptions, LayerTree, MountHandle, SpanManager,
+};
+use sochi_registry::{Client, Reference};
+use tokio::runtime::Handle;
+use tokio_util::io::SyncIoBridge;
+
+use crate::blob::{error_chain, RegistryBlob};
+use crate::plan::{ImagePlan, PlannedLayer};
+use crate::unpack::{unpack_layer, LayerCompression};
+
+/// How an image is mounted.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Root of the shared local state (span caches, unpacked layers).
+    pub root: PathBuf,
+    /// This mount's own directory: layer mountpoints go in `l/`.
+    pub state_dir: PathBuf,
+    /// A name for this mount, unique among the mounts sharing `root`.
+    pub mount_id: String,
+    /// Check each file's tar header on first read (spec §3.6).
+    pub verify: bool,
+    /// Fetch the rest of each lazy layer in the background; `None` to
+    /// fetch only what is read.
+    pub background: Option<BackgroundOptions>,
+    /// Layers fetched in the background at the same time.
+    pub background_jobs: usize,
+    /// Bound of one range read from the registry.
+    pub fetch_timeout: Duration,
+    /// FUSE threads per layer.
+    pub fuse_threads: usize,
+    /// Bound of each layer's on-disk span cache, in bytes.
+    pub span_cache_limit: Option<u64>,
+    /// Bound of each layer's in-memory span cache, in bytes.
+    pub memory_cache_limit: u64,
+}
+
+/// How one layer is served.
+#[derive(Debug)]
+pub enum LayerState {
+    /// From its zTOC over FUSE.
+    Lazy {
+        /// Where the layer is mounted.
+        mountpoint: PathBuf,
+        /// Its span manager (metrics, cache).
+        spans: Arc<SpanManager>,
+        /// The FUSE session; unmounts on drop.
+        handle: MountHandle,
+    },
+    /// Fetched whole and unpacked.
+    Unpacked {
+        /// The unpacked tree.
+        dir: PathBuf,
+        /// Why it was not mounted lazily.
+        reason: String,
+    },
+}
+
+/// One mounted layer.
+#[derive(Debug)]
+pub struct MountedLayer {
+    /// The layer's descriptor.
+    pub descriptor: Descriptor,
+    /// How it is served.
+    pub state: LayerState,
+    /// The directory holding its local state (span cache or unpacked tree).
+    cache_dir: PathBuf,
+}
+
+impl MountedLayer {
+    /// The directory overlayfs stacks for this layer.
+    pub fn lower_dir(&self) -> &Path {
+        match &self.state {
+            LayerState::Lazy { mountpoint, .. } => mountpoint,
+            LayerState::Unpacked { dir, .. } => dir,
+        }
+    }
+}
+
+/// Where an image is mounted.
+#[derive(Clone, Copy, Debug)]
+pub enum MountTarget<'a> {
+    /// Only the layers, in the state directory.
+    LayersOnly,
+    /// The overlay of all layers at this path.
+    Overlay(&'a Path),
+    /// The plan's only layer directly at this path.
+    Layer(&'a Path),
+}
+
+/// A mounted image.
+pub struct ImageMount {
+    /// The layers, bottom first.
+    pub layers: Vec<MountedLayer>,
+    /// Where the overlay is mounted, if it is.
+    overlay: Option<PathBuf>,
+    stop: Arc<AtomicBool>,
+    background: Vec<std::thread::JoinHandle<()>>,
+    options: MountOptions,
+}
+
+impl std::fmt::Debug for ImageMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageMount")
+            .field("layers", &self.layers.len())
+            .field("overlay", &self.overlay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImageMount {
+    /// Mounts every layer of `plan` and what `target` asks for. On error
+    /// everything mounted so far is unmounted again.
+    pub fn mount(
+        plan: &ImagePlan,
+        client: &Client,
+        runtime: &Handle,
+        options: MountOptions,
+        target: MountTarget<'_>,
+    ) -> Result<ImageMount> {
+        if matches!(target, MountTarget::Layer(_)) && plan.layers.len() != 1 {
+            bail!(
+                "mounting one layer needs a plan of one layer, not {}",
+                plan.layers.len()
+            );
+        }
+        let direct = match target {
+            MountTarget::Layer(path) => Some(path),
+            _ => None,
+        };
+        let mut image = ImageMount {
+            layers: Vec::with_capacity(plan.layers.len()),
+            overlay: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            background: Vec::new(),
+            options,
+        };
+        for (position, layer) in plan.layers.iter().enumerate() {
+            let mounted = image
+                .mount_layer(position, layer, &plan.repository, client, runtime, direct)
+                .with_context(|| format!("layer {position} ({})", layer.descriptor.digest))?;
+            image.layers.push(mounted);
+        }
+        match target {
+            MountTarget::Overlay(path) => {
+                let lowers: Vec<&Path> = image
+                    .layers
+                    .iter()
+                    .rev()
+                    .map(MountedLayer::lower_dir)
+                    .collect();
+                crate::overlay::mount_overlay(&lowers, path)?;
+                image.overlay = Some(path.to_path_buf());
+            }
+            MountTarget::Layer(path) => {
+                if let Some(MountedLayer {
+                    state: LayerState::Unpacked { dir, .. },
+                    ..
+                }) = image.layers.first()
+                {
+                    crate::overlay::mount_overlay(&[dir.as_path()], path)?;
+                    image.overlay = Some(path.to_path_buf());
+                }
+            }
+            MountTarget::LayersOnly => {}
+        }
+        image.start_background();
+        Ok(image)
+    }
+
+    fn mount_layer(
+        &self,
+        position: usize,
+        layer: &PlannedLayer,
+        repository: &Reference,
+        client: &Client,
+        runtime: &Handle,
+        direct: Option<&Path>,
+    ) -> Result<MountedLayer> {
+        let digest = &layer.descriptor.digest;
+        let hex = digest_hex(digest)?;
+        let Some(ztoc) = &layer.ztoc else {
+            let reason = layer
+                .no_ztoc_reason
+                .clone()
+                .unwrap_or_else(|| "no zTOC".into());
+            tracing::info!(layer = %digest, %reason, "layer fetched whole and unpacked");
+            let dir = self.options.root.join("layers").join(hex);
+            self.unpack(&layer.descriptor, repository, client, runtime, &dir)?;
+            return Ok(MountedLayer {
+                descriptor: layer.descriptor.clone(),
+                state: LayerState::Unpacked {
+                    dir: dir.join("fs"),
+                    reason,
+                },
+                cache_dir: dir,
+            });
+        };
+        let cache_dir = self.options.root.join("cache").join(hex);
+        self.register_user(&cache_dir)?;
+        let blob = RegistryBlob::new(
+            client.clone(),
+            repository.clone(),
+            digest.clone(),
+            runtime.clone(),
+            self.options.fetch_timeout,
+        );
+        let mut spans = SpanManager::new(ztoc, Arc::new(blob), Some(cache_dir.join("spans")))
+            .context("opening the span cache")?
+            .with_memory_limit(self.options.memory_cache_limit)
+            .with_wait_bound(self.options.fetch_timeout * 2);
+        if let Some(limit) = self.options.span_cache_limit {
+            spans = spans.with_disk_limit(limit);
+        }
+        let spans = Arc::new(spans);
+        let tree = Arc::new(LayerTree::build(ztoc).context("building the layer tree")?);
+        let mountpoint = match direct {
+            Some(path) => path.to_path_buf(),
+            None => {
+                let path = self.options.state_dir.join("l").join(position.to_string());
+                fs::create_dir_all(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                path
+            }
+        };
+        let layer_options = LayerOptions {
+            layer_digest: Some(digest.clone()),
+            layer_size: u64::try_from(layer.descriptor.size).unwrap_or(0),
+            verify: self.options.verify,
+            threads: self.options.fuse_threads,
+        };
+        let handle = sochi_fs::mount_layer(
+            tree,
+            Arc::clone(&spans),
+            Arc::clone(ztoc) as Arc<Ztoc>,
+            &layer_options,
+            &mountpoint,
+        )?;
+        tracing::info!(layer = %digest, mountpoint = %mountpoint.display(), spans = spans.span_count(), "layer mounted lazily");
+        Ok(MountedLayer {
+            descriptor: layer.descriptor.clone(),
+            state: LayerState::Lazy {
+                mountpoint,
+                spans,
+                handle,
+            },
+            cache_dir,
+        })
+    }
+
+    /// Fetches a layer whole and unpacks it into `dir/fs` (once: an
+    /// unpacked layer is reused by later mounts).
+    fn unpack(
+        &self,
+        layer: &Descriptor,
+        repository: &Reference,
+        client: &Client,
+        runtime: &Handle,
+        dir: &Path,
+    ) -> Result<()> {
+        self.register_user(dir)?;
+        let fs_dir = dir.join("fs");
+        if dir.join("complete").exists() && fs_dir.is_dir() {
+            return Ok(());
+        }
+        let compression = match layer.media_type.as_str() {
+            media_types::OCI_LAYER_GZIP | media_types::DOCKER_LAYER_GZIP => LayerCompression::Gzip,
+            media_types::OCI_LAYER_TAR | media_types::DOCKER_LAYER_TAR => {
+                LayerCompression::Uncompressed
+            }
+            other => bail!("cannot unpack a layer of media type {other}"),
+        };
+        let temp = dir.join(format!("fs.tmp-{}", std::process::id()));
+        if temp.exists() {
+            fs::remove_dir_all(&temp).with_context(|| format!("removing {}", temp.display()))?;
+        }
+        fs::create_dir_all(&temp).with_context(|| format!("creating {}", temp.display()))?;
+        let started = Instant::now();
+        let stream = runtime
+            .block_on(client.get_blob(repository, &layer.digest))
+            .with_context(|| format!("fetching layer {}", layer.digest))?;
+        // The stream checks the digest at its end: an unpack that saw a
+        // wrong byte fails before the tree is renamed into place.
+        let reader = SyncIoBridge::new_with_handle(stream, runtime.clone());
+        let stats = unpack_layer(reader, compression, &temp)
+            .with_context(|| format!("unpacking layer {}", layer.digest))?;
+        if fs_dir.exists() {
+            fs::remove_dir_all(&fs_dir)
+                .with_context(|| format!("removing {}", fs_dir.display()))?;
+        }
+        fs::rename(&temp, &fs_dir).with_context(|| format!("renaming {}", temp.display()))?;
+        fs::write(dir.join("complete"), &layer.digest)?;
+        tracing::info!(
+            layer = %layer.digest,
+            entries = stats.entries,
+            seconds = started.elapsed().as_secs_f64(),
+            "layer unpacked"
+        );
+        Ok(())
+    }
+
+    /// Marks `dir` as used by this mount.
+    fn register_user(&self, dir: &Path) -> Result<()> {
+        let users = dir.join("users");
+        fs::create_dir_all(&users).with_context(|| format!("creating {}", users.display()))?;
+        fs::write(users.join(&self.options.mount_id), b"")
+            .with_context(|| format!("registering in {}", users.display()))
+    }
+
+    /// Starts the background fetch of the lazy layers, bottom first.
+    fn start_background(&mut self) {
+        let Some(options) = self.options.background.clone() else {
+            return;
+        };
+        let work: Arc<Vec<(Arc<SpanManager>, String, u64)>> = Arc::new(
+            self.layers
+                .iter()
+                .filter_map(|layer| match &layer.state {
+                    LayerState::Lazy { spans, .. } => Some((
+                        Arc::clone(spans),
+                        layer.descriptor.digest.clone(),
+                        u64::try_from(layer.descriptor.size).unwrap_or(0),
+                    )),
+                    LayerState::Unpacked { .. } => None,
+                })
+                .collect(),
+        );
+        let next = Arc::new(AtomicUsize::new(0));
+        for _ in 0..self.options.background_jobs.max(1).min(work.len()) {
+            let (work, next, stop, options) = (
+                Arc::clone(&work),
+                Arc::clone(&next),
+                Arc::clone(&self.stop),
+                options.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name("sochi-bg-fetch".into())
+                .spawn(move || {
+                    while let Some((spans, digest, size)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let started = Instant::now();
+                        match spans.fetch_all(digest, *size, &options, &stop) {
+                            Ok(()) => tracing::info!(layer = %digest, seconds = started.elapsed().as_secs_f64(), "layer fetched and verified"),
+                            Err(sochi_fs::Error::Stopped) => return,
+                            Err(error) => {
+                                LayerMetrics::add(&spans.metrics().background_failures, 1);
+                                tracing::error!(layer = %digest, error = %error_chain(&error), "background fetch failed");
+                            }
+                        }
+                    }
+                });
+            match spawned {
+                Ok(handle) => self.background.push(handle),
+                Err(error) => tracing::warn!(%error, "cannot start the background fetch"),
+            }
+        }
+    }
+
+    /// The Prometheus text of every lazy layer, plus image-level counts.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for layer in &self.layers {
+            if let LayerState::Lazy { spans, .. } = &layer.state {
+                let labels = format!("layer=\"{}\"", layer.descriptor.digest);
+                spans.metrics().render(
+                    out,
+                    &labels,
+                    spans.span_count() as u64,
+                    u64::try_from(layer.descriptor.size).unwrap_or(0),
+                );
+            }
+        }
+        let lazy = self
+            .layers
+            .iter()
+            .filter(|l| matches!(l.state, LayerState::Lazy { .. }))
+            .count();
+        let _ = writeln!(out, "sochi_image_layers{{kind=\"lazy\"}} {lazy}");
+        let _ = writeln!(
+            out,
+            "sochi_image_layers{{kind=\"unpacked\"}} {}",
+            self.layers.len() - lazy
+        );
+    }
+
+    /// Unmounts the overlay (if mounted here) and every layer, stops the
+    /// background fetch and, with `release`, deletes the local state of
+    /// the layers no other mount uses.
+    pub fn unmount(mut self, release: bool) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut first_error = None;
+        if let Some(target) = self.overlay.take() {
+            if let Err(error) = crate::overlay::unmount(&target) {
+                first_error.get_or_insert(error);
+            }
+        }
+        for handle in self.background.drain(..) {
+            let _ = handle.join();
+        }
+        for layer in self.layers.drain(..) {
+            let cache_dir = layer.cache_dir.clone();
+            if let LayerState::Lazy {
+                mountpoint, handle, ..
+            } = layer.state
+            {
+                drop(handle);
+                if mountpoint.starts_with(&self.options.state_dir) {
+                    let _ = fs::remove_dir(&mountpoint);
+                }
+            }
+            if release {
+                let users = cache_dir.join("users");
+                let _ = fs::remove_file(users.join(&self.options.mount_id));
+                let in_use = fs::read_dir(&users)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(false);
+                if !in_use {
+                    if let Err(error) = fs::remove_dir_all(&cache_dir) {
+                        tracing::warn!(dir = %cache_dir.display(), %error, "cannot release the layer's local state");
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ImageMount {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(target) = self.overlay.take() {
+            let _ = crate::overlay::unmount(&target);
+        }
+    }
+}
+
+/// The hex of a `sha256:` digest, refusing anything that could not be a
+/// single path component.
+fn digest_hex(digest: &str) -> Result<&str> {
+    match digest.split_once(':') {
+        Some((_, hex)) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(hex),
+        _ => bail!("layer digest {digest:?} is not algorithm:hex"),
+    }
+}

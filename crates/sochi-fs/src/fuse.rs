@@ -18,8 +18,21 @@ use crate::metrics::LayerMetrics;
 use crate::verify::Verified;
 use crate::{Attr, Error, FileKind, Ino, LayerTree, Result, SpanManager};
 
-/// How long the kernel may cache attributes and entries.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and entries of the layer: a
+/// layer never changes, so as long as it likes (the reference's 1 s makes
+/// every `stat` of a walk a round trip to the daemon).
+const TTL: Duration = Duration::from_secs(3600);
+
+/// The status file changes as spans arrive: no caching of its size.
+const STATUS_TTL: Duration = Duration::ZERO;
+
+fn ttl(ino: u64) -> &'static Duration {
+    if ino == STATUS_DIR_INO || ino == STATUS_FILE_INO {
+        &STATUS_TTL
+    } else {
+        &TTL
+    }
+}
 
 /// The errno a filesystem request fails with for `error`: every error of
 /// reading layer data is an I/O error (never wrong bytes).
@@ -297,14 +310,14 @@ impl Filesystem for LayerFs {
                 .and_then(|ino| self.file_attr(ino))
         };
         match found {
-            Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Some(attr) => reply.entry(ttl(attr.ino.0), &attr, Generation(0)),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.file_attr(Ino(ino.0)) {
-            Some(attr) => reply.attr(&TTL, &attr),
+            Some(attr) => reply.attr(ttl(ino.0), &attr),
             None => reply.error(Errno::ENOENT),
         }
     }

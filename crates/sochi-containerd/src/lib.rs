@@ -1,0 +1,1 @@
+//! A containerd client for the lazy pull (being written).

@@ -1,0 +1,1 @@
+//! containerd remote snapshotter (being written).

@@ -66,6 +66,8 @@ enum Command {
     Mount(cmd::mount::Args),
     /// Unmount what `sochi mount` mounted and release its layers.
     Unmount(cmd::unmount::Args),
+    /// Run the containerd remote snapshotter (gRPC on a unix socket).
+    Snapshotter(cmd::snapshotter::Args),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Index(command) => cmd::index::run(&global, command),
         Command::Mount(args) => cmd::mount::run(&global, args),
         Command::Unmount(args) => cmd::unmount::run(&global, args),
+        Command::Snapshotter(args) => cmd::snapshotter::run(&global, args),
     };
     match result {
         Ok(code) => code,

@@ -17,7 +17,7 @@ pub use blob::{RegistryBlob, DEFAULT_FETCH_TIMEOUT};
 pub use metrics_server::serve_metrics;
 pub use mount::{ImageMount, LayerState, MountOptions, MountTarget, MountedLayer};
 pub use overlay::{mount_overlay, unmount};
-pub use plan::{plan_image, ImagePlan, IndexSource, PlannedLayer};
+pub use plan::{plan_image, plan_image_manifest, ImagePlan, IndexSource, PlannedLayer};
 
 mod blob;
 mod metrics_server;

@@ -379,17 +379,7 @@ impl ImageMount {
     /// The Prometheus text of every lazy layer, plus image-level counts.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
-        for layer in &self.layers {
-            if let LayerState::Lazy { spans, .. } = &layer.state {
-                let labels = format!("layer=\"{}\"", layer.descriptor.digest);
-                spans.metrics().render(
-                    out,
-                    &labels,
-                    spans.span_count() as u64,
-                    u64::try_from(layer.descriptor.size).unwrap_or(0),
-                );
-            }
-        }
+        self.render_layer_metrics(out);
         let lazy = self
             .layers
             .iter()
@@ -401,6 +391,21 @@ impl ImageMount {
             "sochi_image_layers{{kind=\"unpacked\"}} {}",
             self.layers.len() - lazy
         );
+    }
+
+    /// The Prometheus text of every lazy layer.
+    pub fn render_layer_metrics(&self, out: &mut String) {
+        for layer in &self.layers {
+            if let LayerState::Lazy { spans, .. } = &layer.state {
+                let labels = format!("layer=\"{}\"", layer.descriptor.digest);
+                spans.metrics().render(
+                    out,
+                    &labels,
+                    spans.span_count() as u64,
+                    u64::try_from(layer.descriptor.size).unwrap_or(0),
+                );
+            }
+        }
     }
 
     /// Unmounts the overlay (if mounted here) and every layer, stops the

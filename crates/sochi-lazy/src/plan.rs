@@ -3,11 +3,14 @@
 //! reference snapshotter finds it, spec §5.2) and the zTOC of each layer
 //! that has one (spec §5.3).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use futures_util::future::try_join_all;
-use sochi_format::{media_types, Descriptor, ImageManifest, Platform, Ztoc};
+use sochi_format::{
+    media_types, Descriptor, ImageManifest, Platform, Sha256Digest, SociIndex, Ztoc,
+};
 use sochi_registry::{Client, DiscoveryOptions, Reference};
 
 /// Where the image's index came from, for logs and `--json` output.
@@ -52,47 +55,126 @@ impl ImagePlan {
 
 /// Resolves `reference` for `platform`, finds its SOCI index and fetches
 /// the zTOCs (concurrently). An image without an index is planned with
-/// every layer unpacked locally.
+/// every layer unpacked locally. Artifacts found in `cache` (a directory
+/// of blobs named by digest hex, checked on load) are not fetched again,
+/// and what is fetched is kept there.
 pub async fn plan_image(
     client: &Client,
     reference: &Reference,
     platform: &Platform,
     discovery: &DiscoveryOptions,
+    cache: Option<&Path>,
 ) -> Result<ImagePlan> {
     let (manifest_descriptor, bytes) = client
         .resolve_platform(reference, platform)
         .await
         .with_context(|| format!("resolving {reference}"))?;
-    let manifest = ImageManifest::from_json(&bytes)
-        .with_context(|| format!("decoding the image manifest {}", manifest_descriptor.digest))?;
-    let discovered = client
-        .discover_soci_index(reference, &manifest_descriptor.digest, discovery)
-        .await
-        .with_context(|| {
-            format!(
-                "looking for the SOCI index of {}@{}",
-                reference.repository, manifest_descriptor.digest
-            )
-        })?;
-    let Some(discovered) = discovered else {
-        tracing::info!(image = %manifest_descriptor.digest, "no SOCI index: every layer is unpacked locally");
-        let layers = manifest
-            .layers()
-            .iter()
-            .map(|layer| PlannedLayer {
-                descriptor: layer.clone(),
-                ztoc: None,
-                no_ztoc_reason: Some("the image has no SOCI index".into()),
-            })
-            .collect();
-        return Ok(ImagePlan {
-            repository: reference.clone(),
-            manifest: manifest_descriptor,
-            layers,
-            index: None,
-        });
+    if let Some(dir) = cache {
+        store_cached(dir, &manifest_descriptor.digest, &bytes);
+    }
+    plan_manifest(
+        client,
+        reference,
+        manifest_descriptor,
+        &bytes,
+        discovery,
+        cache,
+    )
+    .await
+}
+
+/// [`plan_image`] for an image manifest known by digest (what a
+/// snapshotter gets from containerd's labels).
+pub async fn plan_image_manifest(
+    client: &Client,
+    repository: &Reference,
+    manifest_digest: &str,
+    discovery: &DiscoveryOptions,
+    cache: Option<&Path>,
+) -> Result<ImagePlan> {
+    let reference = repository.with_digest(manifest_digest);
+    let (descriptor, bytes) = match cache.and_then(|dir| load_cached(dir, manifest_digest)) {
+        Some(bytes) => {
+            let mut descriptor = Descriptor::of(media_types::OCI_MANIFEST, &bytes);
+            if let Ok(manifest) = ImageManifest::from_json(&bytes) {
+                if !manifest.media_type.is_empty() {
+                    descriptor.media_type = manifest.media_type;
+                }
+            }
+            (descriptor, bytes)
+        }
+        None => {
+            let (descriptor, bytes) = client
+                .get_manifest(&reference)
+                .await
+                .with_context(|| format!("fetching the image manifest {reference}"))?;
+            if let Some(dir) = cache {
+                store_cached(dir, manifest_digest, &bytes);
+            }
+            (descriptor, bytes)
+        }
     };
-    let index = &discovered.index;
+    plan_manifest(client, repository, descriptor, &bytes, discovery, cache).await
+}
+
+async fn plan_manifest(
+    client: &Client,
+    reference: &Reference,
+    manifest_descriptor: Descriptor,
+    bytes: &[u8],
+    discovery: &DiscoveryOptions,
+    cache: Option<&Path>,
+) -> Result<ImagePlan> {
+    let manifest = ImageManifest::from_json(bytes)
+        .with_context(|| format!("decoding the image manifest {}", manifest_descriptor.digest))?;
+    let cached_index = discovery
+        .explicit_index
+        .as_deref()
+        .and_then(|digest| Some((digest, cache.and_then(|dir| load_cached(dir, digest))?)))
+        .and_then(|(digest, bytes)| {
+            Some((digest.to_string(), SociIndex::from_bytes(&bytes).ok()?))
+        });
+    let (index_digest, found_by, index) = match cached_index {
+        Some((digest, index)) => (digest, "cache".to_string(), index),
+        None => {
+            let discovered = client
+                .discover_soci_index(reference, &manifest_descriptor.digest, discovery)
+                .await
+                .with_context(|| {
+                    format!(
+                        "looking for the SOCI index of {}@{}",
+                        reference.repository, manifest_descriptor.digest
+                    )
+                })?;
+            let Some(discovered) = discovered else {
+                tracing::info!(image = %manifest_descriptor.digest, "no SOCI index: every layer is unpacked locally");
+                let layers = manifest
+                    .layers()
+                    .iter()
+                    .map(|layer| PlannedLayer {
+                        descriptor: layer.clone(),
+                        ztoc: None,
+                        no_ztoc_reason: Some("the image has no SOCI index".into()),
+                    })
+                    .collect();
+                return Ok(ImagePlan {
+                    repository: reference.clone(),
+                    manifest: manifest_descriptor,
+                    layers,
+                    index: None,
+                });
+            };
+            if let Some(dir) = cache {
+                store_cached(dir, &discovered.descriptor.digest, &discovered.bytes);
+            }
+            (
+                discovered.descriptor.digest.clone(),
+                discovered.found_by.to_string(),
+                discovered.index,
+            )
+        }
+    };
+    let index = &index;
     let fetches = manifest.layers().iter().map(|layer| async move {
         let Some(ztoc_descriptor) = index.ztoc_for_layer(&layer.digest) else {
             return Ok::<_, anyhow::Error>(PlannedLayer {
@@ -101,15 +183,24 @@ pub async fn plan_image(
                 no_ztoc_reason: Some("the SOCI index has no zTOC for it (small layer?)".into()),
             });
         };
-        let bytes = client
-            .read_blob(reference, ztoc_descriptor)
-            .await
-            .with_context(|| {
-                format!(
-                    "fetching the zTOC {} of layer {}",
-                    ztoc_descriptor.digest, layer.digest
-                )
-            })?;
+        let bytes = match cache.and_then(|dir| load_cached(dir, &ztoc_descriptor.digest)) {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = client
+                    .read_blob(reference, ztoc_descriptor)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "fetching the zTOC {} of layer {}",
+                            ztoc_descriptor.digest, layer.digest
+                        )
+                    })?;
+                if let Some(dir) = cache {
+                    store_cached(dir, &ztoc_descriptor.digest, &bytes);
+                }
+                bytes
+            }
+        };
         let ztoc = Ztoc::from_bytes(&bytes).with_context(|| {
             format!(
                 "decoding the zTOC {} of layer {}",
@@ -129,10 +220,39 @@ pub async fn plan_image(
         manifest: manifest_descriptor,
         layers,
         index: Some(IndexSource {
-            digest: discovered.descriptor.digest.clone(),
-            found_by: format!("{:?}", discovered.found_by),
+            digest: index_digest,
+            found_by,
         }),
     })
+}
+
+/// A cached artifact whose bytes still hash to `digest`.
+fn load_cached(dir: &Path, digest: &str) -> Option<Vec<u8>> {
+    let hex = digest.strip_prefix("sha256:")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let bytes = std::fs::read(dir.join(hex)).ok()?;
+    (Sha256Digest::of(&bytes).to_string() == digest).then_some(bytes)
+}
+
+/// Keeps an artifact (already digest-checked by the client); a failure
+/// only costs a fetch next time.
+fn store_cached(dir: &Path, digest: &str, bytes: &[u8]) {
+    let Some(hex) = digest.strip_prefix("sha256:") else {
+        return;
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return;
+    }
+    let write = std::fs::create_dir_all(dir).and_then(|()| {
+        let temp = dir.join(format!("{hex}.tmp-{}", std::process::id()));
+        std::fs::write(&temp, bytes)?;
+        std::fs::rename(&temp, dir.join(hex))
+    });
+    if let Err(error) = write {
+        tracing::debug!(%digest, %error, "cannot cache artifact");
+    }
 }
 
 /// A zTOC must describe a layer of the layer's size and a compression the

@@ -1,1 +1,163 @@
-//! containerd remote snapshotter (being written).
+//! sochi's containerd remote snapshotter: containerd's Snapshots gRPC
+//! service on a unix socket (spec §6). Layers of images with a SOCI index
+//! are mounted lazily over FUSE ([`sochi_lazy`]), layers without a zTOC are
+//! fetched and unpacked by sochi, and images without an index are handed
+//! back to containerd. Snapshot metadata survives restarts, and the layers
+//! sochi provided are mounted again from their caches on start.
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`service`]: the Snapshots service and its decision tree.
+//! - [`serve`]: binds the socket and runs until a signal.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+pub mod config;
+mod filter;
+pub mod metadata;
+pub mod remote;
+pub mod service;
+
+/// containerd's API as generated from proto/.
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+pub mod api {
+    /// `containerd.*`
+    pub mod containerd {
+        /// `containerd.types`
+        pub mod types {
+            tonic::include_proto!("containerd.types");
+        }
+        /// `containerd.services`
+        pub mod services {
+            /// `containerd.services.snapshots`
+            pub mod snapshots {
+                /// `containerd.services.snapshots.v1`
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.snapshots.v1");
+                }
+            }
+        }
+    }
+}
+
+pub use config::Config;
+pub use service::{Service, Snapshotter};
+
+/// What `serve` needs.
+pub struct Daemon {
+    /// The unix socket to listen on.
+    pub address: PathBuf,
+    /// Local state (snapshots, span caches, zTOCs).
+    pub root: PathBuf,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Registry client for layers and indexes.
+    pub client: sochi_registry::Client,
+}
+
+/// Serves the Snapshots API on `daemon.address` until SIGTERM or SIGINT,
+/// then unmounts every layer it mounted. Call from within a multi-thread
+/// tokio runtime.
+pub async fn serve(daemon: Daemon) -> Result<()> {
+    let runtime = tokio::runtime::Handle::current();
+    let remote = Arc::new(remote::RemoteLayers::new(
+        daemon.client.clone(),
+        runtime.clone(),
+        daemon.root.clone(),
+        Arc::clone(&daemon.config),
+    ));
+    let root = daemon.root.clone();
+    let snapshotter = {
+        let remote = Arc::clone(&remote);
+        tokio::task::spawn_blocking(move || Snapshotter::open(&root, remote))
+            .await
+            .context("opening the snapshotter")??
+    };
+    let snapshotter = Arc::new(snapshotter);
+    let stop = Arc::new(AtomicBool::new(false));
+    if !daemon.config.metrics_address.is_empty() {
+        let (snapshotter, remote) = (Arc::clone(&snapshotter), Arc::clone(&remote));
+        let render = Arc::new(move || {
+            let mut out = String::new();
+            sochi_fs::LayerMetrics::render_help(&mut out);
+            remote.render_metrics(&mut out);
+            render_counters(&snapshotter.counters, &mut out);
+            out
+        });
+        let bound =
+            sochi_lazy::serve_metrics(&daemon.config.metrics_address, render, Arc::clone(&stop))?;
+        tracing::info!(address = %bound, "metrics");
+    }
+    let listener = bind(&daemon.address)?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tracing::info!(socket = %daemon.address.display(), root = %daemon.root.display(), "sochi snapshotter ready");
+    let service = api::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer::new(
+        Service(Arc::clone(&snapshotter)),
+    );
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await
+        .context("serving the snapshots API")?;
+    stop.store(true, Ordering::Relaxed);
+    tracing::info!("shutting down: unmounting layers");
+    let inner = Arc::clone(&snapshotter);
+    tokio::task::spawn_blocking(move || inner.shutdown()).await?;
+    let _ = std::fs::remove_file(&daemon.address);
+    Ok(())
+}
+
+fn bind(address: &Path) -> Result<tokio::net::UnixListener> {
+    if let Some(parent) = address.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    // A socket left by a previous run refuses connections; replace it.
+    if address.exists() && std::os::unix::net::UnixStream::connect(address).is_err() {
+        std::fs::remove_file(address)?;
+    }
+    tokio::net::UnixListener::bind(address)
+        .with_context(|| format!("listening on {}", address.display()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+fn render_counters(counters: &service::Counters, out: &mut String) {
+    use std::fmt::Write as _;
+    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP sochi_snapshotter_layers_total Layers by how they were provided."
+    );
+    let _ = writeln!(out, "# TYPE sochi_snapshotter_layers_total counter");
+    for (outcome, value) in [
+        ("lazy", g(&counters.lazy)),
+        ("unpacked", g(&counters.unpacked)),
+        ("containerd_no_index", g(&counters.no_index)),
+        ("containerd_error", g(&counters.failed)),
+    ] {
+        let _ = writeln!(
+            out,
+            "sochi_snapshotter_layers_total{{outcome=\"{outcome}\"}} {value}"
+        );
+    }
+}

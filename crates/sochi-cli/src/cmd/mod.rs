@@ -13,6 +13,7 @@ pub mod create;
 pub mod index;
 pub mod mount;
 pub mod push;
+pub mod snapshotter;
 pub mod unmount;
 pub mod ztoc;
 
@@ -51,6 +52,11 @@ pub struct RegistryArgs {
 impl Global {
     /// A registry client configured from the global flags.
     pub fn registry(&self) -> Result<crate::registry::Registry> {
+        self.registry_with_threads(2)
+    }
+
+    /// [`Global::registry`] on a runtime of `threads` workers.
+    pub fn registry_with_threads(&self, threads: usize) -> Result<crate::registry::Registry> {
         let flags = &self.registry;
         let user = match &flags.user {
             Some(text) => {
@@ -70,7 +76,7 @@ impl Global {
             ..sochi_registry::ClientConfig::default()
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(threads)
             .enable_all()
             .build()
             .context("starting the async runtime")?;

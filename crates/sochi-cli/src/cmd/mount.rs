@@ -241,6 +241,7 @@ fn serve(
         &reference,
         &platform,
         &discovery,
+        Some(&global.root.join("artifact-cache")),
     ))?;
     if let Some(digest) = &args.layer {
         plan.layers

@@ -1,0 +1,72 @@
+//! `sochi snapshotter`: the containerd remote snapshotter daemon, and
+//! `sochi snapshotter config default|dump`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sochi_snapshotter::config::{Config, DEFAULT_CONFIG_PATH};
+
+use super::Global;
+
+/// Flags of `sochi snapshotter`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    /// The unix socket containerd's proxy plugin connects to.
+    #[arg(long, default_value = "/run/sochi/snapshotter.sock")]
+    pub address: PathBuf,
+    /// The configuration file (TOML; default /etc/sochi/snapshotter.toml,
+    /// all defaults if that is missing).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Show the configuration instead of running.
+    #[command(subcommand)]
+    pub command: Option<Sub>,
+}
+
+/// `sochi snapshotter config ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Print a configuration.
+    Config {
+        /// `default`: the defaults; `dump`: what --config (or the default file) gives.
+        #[arg(value_parser = ["default", "dump"])]
+        which: String,
+        /// The configuration file to dump.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs `sochi snapshotter`.
+pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
+    if let Some(Sub::Config { which, config }) = &args.command {
+        let config = match which.as_str() {
+            "default" => Config::default(),
+            _ => load(config.as_ref().or(args.config.as_ref()))?,
+        };
+        print!("{}", config.to_toml()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = Arc::new(load(args.config.as_ref())?);
+    let registry = global.registry_with_threads(4)?;
+    std::fs::create_dir_all(&global.root)
+        .with_context(|| format!("creating {}", global.root.display()))?;
+    let daemon = sochi_snapshotter::Daemon {
+        address: args.address.clone(),
+        root: global.root.clone(),
+        config,
+        client: registry.client.clone(),
+    };
+    registry.block_on(sochi_snapshotter::serve(daemon))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config> {
+    match path {
+        Some(path) => Config::load(path, true),
+        None => Config::load(std::path::Path::new(DEFAULT_CONFIG_PATH), false),
+    }
+}

@@ -1,0 +1,222 @@
+//! Layers sochi provides itself: found through the image's SOCI index and
+//! mounted lazily over FUSE, or (no zTOC for that layer) fetched whole and
+//! unpacked by sochi (spec §6.3, steps 2 and 3).
+//!
+//! Image plans (index and zTOCs) are cached per image manifest; a lookup
+//! that found no index is forgotten after `no_index_ttl`, so an index
+//! pushed later is seen without a restart (the reference caches the miss
+//! until it restarts).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use sochi_lazy::{ImageMount, ImagePlan, LayerState, MountOptions, MountTarget};
+use sochi_registry::{Client, DiscoveryOptions, Reference};
+use tokio::runtime::Handle;
+
+use crate::config::Config;
+
+/// The labels containerd passes for a layer (spec §6.2).
+#[derive(Clone, Debug)]
+pub struct LayerRequest {
+    /// `containerd.io/snapshot/cri.image-ref`.
+    pub image_ref: String,
+    /// `containerd.io/snapshot/cri.manifest-digest`.
+    pub manifest: String,
+    /// `containerd.io/snapshot/cri.layer-digest`.
+    pub layer: String,
+    /// `containerd.io/snapshot/remote/soci.index.digest`.
+    pub index: Option<String>,
+}
+
+/// What became of a request to provide a layer.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Mounted at the snapshot's `fs` dir: `lazy` or `unpacked`.
+    Provided {
+        /// `lazy` or `unpacked`.
+        mode: &'static str,
+        /// The SOCI index used.
+        index: Option<String>,
+        /// Why the layer is not lazy (when unpacked).
+        reason: Option<String>,
+    },
+    /// The image has no SOCI index: containerd pulls it.
+    NoIndex,
+    /// Something failed: containerd pulls the layer.
+    Failed(String),
+}
+
+type PlanResult = Result<Arc<ImagePlan>, String>;
+
+/// Provides layers and keeps their mounts.
+pub struct RemoteLayers {
+    client: Client,
+    runtime: Handle,
+    root: PathBuf,
+    config: Arc<Config>,
+    plans: Mutex<HashMap<String, (Instant, PlanResult)>>,
+    mounts: Mutex<HashMap<u64, ImageMount>>,
+}
+
+impl RemoteLayers {
+    /// Layers read through `client` on `runtime`, local state under `root`.
+    pub fn new(
+        client: Client,
+        runtime: Handle,
+        root: PathBuf,
+        config: Arc<Config>,
+    ) -> RemoteLayers {
+        RemoteLayers {
+            client,
+            runtime,
+            root,
+            config,
+            plans: Mutex::new(HashMap::new()),
+            mounts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The plan of an image, from the cache or the registry. Blocking.
+    fn plan(&self, request: &LayerRequest) -> PlanResult {
+        let ttl = Duration::from_secs(self.config.no_index_ttl_sec);
+        if let Some((when, cached)) = self.plans.lock().get(&request.manifest) {
+            let fresh = match cached {
+                Ok(plan) => plan.index.is_some() || when.elapsed() < ttl,
+                Err(_) => when.elapsed() < ttl,
+            };
+            if fresh {
+                return cached.clone();
+            }
+        }
+        let result = self.fetch_plan(request);
+        self.plans
+            .lock()
+            .insert(request.manifest.clone(), (Instant::now(), result.clone()));
+        result
+    }
+
+    fn fetch_plan(&self, request: &LayerRequest) -> PlanResult {
+        let repository = Reference::parse(&request.image_ref)
+            .map_err(|e| format!("image reference {:?}: {e}", request.image_ref))?;
+        let discovery = DiscoveryOptions {
+            v1: self.config.pull_modes.soci_v1.enable,
+            v2: self.config.pull_modes.soci_v2.enable,
+            explicit_index: request.index.clone(),
+        };
+        let cache = self.root.join("artifact-cache");
+        let plan = self.runtime.block_on(sochi_lazy::plan_image_manifest(
+            &self.client,
+            &repository,
+            &request.manifest,
+            &discovery,
+            Some(&cache),
+        ));
+        plan.map(Arc::new).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Provides layer `request` for snapshot `id` at `fs_dir`. Blocking.
+    pub fn provide(
+        &self,
+        id: u64,
+        state_dir: &Path,
+        fs_dir: &Path,
+        request: &LayerRequest,
+    ) -> Outcome {
+        let plan = match self.plan(request) {
+            Ok(plan) => plan,
+            Err(error) => return Outcome::Failed(error),
+        };
+        let Some(index) = &plan.index else {
+            return Outcome::NoIndex;
+        };
+        let Some(layer) = plan
+            .layers
+            .iter()
+            .find(|l| l.descriptor.digest == request.layer)
+        else {
+            return Outcome::Failed(format!(
+                "layer {} is not in image {}",
+                request.layer, request.manifest
+            ));
+        };
+        let single = ImagePlan {
+            layers: vec![layer.clone()],
+            ..(*plan).clone()
+        };
+        let options = MountOptions {
+            root: self.root.clone(),
+            state_dir: state_dir.to_path_buf(),
+            mount_id: id.to_string(),
+            verify: !self.config.fuse.disable_verification,
+            background: (!self.config.background_fetch.disable).then(|| {
+                sochi_fs::BackgroundOptions {
+                    idle: Duration::from_millis(self.config.background_fetch.idle_msec),
+                    ..sochi_fs::BackgroundOptions::default()
+                }
+            }),
+            background_jobs: 1,
+            fetch_timeout: Duration::from_secs(self.config.blob.fetching_timeout_sec.max(1)),
+            fuse_threads: self.config.fuse.threads.max(1),
+            span_cache_limit: self.config.directory_cache.max_bytes,
+            memory_cache_limit: self.config.directory_cache.memory_bytes,
+        };
+        match ImageMount::mount(
+            &single,
+            &self.client,
+            &self.runtime,
+            options,
+            MountTarget::Layer(fs_dir),
+        ) {
+            Ok(mount) => {
+                let (mode, reason) = match mount.layers.first().map(|l| &l.state) {
+                    Some(LayerState::Unpacked { reason, .. }) => ("unpacked", Some(reason.clone())),
+                    _ => ("lazy", None),
+                };
+                self.mounts.lock().insert(id, mount);
+                Outcome::Provided {
+                    mode,
+                    index: Some(index.digest.clone()),
+                    reason,
+                }
+            }
+            Err(error) => Outcome::Failed(format!("{error:#}")),
+        }
+    }
+
+    /// Whether snapshot `id` has a mount here.
+    pub fn is_mounted(&self, id: u64) -> bool {
+        self.mounts.lock().contains_key(&id)
+    }
+
+    /// Unmounts snapshot `id`'s layer and releases its local state if no
+    /// other snapshot uses it. Blocking.
+    pub fn release(&self, id: u64) {
+        let mount = self.mounts.lock().remove(&id);
+        if let Some(mount) = mount {
+            if let Err(error) = mount.unmount(true) {
+                tracing::warn!(id, error = %format!("{error:#}"), "releasing a layer");
+            }
+        }
+    }
+
+    /// Unmounts every layer without releasing (shutdown).
+    pub fn unmount_all(&self) {
+        let mounts: Vec<ImageMount> = self.mounts.lock().drain().map(|(_, m)| m).collect();
+        for mount in mounts {
+            if let Err(error) = mount.unmount(false) {
+                tracing::warn!(error = %format!("{error:#}"), "unmounting a layer");
+            }
+        }
+    }
+
+    /// Prometheus text of every mounted layer.
+    pub fn render_metrics(&self, out: &mut String) {
+        for mount in self.mounts.lock().values() {
+            mount.render_layer_metrics(out);
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! containerd's Snapshots service over sochi's snapshot store (spec §6).
+//!
+//! A `Prepare` that carries `containerd.io/snapshot.ref` is a layer being
+//! pulled: sochi tries to provide it (lazily over FUSE, or unpacked by
+//! itself when the index has no zTOC for it), commits it under the target
+//! name and answers `AlreadyExists`, so containerd skips fetching it
+//! (environment.md §4, the remote-snapshot contract). When the image has no
+//! SOCI index, or providing fails, it falls back to a plain active snapshot
+//! that containerd fills itself; every fallback is logged and counted.
+//!
+//! Directory layout under the root: `snapshotter/metadata.json` and
+//! `snapshotter/snapshots/<id>/{fs,work}` (`fs` is the FUSE mountpoint of a
+//! lazy layer, the upper dir of an active snapshot).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tonic::{Request, Response, Status};
+
+use crate::api::containerd::services::snapshots::v1 as pb;
+use crate::api::containerd::types::Mount;
+use crate::filter::Filter;
+use crate::metadata::{now_nanos, Kind, MetaStore, RemoteLayer, Snapshot};
+use crate::remote::{LayerRequest, Outcome, RemoteLayers};
+
+/// Labels containerd passes (spec §6.2) and sochi writes.
+pub mod labels {
+    /// The name a layer snapshot is to be committed as.
+    pub const TARGET: &str = "containerd.io/snapshot.ref";
+    /// Image reference.
+    pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+    /// Image manifest digest.
+    pub const MANIFEST: &str = "containerd.io/snapshot/cri.manifest-digest";
+    /// Layer digest.
+    pub const LAYER: &str = "containerd.io/snapshot/cri.layer-digest";
+    /// An explicit SOCI index digest.
+    pub const INDEX: &str = "containerd.io/snapshot/remote/soci.index.digest";
+    /// Written on lazily mounted layers.
+    pub const REMOTE: &str = "containerd.io/snapshot/remote";
+    /// Written on every layer sochi provided (lazy or unpacked).
+    pub const HAS_INDEX: &str = "containerd.io/snapshot/remote/has.soci.index.digest";
+    /// How sochi provided the layer: `lazy` or `unpacked`.
+    pub const MODE: &str = "containerd.io/snapshot/remote/sochi.mode";
+}
+
+/// Layer outcomes, for metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Layers mounted lazily.
+    pub lazy: AtomicU64,
+    /// Layers fetched whole and unpacked by sochi (no zTOC).
+    pub unpacked: AtomicU64,
+    /// Layers handed back to containerd because the image has no index.
+    pub no_index: AtomicU64,
+    /// Layers handed back to containerd because providing them failed.
+    pub failed: AtomicU64,
+}
+
+/// The service state shared by all requests.
+pub struct Snapshotter {
+    root: PathBuf,
+    store: Mutex<MetaStore>,
+    remote: Arc<RemoteLayers>,
+    /// Layer outcomes.
+    pub counters: Counters,
+}
+
+fn snapshots_dir(root: &Path) -> PathBuf {
+    root.join("snapshotter").join("snapshots")
+}
+
+fn internal(error: impl std::fmt::Display) -> Status {
+    Status::internal(error.to_string())
+}
+
+impl Snapshotter {
+    /// Opens the store under `root` and mounts again every layer sochi
+    /// provided before a restart (span caches and zTOCs are reused, so
+    /// nothing is fetched twice). Blocking.
+    pub fn open(root: &Path, remote: Arc<RemoteLayers>) -> anyhow::Result<Snapshotter> {
+        let dir = root.join("snapshotter");
+        std::fs::create_dir_all(snapshots_dir(root))?;
+        let store = MetaStore::open(&dir.join("metadata.json"))?;
+        let snapshotter = Snapshotter {
+            root: root.to_path_buf(),
+            store: Mutex::new(store),
+            remote,
+            counters: Counters::default(),
+        };
+        snapshotter.restore();
+        Ok(snapshotter)
+    }
+
+    fn restore(&self) {
+        let provided: Vec<(String, Snapshot)> = self
+            .store
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.remote.is_some())
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        for (name, snapshot) in provided {
+            let Some(remote) = &snapshot.remote else {
+                continue;
+            };
+            let dir = self.snapshot_dir(snapshot.id);
+            let fs_dir = dir.join("fs");
+            // A FUSE mount of the previous process is dead: take it away.
+            let _ = sochi_lazy::unmount(&fs_dir);
+            let _ = std::fs::create_dir_all(&fs_dir);
+            let request = LayerRequest {
+                image_ref: remote.image_ref.clone(),
+                manifest: remote.manifest.clone(),
+                layer: remote.layer.clone(),
+                index: remote.index.clone(),
+            };
+            match self.remote.provide(snapshot.id, &dir, &fs_dir, &request) {
+                Outcome::Provided { mode, .. } => {
+                    tracing::info!(snapshot = %name, layer = %remote.layer, mode, "layer mounted again after restart")
+                }
+                other => {
+                    tracing::error!(snapshot = %name, layer = %remote.layer, outcome = ?other, "cannot mount a layer again after restart")
+                }
+            }
+        }
+    }
+
+    fn snapshot_dir(&self, id: u64) -> PathBuf {
+        snapshots_dir(&self.root).join(id.to_string())
+    }
+
+    /// Prepare (active) or View.
+    fn create(
+        &self,
+        key: String,
+        parent: String,
+        labels: BTreeMap<String, String>,
+        kind: Kind,
+    ) -> Result<Vec<Mount>, Status> {
+        {
+            let store = self.store.lock();
+            if store.get(&key).is_some() {
+                return Err(Status::already_exists(format!(
+                    "snapshot {key:?} already exists"
+                )));
+            }
+            if !parent.is_empty() {
+                match store.get(&parent) {
+                    Some(p) if p.kind == Kind::Committed => {}
+                    Some(_) => {
+                        return Err(Status::failed_precondition(format!(
+                            "parent {parent:?} is not committed"
+                        )))
+                    }
+                    None => return Err(Status::not_found(format!("parent {parent:?} not found"))),
+                }
+            }
+        }
+        if kind == Kind::Active {
+            if let Some(target) = labels.get(labels::TARGET) {
+                if self.store.lock().get(target).is_some() {
+                    return Err(Status::already_exists(format!(
+                        "target snapshot {target:?} already exists"
+                    )));
+                }
+                if let Some(request) = layer_request(&labels) {
+                    if let Some(status) = self.try_provide(target, &parent, &labels, &request)? {
+                        return Err(status);
+                    }
+                }
+            }
+        }
+        let id = self.store.lock().next_id();
+        let dir = self.snapshot_dir(id);
+        std::fs::create_dir_all(dir.join("fs")).map_err(internal)?;
+        if kind == Kind::Active {
+            std::fs::create_dir_all(dir.join("work")).map_err(internal)?;
+        }
+        let now = now_nanos();
+        let snapshot = Snapshot {
+            id,
+            kind,
+            parent,
+            labels,
+            created: now,
+            updated: now,
+            remote: None,
+        };
+        let mut store = self.store.lock();
+        store.put(&key, snapshot).map_err(internal)?;
+        mounts_of(&store, &self.root, &key)
+    }
+
+    /// Tries to provide a layer; `Some(AlreadyExists)` when it did.
+    fn try_provide(
+        &self,
+        target: &str,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+        request: &LayerRequest,
+    ) -> Result<Option<Status>, Status> {
+        let id = self.store.lock().next_id();
+        let dir = self.snapshot_dir(id);
+        let fs_dir = dir.join("fs");
+        std::fs::create_dir_all(&fs_dir).map_err(internal)?;
+        match self.remote.provide(id, &dir, &fs_dir, request) {
+            Outcome::Provided {
+                mode,
+                index,
+                reason,
+            } => {
+                let mut labels = labels.clone();
+                if mode == "lazy" {
+                    labels.insert(labels::REMOTE.into(), "remote snapshot".into());
+                }
+                labels.insert(labels::HAS_INDEX.into(), "true".into());
+                labels.insert(labels::MODE.into(), mode.into());
+                let now = now_nanos();
+                let snapshot = Snapshot {
+                    id,
+                    kind: Kind::Committed,
+                    parent: parent.to_string(),
+                    labels,
+                    created: now,
+                    updated: now,
+                    remote: Some(RemoteLayer {
+                        image_ref: request.image_ref.clone(),
+                        manifest: request.manifest.clone(),
+                        layer: request.layer.clone(),
+                        index,
+                        mode: mode.into(),
+                    }),
+                };
+                let counter = if mode == "lazy" {
+                    &self.counters.lazy
+                } else {
+                    &self.counters.unpacked
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                match &reason {
+                    Some(reason) => {
+                        tracing::warn!(layer = %request.layer, %reason, "layer not lazy: fetched and unpacked by sochi")
+                    }
+                    None => tracing::info!(layer = %request.layer, "layer mounted lazily"),
+                }
+                self.store.lock().put(target, snapshot).map_err(internal)?;
+                Ok(Some(Status::already_exists(format!(
+                    "target snapshot {target:?}: already exists"
+                ))))
+            }
+            Outcome::NoIndex => {
+                self.counters.no_index.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(layer = %request.layer, image = %request.image_ref, "no SOCI index: containerd pulls the layer");
+                let _ = std::fs::remove_dir_all(&dir);
+                Ok(None)
+            }
+            Outcome::Failed(why) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(layer = %request.layer, error = %why, "cannot provide the layer: containerd pulls it");
+                let _ = sochi_lazy::unmount(&fs_dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                Ok(None)
+            }
+        }
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>, Status> {
+        mounts_of(&self.store.lock(), &self.root, key)
+    }
+
+    fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), Status> {
+        let mut store = self.store.lock();
+        if store.get(&name).is_some() {
+            return Err(Status::already_exists(format!(
+                "snapshot {name:?} already exists"
+            )));
+        }
+        let Some(snapshot) = store.get(&key).cloned() else {
+            return Err(Status::not_found(format!("snapshot {key:?} not found")));
+        };
+        if snapshot.kind != Kind::Active {
+            return Err(Status::failed_precondition(format!(
+                "snapshot {key:?} is not active"
+            )));
+        }
+        let mut committed = snapshot;
+        committed.kind = Kind::Committed;
+        committed.labels.extend(labels);
+        committed.updated = now_nanos();
+        store.rename(&key, &name, committed).map_err(internal)
+    }
+
+    fn remove(&self, key: &str) -> Result<(), Status> {
+        let removed = {
+            let mut store = self.store.lock();
+            if store.get(key).is_none() {
+                return Err(Status::not_found(format!("snapshot {key:?} not found")));
+            }
+            if store.has_children(key) {
+                return Err(Status::failed_precondition(format!(
+                    "snapshot {key:?} has children"
+                )));
+            }
+            store.remove(key).map_err(internal)?
+        };
+        if let Some(snapshot) = removed {
+            if snapshot.remote.is_some() {
+                self.remote.release(snapshot.id);
+            }
+            let dir = self.snapshot_dir(snapshot.id);
+            let _ = sochi_lazy::unmount(&dir.join("fs"));
+            if let Err(error) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), %error, "cannot remove a snapshot directory");
+            }
+        }
+        Ok(())
+    }
+
+    fn info(&self, key: &str) -> Result<pb::Info, Status> {
+        let store = self.store.lock();
+        let snapshot = store
+            .get(key)
+            .ok_or_else(|| Status::not_found(format!("snapshot {key:?} not found")))?;
+        Ok(to_info(key, snapshot))
+    }
+
+    fn update(&self, info: pb::Info, paths: Vec<String>) -> Result<pb::Info, Status> {
+        let mut store = self.store.lock();
+        let Some(mut snapshot) = store.get(&info.name).cloned() else {
+            return Err(Status::not_found(format!(
+                "snapshot {:?} not found",
+                info.name
+            )));
+        };
+        if paths.is_empty() || paths.iter().any(|p| p == "labels") {
+            snapshot.labels = info.labels.into_iter().collect();
+        } else {
+            for path in paths {
+                let Some(label) = path.strip_prefix("labels.") else {
+                    return Err(Status::invalid_argument(format!("cannot update {path:?}")));
+                };
+                match info.labels.get(label) {
+                    Some(value) => snapshot.labels.insert(label.to_string(), value.clone()),
+                    None => snapshot.labels.remove(label),
+                };
+            }
+        }
+        snapshot.updated = now_nanos();
+        store.put(&info.name, snapshot.clone()).map_err(internal)?;
+        Ok(to_info(&info.name, &snapshot))
+    }
+
+    fn list(&self, filters: &[String]) -> Result<Vec<pb::Info>, Status> {
+        let filters = filters
+            .iter()
+            .map(|f| Filter::parse(f).map_err(Status::invalid_argument))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.store.lock();
+        Ok(store
+            .iter()
+            .map(|(key, snapshot)| to_info(key, snapshot))
+            .filter(|info| filters.is_empty() || filters.iter().any(|f| f.matches(info)))
+            .collect())
+    }
+
+    fn usage(&self, key: &str) -> Result<(i64, i64), Status> {
+        let snapshot = self
+            .store
+            .lock()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("snapshot {key:?} not found")))?;
+        if snapshot.remote.is_some() {
+            return Ok((0, 0));
+        }
+        Ok(disk_usage(&self.snapshot_dir(snapshot.id).join("fs")))
+    }
+
+    fn cleanup(&self) -> Result<(), Status> {
+        let known: Vec<u64> = self.store.lock().iter().map(|(_, s)| s.id).collect();
+        let dir = snapshots_dir(&self.root);
+        for entry in std::fs::read_dir(&dir).map_err(internal)?.flatten() {
+            let orphan = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|id| !known.contains(&id));
+            if orphan {
+                let _ = sochi_lazy::unmount(&entry.path().join("fs"));
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmounts every provided layer (shutdown).
+    pub fn shutdown(&self) {
+        self.remote.unmount_all();
+    }
+}
+
+/// The layer labels of a Prepare, if complete.
+fn layer_request(labels: &BTreeMap<String, String>) -> Option<LayerRequest> {
+    Some(LayerRequest {
+        image_ref: labels.get(labels::IMAGE_REF)?.clone(),
+        manifest: labels.get(labels::MANIFEST)?.clone(),
+        layer: labels.get(labels::LAYER)?.clone(),
+        index: labels.get(labels::INDEX).cloned(),
+    })
+}
+
+fn timestamp(nanos: u128) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(nanos / 1_000_000_000).unwrap_or(i64::MAX),
+        nanos: i32::try_from(nanos % 1_000_000_000).unwrap_or(0),
+    }
+}
+
+fn to_info(key: &str, snapshot: &Snapshot) -> pb::Info {
+    let kind = match snapshot.kind {
+        Kind::View => pb::Kind::View,
+        Kind::Active => pb::Kind::Active,
+        Kind::Committed => pb::Kind::Committed,
+    };
+    pb::Info {
+        name: key.to_string(),
+        parent: snapshot.parent.clone(),
+        kind: kind as i32,
+        created_at: Some(timestamp(snapshot.created)),
+        updated_at: Some(timestamp(snapshot.updated)),
+        labels: snapshot.labels.clone().into_iter().collect(),
+    }
+}
+
+/// The mounts that make snapshot `key` usable.
+fn mounts_of(store: &MetaStore, root: &Path, key: &str) -> Result<Vec<Mount>, Status> {
+    let snapshot = store
+        .get(key)
+        .ok_or_else(|| Status::not_found(format!("snapshot {key:?} not found")))?;
+    let dir = snapshots_dir(root).join(snapshot.id.to_string());
+    let lowers: Vec<String> = store
+        .chain(&snapshot.parent)
+        .iter()
+        .map(|(_, s)| {
+            snapshots_dir(root)
+                .join(s.id.to_string())
+                .join("fs")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let path = |p: PathBuf| p.to_string_lossy().into_owned();
+    let bind = |source: String, rw: bool| Mount {
+        r#type: "bind".into(),
+        source,
+        target: String::new(),
+        options: vec![if rw { "rw" } else { "ro" }.into(), "rbind".into()],
+    };
+    let mounts = match snapshot.kind {
+        Kind::Active if lowers.is_empty() => vec![bind(path(dir.join("fs")), true)],
+        Kind::Active => vec![Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![
+                "index=off".into(),
+                format!("workdir={}", path(dir.join("work"))),
+                format!("upperdir={}", path(dir.join("fs"))),
+                format!("lowerdir={}", lowers.join(":")),
+            ],
+        }],
+        Kind::View | Kind::Committed if lowers.is_empty() => {
+            vec![bind(path(dir.join("fs")), false)]
+        }
+        Kind::View if lowers.len() == 1 => vec![bind(lowers[0].clone(), false)],
+        Kind::View => vec![Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec!["index=off".into(), format!("lowerdir={}", lowers.join(":"))],
+        }],
+        Kind::Committed => vec![bind(path(dir.join("fs")), false)],
+    };
+    Ok(mounts)
+}
+
+/// Bytes and inodes under `dir`, not following links.
+fn disk_usage(dir: &Path) -> (i64, i64) {
+    let mut stack = vec![dir.to_path_buf()];
+    let (mut bytes, mut inodes) = (0i64, 0i64);
+    while let Some(next) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            inodes += 1;
+            bytes += i64::try_from(meta.len()).unwrap_or(0);
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+/// The tonic service: each call runs on a blocking thread (mounting,
+/// fetching and the store do blocking I/O).
+#[derive(Clone)]
+pub struct Service(pub Arc<Snapshotter>);
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("snapshotter task failed: {e}")))?
+}
+
+#[tonic::async_trait]
+impl pb::snapshots_server::Snapshots for Service {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareSnapshotRequest>,
+    ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        tracing::debug!(key = %r.key, parent = %r.parent, labels = ?r.labels, "prepare");
+        let inner = Arc::clone(&self.0);
+        let mounts = blocking(move || {
+            inner.create(
+                r.key,
+                r.parent,
+                r.labels.into_iter().collect(),
+                Kind::Active,
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::PrepareSnapshotResponse { mounts }))
+    }
+
+    async fn view(
+        &self,
+        request: Request<pb::ViewSnapshotRequest>,
+    ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let inner = Arc::clone(&self.0);
+        let mounts = blocking(move || {
+            inner.create(r.key, r.parent, r.labels.into_iter().collect(), Kind::View)
+        })
+        .await?;
+        Ok(Response::new(pb::ViewSnapshotResponse { mounts }))
+    }
+
+    async fn mounts(
+        &self,
+        request: Request<pb::MountsRequest>,
+    ) -> Result<Response<pb::MountsResponse>, Status> {
+        let key = request.into_inner().key;
+        let mounts = self.0.mounts(&key)?;
+        Ok(Response::new(pb::MountsResponse { mounts }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        let inner = Arc::clone(&self.0);
+        blocking(move || inner.commit(r.name, r.key, r.labels.into_iter().collect())).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let key = request.into_inner().key;
+        let inner = Arc::clone(&self.0);
+        blocking(move || inner.remove(&key)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn stat(
+        &self,
+        request: Request<pb::StatSnapshotRequest>,
+    ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
+        let info = self.0.info(&request.into_inner().key)?;
+        Ok(Response::new(pb::StatSnapshotResponse { info: Some(info) }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateSnapshotRequest>,
+    ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let info = r
+            .info
+            .ok_or_else(|| Status::invalid_argument("update without info"))?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let inner = Arc::clone(&self.0);
+        let info = blocking(move || inner.update(info, paths)).await?;
+        Ok(Response::new(pb::UpdateSnapshotResponse {
+            info: Some(info),
+        }))
+    }
+
+    type ListStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<pb::ListSnapshotsResponse, Status>>>;
+
+    async fn list(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let infos = self.0.list(&request.into_inner().filters)?;
+        let pages: Vec<Result<pb::ListSnapshotsResponse, Status>> = infos
+            .chunks(100)
+            .map(|chunk| {
+                Ok(pb::ListSnapshotsResponse {
+                    info: chunk.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(tokio_stream::iter(pages)))
+    }
+
+    async fn usage(
+        &self,
+        request: Request<pb::UsageRequest>,
+    ) -> Result<Response<pb::UsageResponse>, Status> {
+        let key = request.into_inner().key;
+        let inner = Arc::clone(&self.0);
+        let (size, inodes) = blocking(move || inner.usage(&key)).await?;
+        Ok(Response::new(pb::UsageResponse { size, inodes }))
+    }
+
+    async fn cleanup(&self, _request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        let inner = Arc::clone(&self.0);
+        blocking(move || inner.cleanup()).await?;
+        Ok(Response::new(()))
+    }
+}

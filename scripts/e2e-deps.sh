@@ -8,7 +8,7 @@ set -euo pipefail
 packages=(
   docker-registry skopeo apache2-utils busybox-static debootstrap openssl
   umoci jq curl pigz ca-certificates debian-archive-keyring python3 tar gzip
-  coreutils util-linux
+  coreutils util-linux containerd runc
 )
 
 # One dpkg-query for all of them: "<package> <status>" per known package,

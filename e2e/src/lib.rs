@@ -14,6 +14,13 @@
 //! - [`TestImages`]: busybox, debian-python and edgecase OCI layouts from
 //!   `scripts/build-test-images.sh`, built once per process on first use,
 //!   pushed with skopeo.
+//! - [`Containerd`]: a private containerd 1.6 (config of
+//!   `scripts/containerd.sh`: own root/state/sockets in a temp dir, proxy
+//!   snapshotter `sochi`) with a `ctr` helper; tasks, shims and containerd
+//!   stopped and mounts undone on drop.
+//! - [`lazy`]: `sochi mount IMAGE MOUNTPOINT` owned by a guard
+//!   ([`lazy::LazyMount`]), the daemon's metrics, the oracle's rootfs of a
+//!   test image (cached), a bearer-token front for a registry.
 //!
 //! A missing service (registry binary, skopeo, …) fails the test; nothing
 //! is skipped. Install what the harness needs with `scripts/e2e-deps.sh`.
@@ -23,13 +30,16 @@
 
 #![forbid(unsafe_code)]
 
+pub use crate::containerd::Containerd;
 pub use crate::images::{TestImages, IMAGE_NAMES};
 pub use crate::process::{pid_alive, run_ok, workspace_root};
 pub use crate::proxy::{Fault, FaultProxy, RequestRecord};
 pub use crate::registry::{Credentials, Registry, RegistryBuilder, TLS_LOOPBACK_IP};
 pub use crate::sochi::{sochi_bin, Sochi, SochiOutput};
 
+mod containerd;
 mod images;
+pub mod lazy;
 pub mod oracle;
 mod process;
 mod proxy;

@@ -12,3 +12,9 @@ mod mount;
 
 // The oracle: real-tool unpack of an image and tree comparison.
 mod oracle;
+
+// sochi mount IMAGE: lazy images from a registry against the oracle, faults.
+mod lazy;
+
+// sochi pull into a real containerd (overlayfs: a full pull), then ctr run.
+mod pull;

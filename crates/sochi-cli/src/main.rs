@@ -68,6 +68,9 @@ enum Command {
     Unmount(cmd::unmount::Args),
     /// Run the containerd remote snapshotter (gRPC on a unix socket).
     Snapshotter(cmd::snapshotter::Args),
+    /// Pull an image into containerd lazily: each layer is offered to the
+    /// snapshotter as a remote snapshot, the others are unpacked.
+    Pull(cmd::pull::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => cmd::mount::run(&global, args),
         Command::Unmount(args) => cmd::unmount::run(&global, args),
         Command::Snapshotter(args) => cmd::snapshotter::run(&global, args),
+        Command::Pull(args) => cmd::pull::run(&global, args),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod create;
 pub mod index;
 pub mod mount;
+pub mod pull;
 pub mod push;
 pub mod snapshotter;
 pub mod unmount;

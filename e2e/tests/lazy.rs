@@ -997,8 +997,6 @@ fn unmount_releases_layers() {
 /// A mount that ended with `--keep-cache` no longer uses its layers: the
 /// next mount to release them deletes their span caches.
 #[test]
-#[ignore = "sochi bug: a --keep-cache unmount leaves its users/<mount id> file in \
-            <root>/cache/<layer hex>/, so no later unmount ever releases that span cache"]
 fn keep_cache_does_not_pin_the_cache_after_its_mount_ends() {
     let registry = Registry::plain();
     let sochi = Sochi::for_registry(&registry);
@@ -1116,9 +1114,6 @@ fn unmount_after_the_daemon_died_takes_down_its_mounts() {
 /// As above, with `sochi unmount` run at once, while the dead daemon may
 /// still be a zombie (its parent is init, which reaps when it gets to it).
 #[test]
-#[ignore = "sochi bug: sochi unmount takes a dead but unreaped (zombie) daemon for a live one, \
-            waits for it to be reaped, then exits 0 printing `unmounted` while the overlay, \
-            every FUSE layer and the state dir are left behind"]
 fn unmount_right_after_the_daemon_died_takes_down_its_mounts() {
     let registry = Registry::plain();
     let sochi = Sochi::for_registry(&registry);

@@ -433,9 +433,10 @@ impl ImageMount {
                     let _ = fs::remove_dir(&mountpoint);
                 }
             }
+            // This mount no longer uses the layer's state, kept or not.
+            let users = cache_dir.join("users");
+            let _ = fs::remove_file(users.join(&self.options.mount_id));
             if release {
-                let users = cache_dir.join("users");
-                let _ = fs::remove_file(users.join(&self.options.mount_id));
                 let in_use = fs::read_dir(&users)
                     .map(|mut d| d.next().is_some())
                     .unwrap_or(false);

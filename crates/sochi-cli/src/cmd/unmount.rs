@@ -71,9 +71,18 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether `pid` is a sochi process (not a reused pid).
+/// Whether `pid` is a live sochi process: not a reused pid, and not a
+/// zombie (a daemon that died but is not reaped yet is gone for us).
 fn is_sochi(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "sochi")
+    let named_sochi = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim() == "sochi");
+    // /proc/PID/stat: "pid (comm) state ..."; comm may hold spaces.
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    });
+    named_sochi && !zombie
 }
 
 fn clean_up_after(mount: &MountState, mountpoint: &Path) -> Result<()> {

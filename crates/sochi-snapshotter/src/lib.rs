@@ -154,6 +154,7 @@ fn render_counters(counters: &service::Counters, out: &mut String) {
         ("unpacked", g(&counters.unpacked)),
         ("containerd_no_index", g(&counters.no_index)),
         ("containerd_error", g(&counters.failed)),
+        ("containerd_no_labels", g(&counters.no_labels)),
     ] {
         let _ = writeln!(
             out,

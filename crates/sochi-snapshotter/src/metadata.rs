@@ -39,6 +39,9 @@ pub struct RemoteLayer {
     pub index: Option<String>,
     /// `lazy` (FUSE) or `unpacked` (fetched whole by sochi).
     pub mode: String,
+    /// Why an `unpacked` layer is not lazy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One snapshot.
@@ -59,6 +62,10 @@ pub struct Snapshot {
     /// Set for layers sochi provides (remote or unpacked by sochi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteLayer>,
+    /// Why a layer snapshot was handed back to containerd (no index, an
+    /// error), so that `sochi snapshotter layers` can say it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// All snapshots, persisted in `path`.
@@ -179,6 +186,7 @@ mod tests {
             created: 1,
             updated: 1,
             remote: None,
+            fallback: None,
         }
     }
 

@@ -46,6 +46,12 @@ pub mod labels {
     pub const MODE: &str = "containerd.io/snapshot/remote/sochi.mode";
 }
 
+/// Whether sochi provided a layer: the answer to send, or why not.
+enum Provided {
+    Yes(Status),
+    No(String),
+}
+
 /// Layer outcomes, for metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -57,6 +63,9 @@ pub struct Counters {
     pub no_index: AtomicU64,
     /// Layers handed back to containerd because providing them failed.
     pub failed: AtomicU64,
+    /// Layers handed back to containerd because the client sent no image
+    /// labels (e.g. `ctr pull`).
+    pub no_labels: AtomicU64,
 }
 
 /// The service state shared by all requests.
@@ -159,6 +168,7 @@ impl Snapshotter {
                 }
             }
         }
+        let mut fallback = None;
         if kind == Kind::Active {
             if let Some(target) = labels.get(labels::TARGET) {
                 if self.store.lock().get(target).is_some() {
@@ -166,9 +176,15 @@ impl Snapshotter {
                         "target snapshot {target:?} already exists"
                     )));
                 }
-                if let Some(request) = layer_request(&labels) {
-                    if let Some(status) = self.try_provide(target, &parent, &labels, &request)? {
-                        return Err(status);
+                match layer_request(&labels) {
+                    Some(request) => match self.try_provide(target, &parent, &labels, &request)? {
+                        Provided::Yes(status) => return Err(status),
+                        Provided::No(reason) => fallback = Some(reason),
+                    },
+                    None => {
+                        fallback =
+                            Some("no image labels (the client passed no cri.* labels)".into());
+                        self.counters.no_labels.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -188,20 +204,21 @@ impl Snapshotter {
             created: now,
             updated: now,
             remote: None,
+            fallback,
         };
         let mut store = self.store.lock();
         store.put(&key, snapshot).map_err(internal)?;
         mounts_of(&store, &self.root, &key)
     }
 
-    /// Tries to provide a layer; `Some(AlreadyExists)` when it did.
+    /// Tries to provide a layer.
     fn try_provide(
         &self,
         target: &str,
         parent: &str,
         labels: &BTreeMap<String, String>,
         request: &LayerRequest,
-    ) -> Result<Option<Status>, Status> {
+    ) -> Result<Provided, Status> {
         let id = self.store.lock().next_id();
         let dir = self.snapshot_dir(id);
         let fs_dir = dir.join("fs");
@@ -232,7 +249,9 @@ impl Snapshotter {
                         layer: request.layer.clone(),
                         index,
                         mode: mode.into(),
+                        reason: reason.clone(),
                     }),
+                    fallback: None,
                 };
                 let counter = if mode == "lazy" {
                     &self.counters.lazy
@@ -247,7 +266,7 @@ impl Snapshotter {
                     None => tracing::info!(layer = %request.layer, "layer mounted lazily"),
                 }
                 self.store.lock().put(target, snapshot).map_err(internal)?;
-                Ok(Some(Status::already_exists(format!(
+                Ok(Provided::Yes(Status::already_exists(format!(
                     "target snapshot {target:?}: already exists"
                 ))))
             }
@@ -255,14 +274,14 @@ impl Snapshotter {
                 self.counters.no_index.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(layer = %request.layer, image = %request.image_ref, "no SOCI index: containerd pulls the layer");
                 let _ = std::fs::remove_dir_all(&dir);
-                Ok(None)
+                Ok(Provided::No("the image has no SOCI index".into()))
             }
             Outcome::Failed(why) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(layer = %request.layer, error = %why, "cannot provide the layer: containerd pulls it");
                 let _ = sochi_lazy::unmount(&fs_dir);
                 let _ = std::fs::remove_dir_all(&dir);
-                Ok(None)
+                Ok(Provided::No(format!("sochi could not provide it: {why}")))
             }
         }
     }

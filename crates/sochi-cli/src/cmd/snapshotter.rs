@@ -38,6 +38,17 @@ pub enum Sub {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// How each layer snapshot was provided: lazily, unpacked by sochi, or
+    /// by containerd (and why), read from the snapshotter's metadata under
+    /// `--root`.
+    Layers {
+        /// Only layers of this image reference.
+        #[arg(long)]
+        image: Option<String>,
+        /// One JSON object per layer.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs `sochi snapshotter`.
@@ -49,6 +60,9 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
         };
         print!("{}", config.to_toml()?);
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(Sub::Layers { image, json }) = &args.command {
+        return layers(global, image.as_deref(), *json);
     }
     let config = Arc::new(load(args.config.as_ref())?);
     let registry = global.registry_with_threads(4)?;
@@ -69,4 +83,52 @@ fn load(path: Option<&PathBuf>) -> Result<Config> {
         Some(path) => Config::load(path, true),
         None => Config::load(std::path::Path::new(DEFAULT_CONFIG_PATH), false),
     }
+}
+
+/// `sochi snapshotter layers`.
+fn layers(global: &Global, image: Option<&str>, json: bool) -> Result<ExitCode> {
+    use sochi_snapshotter::service::labels;
+    let path = global.root.join("snapshotter").join("metadata.json");
+    if !path.exists() {
+        anyhow::bail!("no snapshotter metadata at {}", path.display());
+    }
+    let store = sochi_snapshotter::metadata::MetaStore::open(&path)?;
+    for (name, snapshot) in store.iter() {
+        // Layer snapshots: those containerd's labels name, and those a
+        // client prepared without labels (recorded as a fallback).
+        let layer = match (snapshot.labels.get(labels::LAYER), &snapshot.fallback) {
+            (Some(layer), _) => layer.as_str(),
+            (None, Some(_)) => "-",
+            (None, None) => continue,
+        };
+        let image_ref = snapshot
+            .labels
+            .get(labels::IMAGE_REF)
+            .map(String::as_str)
+            .unwrap_or("");
+        if image.is_some_and(|wanted| wanted != image_ref) {
+            continue;
+        }
+        let (mode, reason) = match (&snapshot.remote, &snapshot.fallback) {
+            (Some(remote), _) => (remote.mode.as_str(), remote.reason.clone()),
+            (None, Some(why)) => ("containerd", Some(why.clone())),
+            (None, None) => ("containerd", None),
+        };
+        if json {
+            let line = serde_json::json!({
+                "snapshot": name,
+                "image": image_ref,
+                "layer": layer,
+                "mode": mode,
+                "reason": reason,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{image_ref}\t{layer}\t{mode}\t{}",
+                reason.unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -21,6 +21,9 @@
 //! - [`lazy`]: `sochi mount IMAGE MOUNTPOINT` owned by a guard
 //!   ([`lazy::LazyMount`]), the daemon's metrics, the oracle's rootfs of a
 //!   test image (cached), a bearer-token front for a registry.
+//! - [`Snapshotter`]: `sochi snapshotter` serving a [`Containerd`]'s proxy
+//!   plugin, with `kill9`/`restart`; stopped and its mounts undone on drop.
+//!   [`SnapshotView`]: a containerd snapshot view mounted read-only.
 //!
 //! A missing service (registry binary, skopeo, …) fails the test; nothing
 //! is skipped. Install what the harness needs with `scripts/e2e-deps.sh`.
@@ -35,6 +38,7 @@ pub use crate::images::{TestImages, IMAGE_NAMES};
 pub use crate::process::{pid_alive, run_ok, workspace_root};
 pub use crate::proxy::{Fault, FaultProxy, RequestRecord};
 pub use crate::registry::{Credentials, Registry, RegistryBuilder, TLS_LOOPBACK_IP};
+pub use crate::snapshotter::{SnapshotView, Snapshotter, SnapshotterOptions};
 pub use crate::sochi::{sochi_bin, Sochi, SochiOutput};
 
 mod containerd;
@@ -44,5 +48,6 @@ pub mod oracle;
 mod process;
 mod proxy;
 mod registry;
+pub mod snapshotter;
 mod sochi;
 mod tls;

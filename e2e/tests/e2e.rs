@@ -18,3 +18,6 @@ mod lazy;
 
 // sochi pull into a real containerd (overlayfs: a full pull), then ctr run.
 mod pull;
+
+// sochi snapshotter behind a real containerd: lazy pulls, ctr run, restarts.
+mod snapshotter;

@@ -41,6 +41,10 @@ pub struct BackgroundOptions {
     pub attempts: u32,
     /// First pause after a failed request; doubled after each failure.
     pub backoff: Duration,
+    /// Wait this long after the start before fetching anything: a layer
+    /// is mounted for a container about to start, whose reads come first
+    /// (the reference's `silence_period_msec`).
+    pub start_delay: Duration,
 }
 
 impl Default for BackgroundOptions {
@@ -50,6 +54,7 @@ impl Default for BackgroundOptions {
             idle: Duration::from_millis(200),
             attempts: 5,
             backoff: Duration::from_millis(250),
+            start_delay: Duration::from_secs(1),
         }
     }
 }
@@ -80,6 +85,7 @@ impl SpanManager {
             self.metrics.background_complete.store(1, Ordering::Relaxed);
             return Ok(());
         }
+        sleep_unless_stopped(options.start_delay, stop)?;
         let mut hasher = Sha256::new();
         let mut pos = 0u64;
         let mut next = 0usize;

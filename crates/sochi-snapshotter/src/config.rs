@@ -112,8 +112,12 @@ pub struct BackgroundFetch {
     /// No background fetch.
     pub disable: bool,
     /// Fetch in the background only after reads have fetched nothing for
-    /// this long (the reference's `silence_period_msec`, per layer).
+    /// this long.
     pub idle_msec: u64,
+    /// Fetch nothing in the background until this long after a layer is
+    /// mounted: the container it was pulled for starts first (the
+    /// reference's `silence_period_msec`, 30 s there).
+    pub silence_period_msec: u64,
 }
 
 impl Default for BackgroundFetch {
@@ -121,6 +125,7 @@ impl Default for BackgroundFetch {
         BackgroundFetch {
             disable: false,
             idle_msec: 500,
+            silence_period_msec: 10_000,
         }
     }
 }

@@ -155,6 +155,9 @@ impl RemoteLayers {
             background: (!self.config.background_fetch.disable).then(|| {
                 sochi_fs::BackgroundOptions {
                     idle: Duration::from_millis(self.config.background_fetch.idle_msec),
+                    start_delay: Duration::from_millis(
+                        self.config.background_fetch.silence_period_msec,
+                    ),
                     ..sochi_fs::BackgroundOptions::default()
                 }
             }),

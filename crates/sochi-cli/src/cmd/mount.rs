@@ -47,6 +47,9 @@ pub struct Args {
     /// Wait this long after the last on-demand fetch before fetching in the background.
     #[arg(long, default_value_t = 200, value_name = "MS")]
     pub background_idle_ms: u64,
+    /// Start the background fetch this long after mounting.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub background_delay_ms: u64,
     /// Layers fetched in the background at the same time.
     #[arg(long, default_value_t = 2)]
     pub background_jobs: usize,
@@ -265,6 +268,7 @@ fn serve(
         verify: !args.disable_verification,
         background: (!args.no_background_fetch).then(|| BackgroundOptions {
             idle: Duration::from_millis(args.background_idle_ms),
+            start_delay: Duration::from_millis(args.background_delay_ms),
             ..BackgroundOptions::default()
         }),
         background_jobs: args.background_jobs,

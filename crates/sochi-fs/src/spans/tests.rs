@@ -287,6 +287,7 @@ fn background_fetch_fills_the_disk_cache_and_checks_the_layer_digest() {
         let options = BackgroundOptions {
             chunk_bytes: 100_000,
             idle: std::time::Duration::ZERO,
+            start_delay: std::time::Duration::ZERO,
             ..BackgroundOptions::default()
         };
         let stop = AtomicBool::new(false);
@@ -332,6 +333,7 @@ fn background_fetch_refuses_a_blob_that_is_not_the_layer() {
     let (manager, _) = manager(&layer, layer.blob.clone(), Some(dir.path()));
     let options = BackgroundOptions {
         idle: std::time::Duration::ZERO,
+        start_delay: std::time::Duration::ZERO,
         attempts: 2,
         backoff: std::time::Duration::from_millis(1),
         ..BackgroundOptions::default()

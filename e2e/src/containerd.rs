@@ -255,18 +255,7 @@ fn ctr_bin() -> PathBuf {
 /// `containerd --config CONFIG`, under `setpriv --pdeathsig KILL` when
 /// util-linux's setpriv is there.
 fn containerd_command(bin: &Path, config: &Path) -> Command {
-    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
-        .into_iter()
-        .map(Path::new)
-        .find(|path| path.is_file());
-    let mut cmd = match setpriv {
-        Some(setpriv) => {
-            let mut cmd = Command::new(setpriv);
-            cmd.args(["--pdeathsig", "KILL", "--"]).arg(bin);
-            cmd
-        }
-        None => Command::new(bin),
-    };
+    let mut cmd = crate::process::dying_with_parent(bin);
     cmd.arg("--config").arg(config);
     cmd
 }

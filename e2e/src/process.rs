@@ -138,6 +138,25 @@ pub fn tail(path: &Path, max_lines: usize) -> String {
     }
 }
 
+/// A command running `bin` that the kernel kills when the thread that
+/// started it dies (`setpriv --pdeathsig KILL`, when util-linux's setpriv
+/// is there): a test binary killed before its destructors run leaves no
+/// service behind.
+pub fn dying_with_parent(bin: &Path) -> Command {
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .map(Path::new)
+        .find(|path| path.is_file());
+    match setpriv {
+        Some(setpriv) => {
+            let mut cmd = Command::new(setpriv);
+            cmd.args(["--pdeathsig", "KILL", "--"]).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -446,18 +446,7 @@ fn registry_bin() -> PathBuf {
 /// util-linux's setpriv is there (the registry dies with the test thread
 /// even if the test binary is killed and no destructor runs).
 fn registry_command(bin: &Path, config: &Path) -> Command {
-    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
-        .into_iter()
-        .map(Path::new)
-        .find(|path| path.is_file());
-    let mut cmd = match setpriv {
-        Some(setpriv) => {
-            let mut cmd = Command::new(setpriv);
-            cmd.args(["--pdeathsig", "KILL", "--"]).arg(bin);
-            cmd
-        }
-        None => Command::new(bin),
-    };
+    let mut cmd = crate::process::dying_with_parent(bin);
     cmd.arg("serve").arg(config);
     cmd
 }

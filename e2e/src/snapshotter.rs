@@ -170,18 +170,7 @@ impl Snapshotter {
     /// `setpriv --pdeathsig KILL -- sochi --root ROOT … snapshotter
     /// --address SOCKET --config CONFIG`.
     fn command(&self) -> Command {
-        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
-            .into_iter()
-            .map(Path::new)
-            .find(|path| path.is_file());
-        let mut cmd = match setpriv {
-            Some(setpriv) => {
-                let mut cmd = Command::new(setpriv);
-                cmd.args(["--pdeathsig", "KILL", "--"]).arg(sochi_bin());
-                cmd
-            }
-            None => Command::new(sochi_bin()),
-        };
+        let mut cmd = crate::process::dying_with_parent(sochi_bin());
         cmd.arg("--root")
             .arg(self.root())
             .arg("--log-level")

@@ -112,10 +112,13 @@ impl MemoryCache {
     }
 }
 
-/// The spans on disk: length and last-use tick of each, for LRU eviction.
+/// The spans on disk: length and last-use tick of each, for LRU eviction,
+/// and which of them this manager has written or hash-checked (those are
+/// read in place, without loading and hashing the whole span again).
 #[derive(Default)]
 struct DiskIndex {
     entries: HashMap<usize, (u64, u64)>,
+    verified: std::collections::HashSet<usize>,
     bytes: u64,
     tick: u64,
 }
@@ -159,6 +162,7 @@ impl DiskIndex {
     }
 
     fn remove(&mut self, span: usize) {
+        self.verified.remove(&span);
         if let Some((len, _)) = self.entries.remove(&span) {
             self.bytes = self.bytes.saturating_sub(len);
         }
@@ -445,6 +449,26 @@ impl SpanManager {
         let mut written = 0usize;
         let mut span = first;
         while span <= last {
+            // Spans already here are copied from memory or read in place
+            // from the disk cache; the first missing one starts a fetch.
+            let info = *self.span(span)?;
+            let from = offset.max(info.start_uncompressed) - info.start_uncompressed;
+            let to = end
+                .min(info.end_uncompressed)
+                .saturating_sub(info.start_uncompressed);
+            if from >= to {
+                span += 1;
+                continue;
+            }
+            let piece_len = usize::try_from(to - from).map_err(|_| self.corrupt(span))?;
+            let target = buf
+                .get_mut(written..written + piece_len)
+                .ok_or_else(|| self.corrupt(span))?;
+            if self.read_cached_slice(span, from, target)? {
+                written += piece_len;
+                span += 1;
+                continue;
+            }
             for data in self.obtain(span, last)? {
                 let info = self.span(span)?;
                 let from = offset.max(info.start_uncompressed) - info.start_uncompressed;
@@ -468,6 +492,46 @@ impl SpanManager {
         }
         debug_assert_eq!(written as u64, len);
         Ok(written)
+    }
+
+    /// Fills `target` with bytes of `span` from `from` on if the span is
+    /// in memory, or on disk and already checked by this manager (then
+    /// only the bytes asked for are read). `false`: not here.
+    fn read_cached_slice(&self, span: usize, from: u64, target: &mut [u8]) -> Result<bool> {
+        let start = usize::try_from(from).map_err(|_| self.corrupt(span))?;
+        if let Some(data) = self.memory.lock().get(span) {
+            let piece = data
+                .get(start..start + target.len())
+                .ok_or_else(|| self.corrupt(span))?;
+            target.copy_from_slice(piece);
+            LayerMetrics::add(&self.metrics.memory_hits, 1);
+            return Ok(true);
+        }
+        let Some(dir) = &self.cache_dir else {
+            return Ok(false);
+        };
+        {
+            let mut disk = self.disk.lock();
+            if !disk.verified.contains(&span) || !disk.touch(span) {
+                return Ok(false);
+            }
+        }
+        let path = dir.join(span.to_string());
+        let read = fs::File::open(&path).and_then(|file| {
+            use std::os::unix::fs::FileExt;
+            file.read_exact_at(target, DISK_DIGEST_LEN as u64 + from)
+        });
+        match read {
+            Ok(()) => {
+                LayerMetrics::add(&self.metrics.disk_hits, 1);
+                Ok(true)
+            }
+            // Evicted or damaged meanwhile: fetch it again.
+            Err(_) => {
+                self.disk.lock().remove(span);
+                Ok(false)
+            }
+        }
     }
 
     /// The span holding uncompressed `offset`: the last one starting at or
@@ -595,6 +659,7 @@ impl SpanManager {
             return Ok(None);
         }
         LayerMetrics::add(&self.metrics.disk_hits, 1);
+        self.disk.lock().verified.insert(span);
         let data: Arc<[u8]> = Arc::from(data);
         self.memory
             .lock()
@@ -629,10 +694,12 @@ impl SpanManager {
             let _ = fs::remove_file(&temp);
             return Err(Error::CacheIo { path, source });
         }
-        let evicted = self
-            .disk
-            .lock()
-            .insert(span, data.len() as u64, self.disk_limit);
+        let evicted = {
+            let mut disk = self.disk.lock();
+            let evicted = disk.insert(span, data.len() as u64, self.disk_limit);
+            disk.verified.insert(span);
+            evicted
+        };
         for old in evicted {
             LayerMetrics::add(&self.metrics.disk_evictions, 1);
             let _ = fs::remove_file(dir.join(old.to_string()));

@@ -125,7 +125,7 @@ impl Default for BackgroundFetch {
         BackgroundFetch {
             disable: false,
             idle_msec: 500,
-            silence_period_msec: 10_000,
+            silence_period_msec: 30_000,
         }
     }
 }
@@ -145,7 +145,7 @@ impl Default for DirectoryCache {
     fn default() -> Self {
         DirectoryCache {
             max_bytes: None,
-            memory_bytes: 16 << 20,
+            memory_bytes: 64 << 20,
         }
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
+    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
 };
 use sochi_format::Ztoc;
 
@@ -92,6 +92,8 @@ pub struct LayerFs {
     ztoc: Arc<Ztoc>,
     verified: Option<Arc<Verified>>,
     options: LayerOptions,
+    /// `<layer digest>.json`, the status file's name.
+    status_name: Vec<u8>,
 }
 
 impl std::fmt::Debug for LayerFs {
@@ -116,12 +118,18 @@ impl LayerFs {
         } else {
             None
         };
+        let status_name = options
+            .layer_digest
+            .as_ref()
+            .map(|digest| format!("{digest}.json").into_bytes())
+            .unwrap_or_default();
         Ok(LayerFs {
             tree,
             spans,
             ztoc,
             verified,
             options,
+            status_name,
         })
     }
 
@@ -220,6 +228,45 @@ impl LayerFs {
         Ok(buf)
     }
 }
+
+impl LayerFs {
+    /// The entries of directory `dir`: `.`, `..`, then its children, each
+    /// with its inode and type.
+    fn dir_entries(&self, dir: Ino) -> std::result::Result<Vec<DirEntry<'_>>, Errno> {
+        if dir.get() == STATUS_DIR_INO && self.options.layer_digest.is_some() {
+            return Ok(vec![
+                (&b"."[..], STATUS_DIR_INO, FileType::Directory),
+                (&b".."[..], self.tree.root().get(), FileType::Directory),
+                (
+                    &self.status_name[..],
+                    STATUS_FILE_INO,
+                    FileType::RegularFile,
+                ),
+            ]);
+        }
+        match self.tree.attr(dir) {
+            Some(a) if a.kind == FileKind::Directory => {}
+            Some(_) => return Err(Errno::ENOTDIR),
+            None => return Err(Errno::ENOENT),
+        }
+        let parent = self.tree.parent(dir).unwrap_or(dir);
+        let mut entries = vec![
+            (&b"."[..], dir.get(), FileType::Directory),
+            (&b".."[..], parent.get(), FileType::Directory),
+        ];
+        entries.extend(self.tree.readdir(dir).map(|(name, child)| {
+            let kind = self
+                .tree
+                .attr(child)
+                .map_or(FileType::RegularFile, |a| file_type(a.kind));
+            (name, child.get(), kind)
+        }));
+        Ok(entries)
+    }
+}
+
+/// A directory entry: name, inode, type.
+type DirEntry<'a> = (&'a [u8], u64, FileType);
 
 /// Attributes of the status dir and file.
 fn special_attr(ino: u64, kind: FileType, perm: u16, size: u64) -> FileAttr {
@@ -371,6 +418,22 @@ impl Filesystem for LayerFs {
         }
     }
 
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Directory listings come with their attributes, so a walk does
+        // not look every entry up again (the kernel may refuse; then plain
+        // readdir is used).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
+        Ok(())
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Layers never change: the kernel may keep listings across opens.
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        );
+    }
+
     fn readdir(
         &self,
         _req: &Request,
@@ -379,51 +442,51 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let dir = Ino(ino.0);
-        if ino.0 == STATUS_DIR_INO && self.options.layer_digest.is_some() {
-            let root = self.tree.root();
-            let name = self.status_file_name().unwrap_or_default();
-            let entries = [
-                (OsStr::new("."), STATUS_DIR_INO, FileType::Directory),
-                (OsStr::new(".."), root.get(), FileType::Directory),
-                (
-                    OsStr::from_bytes(&name),
-                    STATUS_FILE_INO,
-                    FileType::RegularFile,
-                ),
-            ];
-            let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-            for (i, (name, child, kind)) in entries.into_iter().enumerate().skip(skip) {
-                if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
-                    break;
+        match self.dir_entries(Ino(ino.0)) {
+            Ok(entries) => {
+                let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+                for (i, (name, child, kind)) in entries.into_iter().enumerate().skip(skip) {
+                    if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+                        break;
+                    }
                 }
+                reply.ok();
             }
-            return reply.ok();
+            Err(errno) => reply.error(errno),
         }
-        match self.tree.attr(dir) {
-            Some(a) if a.kind == FileKind::Directory => {}
-            Some(_) => return reply.error(Errno::ENOTDIR),
-            None => return reply.error(Errno::ENOENT),
-        }
-        let parent = self.tree.parent(dir).unwrap_or(dir);
-        let dots = [
-            (OsStr::new("."), dir, FileType::Directory),
-            (OsStr::new(".."), parent, FileType::Directory),
-        ];
-        let children = self.tree.readdir(dir).map(|(name, child)| {
-            let kind = self
-                .tree
-                .attr(child)
-                .map_or(FileType::RegularFile, |a| file_type(a.kind));
-            (OsStr::from_bytes(name), child, kind)
-        });
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, (name, child, kind)) in dots.into_iter().chain(children).enumerate().skip(skip) {
-            if reply.add(INodeNo(child.get()), i as u64 + 1, kind, name) {
-                break;
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.dir_entries(Ino(ino.0)) {
+            Ok(entries) => {
+                let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+                for (i, (name, child, _)) in entries.into_iter().enumerate().skip(skip) {
+                    let Some(attr) = self.file_attr(Ino(child)) else {
+                        continue;
+                    };
+                    let full = reply.add(
+                        INodeNo(child),
+                        i as u64 + 1,
+                        OsStr::from_bytes(name),
+                        ttl(child),
+                        &attr,
+                        Generation(0),
+                    );
+                    if full {
+                        break;
+                    }
+                }
+                reply.ok();
             }
+            Err(errno) => reply.error(errno),
         }
-        reply.ok();
     }
 
     fn flush(

@@ -1,0 +1,635 @@
+#!/usr/bin/env python3
+"""Helpers of bench/start.sh (stdlib only; run as root).
+
+  timed --ready TEXT [--pull CMD] --run CMD [--metrics ADDR] [--reglog LOG]
+        [--timeout S]
+        Runs CMD (after PULL, if given) and reads its stdout until a line
+        holds TEXT. Prints `metric value` lines: pull_s (start of PULL to its
+        exit), ready_s (start of PULL, else of CMD, to the ready line),
+        exit_s (to CMD's exit); at the ready line the registry log's GETs
+        and HEADs since the start (reg_requests, reg_bytes) and the
+        snapshotter's counters (demand/background requests and bytes,
+        reads, read time); the counters again when CMD has exited (*_end);
+        foreign_drops: how often someone dropped the page cache meanwhile
+        (/proc/vmstat drop_pagecache; other benchmarks on a shared machine)
+  metrics ADDR   the snapshotter's counters, summed over layers
+  ztoc-spans ZTOC  the compressed span ranges of a gzip zTOC: `START END`
+        per span (spec §2.4), from the zTOC's own bytes
+  opened TRACE ROOTFS  the files a traced run opened: reads an `strace -f -y`
+        log, keeps what the first process that exec'd python3 (and its
+        children) opened from then on, plus what it exec'd; prints each
+        regular file's path inside ROOTFS (symlinks resolved), once
+  soci-ztocs REGISTRY REPO TAG OUTDIR  fetches the SOCI index of the v2
+        image REPO:TAG and its zTOCs into OUTDIR (as <hex> files); writes
+        OUTDIR/map.json {layer digest: zTOC digest}
+  floor --opened LIST --ztocs OUTDIR --layout L [--json OUT]
+        The byte floor of a lazy start: for each opened file, the top layer
+        whose zTOC has it; the union of the compressed ranges of the spans
+        that hold those files, per layer, plus the zTOCs' sizes. Prints a
+        summary and writes the details as JSON.
+  summary CSV [FLOOR_PREFIX]  the README tables (medians) from the CSV; the
+        floor of IMAGE is read from FLOOR_PREFIX + IMAGE + ".json"
+"""
+
+import json
+import os
+import re
+import shlex
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+# --- metrics and the registry log ---------------------------------------------
+
+METRIC = re.compile(r'^(\w+)\{([^}]*)\} ([0-9.e+-]+)$')
+
+
+def metrics(addr):
+    """Counters of the snapshotter at ADDR, summed over its layers."""
+    out = {"demand_requests": 0, "demand_bytes": 0, "background_requests": 0,
+           "background_bytes": 0, "reads": 0, "read_bytes": 0, "read_time_s": 0.0,
+           "layers_mounted": 0, "lazy_layers": 0, "background_complete": 0}
+    try:
+        text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        m = METRIC.match(line)
+        if not m:
+            continue
+        name, labels, value = m.group(1), m.group(2), float(m.group(3))
+        kind = "demand" if 'kind="demand"' in labels else "background"
+        if name == "sochi_layer_fetch_requests_total":
+            out[f"{kind}_requests"] += int(value)
+        elif name == "sochi_layer_fetched_bytes_total":
+            out[f"{kind}_bytes"] += int(value)
+        elif name == "sochi_reads_total":
+            out["reads"] += int(value)
+        elif name == "sochi_read_bytes_total":
+            out["read_bytes"] += int(value)
+        elif name == "sochi_read_duration_seconds_sum":
+            out["read_time_s"] += value
+        elif name == "sochi_background_fetch_complete":
+            out["background_complete"] += int(value)
+        elif name == "sochi_layer_spans":
+            out["layers_mounted"] += 1
+        elif name == "sochi_snapshotter_layers_total" and 'outcome="lazy"' in labels:
+            out["lazy_layers"] += int(value)
+    return out
+
+
+ACCESS = re.compile(r'^\S+ - \S+ \[[^]]*\] "(\w+) (\S+) [^"]*" (\d+) (\d+)')
+
+
+def reglog(log, start_line=0):
+    """(lines, requests, bytes) of GET/HEAD lines after START_LINE."""
+    lines = requests = byt = 0
+    try:
+        f = open(log, errors="replace")
+    except OSError:
+        return 0, 0, 0
+    with f:
+        for n, line in enumerate(f, 1):
+            lines = n
+            if n <= start_line:
+                continue
+            m = ACCESS.match(line)
+            if m and m.group(1) in ("GET", "HEAD"):
+                requests += 1
+                byt += int(m.group(4))
+    return lines, requests, byt
+
+
+def drop_count():
+    """How often the page cache was dropped since boot (any process)."""
+    try:
+        for line in open("/proc/vmstat"):
+            if line.startswith("drop_pagecache "):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# --- timed runs ---------------------------------------------------------------
+
+
+def cmd_timed(argv):
+    import argparse
+    p = argparse.ArgumentParser(prog="helper.py timed")
+    p.add_argument("--ready", required=True)
+    p.add_argument("--pull")
+    p.add_argument("--run", required=True)
+    p.add_argument("--metrics")
+    p.add_argument("--reglog")
+    p.add_argument("--timeout", type=float, default=600)
+    a = p.parse_args(argv)
+    res = {}
+    reg0 = reglog(a.reglog)[0] if a.reglog else 0
+    drops0 = drop_count()
+    t0 = time.monotonic()
+    if a.pull:
+        r = subprocess.run(shlex.split(a.pull), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=a.timeout)
+        res["pull_s"] = time.monotonic() - t0
+        if r.returncode != 0:
+            sys.stderr.write(r.stdout.decode(errors="replace"))
+            raise SystemExit(f"timed: pull failed with status {r.returncode}: {a.pull}")
+    run = subprocess.Popen(shlex.split(a.run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    timer = threading.Timer(a.timeout, run.kill)
+    timer.start()
+    seen = []
+    ready = None
+    for raw in run.stdout:
+        line = raw.decode(errors="replace")
+        seen.append(line)
+        if ready is None and a.ready in line:
+            ready = time.monotonic() - t0
+            if a.reglog:
+                _, res["reg_requests"], res["reg_bytes"] = reglog(a.reglog, reg0)
+            if a.metrics:
+                for k, v in metrics(a.metrics).items():
+                    res[k] = v
+    status = run.wait()
+    timer.cancel()
+    res["exit_s"] = time.monotonic() - t0
+    if ready is None or status != 0:
+        sys.stderr.write("".join(seen[-30:]))
+        raise SystemExit(f"timed: no ready line ({a.ready!r}) or status {status}: {a.run}")
+    res["ready_s"] = ready
+    res["foreign_drops"] = drop_count() - drops0
+    if a.metrics:
+        for k, v in metrics(a.metrics).items():
+            res[k + "_end"] = v
+    if a.reglog:
+        _, res["reg_requests_end"], res["reg_bytes_end"] = reglog(a.reglog, reg0)
+    for k, v in res.items():
+        print(k, f"{v:.4f}" if isinstance(v, float) else v)
+
+
+# --- zTOC span geometry (spec §1.1, §2.2, §2.4) --------------------------------
+
+
+def ztoc_spans(buf):
+    """[(start_compressed, end_compressed, start_uncompressed)] per span."""
+    u32 = lambda o: struct.unpack_from("<I", buf, o)[0]
+    i32 = lambda o: struct.unpack_from("<i", buf, o)[0]
+
+    def field(table, slot):
+        vt = table - i32(table)
+        vtsize = struct.unpack_from("<H", buf, vt)[0]
+        off = 4 + 2 * slot
+        if off >= vtsize:
+            return None
+        o = struct.unpack_from("<H", buf, vt + off)[0]
+        return table + o if o else None
+
+    root = u32(0)
+    f = field(root, 2)
+    compressed = struct.unpack_from("<q", buf, f)[0] if f else 0
+    f = field(root, 5)
+    info = f + u32(f)
+    f = field(info, 0)
+    algorithm = buf[f] if f else 1
+    f = field(info, 3)
+    vec = f + u32(f)
+    zinfo = buf[vec + 4:vec + 4 + u32(vec)]
+    if algorithm != 1:
+        # TarZinfo: fixed-size spans of the file.
+        zroot = struct.unpack_from("<I", zinfo, 0)[0]
+        zvt = zroot - struct.unpack_from("<i", zinfo, zroot)[0]
+
+        def zf(slot):
+            o = struct.unpack_from("<H", zinfo, zvt + 4 + 2 * slot)[0]
+            return struct.unpack_from("<q", zinfo, zroot + o)[0]
+        span, size = zf(1), zf(2)
+        n = max(1, (size + span - 1) // span)
+        return [(i * span, min(size, (i + 1) * span), i * span) for i in range(n)]
+    count = struct.unpack_from("<i", zinfo, 0)[0]
+    rec = 32785
+    cps = []
+    if len(zinfo) == 12 + rec * count:
+        stored = range(count)
+    elif len(zinfo) == 12 + rec * (count - 1):
+        cps.append((10, 0, 0))
+        stored = range(count - 1)
+    else:
+        raise ValueError("bad zinfo length")
+    for i in stored:
+        o = 12 + rec * i
+        inn, out = struct.unpack_from("<qq", zinfo, o)
+        bits = zinfo[o + 16]
+        cps.append((inn, out, bits))
+    spans = []
+    for i, (inn, out, bits) in enumerate(cps):
+        end = cps[i + 1][0] if i + 1 < len(cps) else compressed
+        spans.append((inn - (1 if bits else 0), end, out))
+    return spans
+
+
+def cmd_ztoc_spans(path):
+    for s, e, _ in ztoc_spans(open(path, "rb").read()):
+        print(s, e)
+
+
+# --- files a traced run opened ------------------------------------------------
+
+LINE = re.compile(r'^(\d+)\s+(\w+)\((.*)\)\s+=\s+(-?\d+)(<([^>]*)>)?')
+ARG0 = re.compile(r'^(?:AT_FDCWD|\d+(?:<[^>]*>)?),\s*"((?:[^"\\]|\\.)*)"')
+UNFINISHED = re.compile(r'^(\d+)\s+(.*) <unfinished \.\.\.>$')
+RESUMED = re.compile(r'^(\d+)\s+<\.\.\. (\w+) resumed>(.*)$')
+EXEC0 = re.compile(r'^"((?:[^"\\]|\\.)*)"')
+
+
+def cmd_opened(trace, rootfs):
+    rootfs = os.path.realpath(rootfs)
+    # The traced command is a chain of execs in one process (chroot, env,
+    # sh) ending in python3; everything logged from python3's exec on is
+    # python3's or its children's (e.g. `uname -p`).
+    started = False
+    files = []
+    execs = []
+    pending = {}
+    for line in open(trace, errors="replace"):
+        line = line.rstrip("\n")
+        u = UNFINISHED.match(line)
+        if u:
+            pending[u.group(1)] = u.group(2)
+            continue
+        r = RESUMED.match(line)
+        if r and r.group(1) in pending:
+            line = f"{r.group(1)} {pending.pop(r.group(1))}{r.group(3)}"
+        m = LINE.match(line)
+        if not m:
+            continue
+        call, args, ret, fdpath = m.group(2), m.group(3), int(m.group(4)), m.group(6)
+        if call == "execve" and ret == 0:
+            e = EXEC0.match(args)
+            path = e.group(1) if e else ""
+            if not started and os.path.basename(path).startswith("python3"):
+                started = True
+            if started:
+                execs.append(path)
+            continue
+        if not started or ret < 0 or call not in ("open", "openat", "openat2"):
+            continue
+        if fdpath:
+            files.append(fdpath)
+    out = []
+    seen = set()
+
+    def add(host_path):
+        if not host_path.startswith(rootfs + "/"):
+            return
+        rel = host_path[len(rootfs) + 1:]
+        if rel.split("/")[0] in ("proc", "sys", "dev"):
+            return
+        if rel in seen or not os.path.isfile(host_path):
+            return
+        seen.add(rel)
+        out.append(rel)
+
+    for f in files:
+        add(os.path.realpath(f) if f.startswith(rootfs) else f)
+    for e in execs:
+        # The exec'd file and its ELF interpreter (the kernel opens both).
+        host = resolve_in_root(rootfs, e)
+        add(host)
+        interp = elf_interpreter(host)
+        if interp:
+            add(resolve_in_root(rootfs, interp))
+    for rel in out:
+        print(rel)
+
+
+def resolve_in_root(root, path):
+    """PATH (absolute, inside ROOT) with every symlink resolved inside ROOT."""
+    parts = [p for p in path.split("/") if p]
+    cur = []
+    hops = 0
+    while parts:
+        p = parts.pop(0)
+        if p == ".":
+            continue
+        if p == "..":
+            if cur:
+                cur.pop()
+            continue
+        cand = os.path.join(root, *cur, p)
+        if os.path.islink(cand):
+            hops += 1
+            if hops > 40:
+                return cand
+            target = os.readlink(cand)
+            if target.startswith("/"):
+                cur = []
+            parts = [x for x in target.split("/") if x] + parts
+            continue
+        cur.append(p)
+    return os.path.join(root, *cur)
+
+
+def elf_interpreter(path):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:
+                return None
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            for i in range(phnum):
+                f.seek(phoff + i * phentsize)
+                ph = f.read(phentsize)
+                ptype, = struct.unpack_from("<I", ph, 0)
+                if ptype == 3:  # PT_INTERP
+                    off, = struct.unpack_from("<Q", ph, 8)
+                    size, = struct.unpack_from("<Q", ph, 32)
+                    f.seek(off)
+                    return f.read(size).rstrip(b"\0").decode()
+    except OSError:
+        return None
+    return None
+
+
+# --- the byte floor -----------------------------------------------------------
+
+
+def clean(name):
+    return os.path.normpath("/" + name).lstrip("/")
+
+
+def union_length(ranges):
+    total = 0
+    end = -1
+    for s, e in sorted(ranges):
+        if s >= end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total
+
+
+def cmd_floor(argv):
+    import argparse
+    p = argparse.ArgumentParser(prog="helper.py floor")
+    p.add_argument("--opened", required=True)
+    p.add_argument("--ztocs", required=True, help="soci-ztocs' OUTDIR")
+    p.add_argument("--layout", required=True)
+    p.add_argument("--sochi", required=True)
+    p.add_argument("--json")
+    a = p.parse_args(argv)
+    # Layers bottom first, as the image manifest lists them.
+    blobs = os.path.join(a.layout, "blobs", "sha256")
+    index = json.load(open(os.path.join(a.layout, "index.json")))
+    desc = [m for m in index["manifests"]
+            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "latest"][0]
+    manifest = json.load(open(os.path.join(blobs, desc["digest"].split(":", 1)[1])))
+    layer_digests = [l["digest"] for l in manifest["layers"]]
+    layer_sizes = {l["digest"]: l["size"] for l in manifest["layers"]}
+    ztoc_of = json.load(open(os.path.join(a.ztocs, "map.json")))
+    layers = []
+    for d in layer_digests:
+        zd = ztoc_of.get(d)
+        if not zd:
+            layers.append({"layer": d, "ztoc": None})
+            continue
+        zpath = os.path.join(a.ztocs, zd.split(":", 1)[1])
+        info = json.loads(subprocess.run([a.sochi, "ztoc", "info", zpath], check=True,
+                                         stdout=subprocess.PIPE).stdout)
+        files = {}
+        entries = sorted(info["files"], key=lambda f: f["offset"])
+        header = 0
+        for f in entries:
+            name = clean(f["filename"])
+            f["header"] = header
+            header = (f["offset"] + f["size"] + 511) // 512 * 512
+            files[name] = f
+        layers.append({"layer": d, "ztoc": zd, "ztoc_size": os.path.getsize(zpath),
+                       "spans": ztoc_spans(open(zpath, "rb").read()), "files": files,
+                       "span_size": info["span_size"]})
+    opened = [l.strip() for l in open(a.opened) if l.strip()]
+    per_layer = {l["layer"]: {"files": 0, "file_bytes": 0, "spans": set(), "header_spans": set()}
+                 for l in layers}
+    missing = []
+    for path in opened:
+        name = clean(path)
+        for l in reversed(layers):
+            f = l.get("files", {}).get(name)
+            if f is None:
+                continue
+            if f["type"] == "hardlink":
+                # Data lives at the link target's entry of the same layer.
+                f = l["files"].get(clean(f.get("linkname", "")), f)
+            if f["type"] != "reg":
+                continue
+            acc = per_layer[l["layer"]]
+            acc["files"] += 1
+            acc["file_bytes"] += f["size"]
+            if f["size"] > 0:
+                acc["spans"].update(range(f["start_span"], f["end_span"] + 1))
+                # The first-read check reads the tar header before the data.
+                hs = span_of(l, f["header"])
+                acc["header_spans"].update(range(hs, f["start_span"]))
+            break
+        else:
+            missing.append(path)
+    result = {"opened_files": len(opened), "not_in_any_ztoc": missing, "layers": []}
+    tot_spans = tot_ztoc = tot_hdr = 0
+    for l in layers:
+        acc = per_layer[l["layer"]]
+        if not l.get("ztoc"):
+            result["layers"].append({"layer": l["layer"], "ztoc": None})
+            continue
+        span_bytes = union_length([l["spans"][i][:2] for i in acc["spans"]])
+        with_hdr = union_length([l["spans"][i][:2] for i in acc["spans"] | acc["header_spans"]])
+        tot_spans += span_bytes
+        tot_hdr += with_hdr
+        tot_ztoc += l["ztoc_size"]
+        result["layers"].append({
+            "layer": l["layer"], "layer_size": layer_sizes[l["layer"]], "ztoc": l["ztoc"],
+            "ztoc_size": l["ztoc_size"], "num_spans": len(l["spans"]), "files": acc["files"],
+            "file_bytes": acc["file_bytes"], "spans_needed": len(acc["spans"]),
+            "span_bytes": span_bytes, "span_bytes_with_headers": with_hdr,
+        })
+    result["span_bytes"] = tot_spans
+    result["span_bytes_with_headers"] = tot_hdr
+    result["ztoc_bytes"] = tot_ztoc
+    result["floor_bytes"] = tot_spans + tot_ztoc
+    result["image_bytes"] = sum(layer_sizes.values())
+    if a.json:
+        json.dump(result, open(a.json, "w"), indent=1)
+    print(f"opened files: {len(opened)} ({len(missing)} in no zTOC)")
+    for l in result["layers"]:
+        if l.get("ztoc"):
+            print(f"  {l['layer'][:19]}: {l['files']} files, {l['spans_needed']}/{l['num_spans']} spans, "
+                  f"{l['span_bytes'] / 1e6:.2f} MB of {l['layer_size'] / 1e6:.2f} MB; zTOC {l['ztoc_size'] / 1e6:.2f} MB")
+    print(f"floor: {result['floor_bytes'] / 1e6:.2f} MB = spans {tot_spans / 1e6:.2f} MB + zTOCs "
+          f"{tot_ztoc / 1e6:.2f} MB (image {result['image_bytes'] / 1e6:.1f} MB); "
+          f"with tar-header spans {(tot_hdr + tot_ztoc) / 1e6:.2f} MB")
+
+
+def span_of(layer, offset):
+    """The span holding uncompressed OFFSET: the last one starting at or
+    before it (spec §2.4 SpanOf)."""
+    import bisect
+    starts = layer.setdefault("_starts", [s[2] for s in layer["spans"]])
+    return max(0, bisect.bisect_right(starts, offset) - 1)
+
+
+# --- zTOCs of a v2 image in a registry -----------------------------------------
+
+
+def cmd_soci_ztocs(registry, repo, tag, outdir):
+    os.makedirs(outdir, exist_ok=True)
+
+    def get(path, accept=None):
+        req = urllib.request.Request(f"http://{registry}/v2/{repo}/{path}")
+        if accept:
+            req.add_header("Accept", accept)
+        return urllib.request.urlopen(req, timeout=60).read()
+
+    accept = ("application/vnd.oci.image.index.v1+json,"
+              "application/vnd.oci.image.manifest.v1+json")
+    index = json.loads(get(f"manifests/{tag}", accept))
+    soci = [m for m in index["manifests"]
+            if m.get("artifactType") == "application/vnd.amazon.soci.index.v2+json"]
+    if not soci:
+        raise SystemExit(f"soci-ztocs: {repo}:{tag} lists no SOCI index")
+    manifest = json.loads(get(f"manifests/{soci[0]['digest']}", accept))
+    mapping = {}
+    for blob in manifest["layers"]:
+        layer = blob.get("annotations", {}).get("com.amazon.soci.image-layer-digest")
+        if not layer:
+            continue
+        data = get(f"blobs/{blob['digest']}")
+        with open(os.path.join(outdir, blob["digest"].split(":", 1)[1]), "wb") as f:
+            f.write(data)
+        mapping[layer] = blob["digest"]
+    json.dump(mapping, open(os.path.join(outdir, "map.json"), "w"), indent=1)
+    print(len(mapping))
+
+
+# --- summary ------------------------------------------------------------------
+
+
+def cmd_summary(csv_path, floor_prefix=None):
+    import csv
+    rows = list(csv.DictReader(open(csv_path)))
+    vals = {}
+    images, links = [], []
+    for r in rows:
+        key = (r["image"], r["link"], r["system"], r["phase"], r["metric"])
+        vals.setdefault(key, []).append(float(r["value"]))
+        if r["image"] not in images:
+            images.append(r["image"])
+        if r["link"] not in links:
+            links.append(r["link"])
+
+    def med(*key):
+        v = vals.get(key)
+        return statistics.median(v) if v else None
+
+    def rng(*key):
+        v = vals.get(key)
+        return f"{min(v):.2f}–{max(v):.2f}" if v and len(v) > 1 else ""
+
+    retried = sum(1 for r in rows if r["metric"] == "attempts" and float(r["value"]) > 1)
+    kept = sum(1 for r in rows if r["metric"] == "foreign_drops" and float(r["value"]) > 0)
+    print(f"Runs repeated because another process dropped the page cache during them: {retried}; "
+          f"recorded runs still disturbed so: {kept}.")
+    print()
+    sec = lambda x: "–" if x is None else f"{x:.2f} s"
+    mb = lambda x: "–" if x is None else f"{x / 1e6:.1f}"
+    targets = {"loopback": 0.40, "100mbit": 0.35}
+
+    print("Cold start, time from the start of the pull to the ready line (median; range in "
+          "brackets), and what came from the registry before the ready line:")
+    print()
+    print("| image | link | full pull + run (overlayfs) | sochi lazy pull + run | lazy / full "
+          "| registry MB before ready (full / lazy) | requests (full / lazy) |")
+    print("|---|---|---|---|---|---|---|")
+    for img in images:
+        for link in links:
+            full = med(img, link, "overlayfs", "cold", "ready_s")
+            lazy = med(img, link, "sochi", "cold", "ready_s")
+            if full is None and lazy is None:
+                continue
+            ratio = f"**{lazy / full * 100:.0f}%**" if full and lazy else "–"
+            fr, lr = rng(img, link, "overlayfs", "cold", "ready_s"), rng(img, link, "sochi", "cold", "ready_s")
+            freq = med(img, link, "overlayfs", "cold", "reg_requests")
+            lreq = med(img, link, "sochi", "cold", "reg_requests")
+            print(f"| {img} | {link} | {sec(full)}{f' ({fr})' if fr else ''} | {sec(lazy)}"
+                  f"{f' ({lr})' if lr else ''} | {ratio} | "
+                  f"{mb(med(img, link, 'overlayfs', 'cold', 'reg_bytes'))} / "
+                  f"{mb(med(img, link, 'sochi', 'cold', 'reg_bytes'))} | "
+                  f"{'–' if freq is None else int(freq)} / {'–' if lreq is None else int(lreq)} |")
+    print()
+    print("Warm start (image pulled and run once, sochi's background fetch finished): "
+          "`ctr run` to the ready line, loopback, median:")
+    print()
+    print("| image | overlayfs | sochi | sochi / overlayfs |")
+    print("|---|---|---|---|")
+    for img in images:
+        wf = med(img, "loopback", "overlayfs", "warm", "ready_s")
+        wl = med(img, "loopback", "sochi", "warm", "ready_s")
+        if wf is None and wl is None:
+            continue
+        ratio = f"**{wl / wf:.2f}×**" if wf and wl else "–"
+        print(f"| {img} | {sec(wf)} | {sec(wl)} | {ratio} |")
+    print()
+    print("Lazy cold runs (medians): where the time goes, and the bytes against the floor "
+          "(spans holding the files the workload opens, plus the zTOCs):")
+    print()
+    print("| image | link | `sochi pull` | pull end → ready | FUSE read time (sum) | "
+          "demand req / MB | background req / MB | registry MB before ready | floor MB | vs floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for img in images:
+        floor = None
+        if floor_prefix and os.path.exists(f"{floor_prefix}{img}.json"):
+            floor = json.load(open(f"{floor_prefix}{img}.json"))["floor_bytes"]
+        for link in links:
+            ready = med(img, link, "sochi", "cold", "ready_s")
+            if ready is None:
+                continue
+            g = lambda m: med(img, link, "sochi", "cold", m) or 0
+            reg = g("reg_bytes")
+            vs = f"**{reg / floor:.2f}×**" if floor and reg else "–"
+            print(f"| {img} | {link} | {sec(g('pull_s'))} | {sec(ready - g('pull_s'))} | "
+                  f"{sec(g('read_time_s'))} | {int(g('demand_requests'))} / {mb(g('demand_bytes'))} | "
+                  f"{int(g('background_requests'))} / {mb(g('background_bytes'))} | {mb(reg)} | "
+                  f"{'–' if floor is None else mb(floor)} | {vs} |")
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "timed":
+        cmd_timed(args)
+    elif cmd == "metrics":
+        for k, v in metrics(args[0]).items():
+            print(k, v)
+    elif cmd == "ztoc-spans":
+        cmd_ztoc_spans(args[0])
+    elif cmd == "opened":
+        cmd_opened(args[0], args[1])
+    elif cmd == "soci-ztocs":
+        cmd_soci_ztocs(*args)
+    elif cmd == "floor":
+        cmd_floor(args)
+    elif cmd == "summary":
+        cmd_summary(*args)
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

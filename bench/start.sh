@@ -37,7 +37,8 @@
 #              then unpack) -> `ctr run --rm NAME:latest` -> ready line
 #   sochi      t0 -> `sochi pull NAME:soci` (manifests, SOCI index, zTOCs,
 #              FUSE mounts) -> `ctr run --rm --snapshotter sochi` -> ready
-#              line; snapshotter defaults (background fetch on, idle 500 ms)
+#              line; the snapshotter's defaults (background fetch on; the
+#              .md records the background-fetch and cache settings)
 # Warm (loopback only; nothing goes over the link then): after the last
 # cold run of a system, its image pulled and run once, for sochi the
 # background fetch finished (every span cached on disk), and `sync` (the
@@ -46,6 +47,10 @@
 # At the ready line the helper reads the registry's access log (GET/HEAD
 # requests and bytes since t0) and the snapshotter's metrics (demand and
 # background range requests and bytes, FUSE reads and their summed time).
+# A run during which another process dropped the page cache (/proc/vmstat
+# drop_pagecache; other benchmarks on a shared machine do) is repeated, up
+# to 3 attempts; before a warm run after such a drop one untimed run warms
+# the cache again.
 #
 # The byte floor of a lazy start, per image: the image is unpacked (umoci)
 # and main.py run under `strace -f -y` in a chroot of it (with /proc, /sys,
@@ -60,8 +65,9 @@
 # metric,value), start-<date>-floor-<image>.json, and start-<date>.md with
 # the tables (also on stdout). Everything else lives in a temp dir that is
 # removed at exit; every process this script starts is stopped by pid and
-# the namespace deleted, also on failure. Takes about 15 minutes for the
-# default set on 2 cores, plus building the images the first time.
+# the namespace deleted, also on failure. The default set takes 15-20
+# minutes on 2 cores (the `--quick` set under a minute), plus building sochi
+# and, the first time, the images (debian-pydata about 3 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD

@@ -16,7 +16,6 @@
 
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -205,33 +204,4 @@ fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20).min(pause));
     }
     Ok(())
-}
-
-/// Runs [`SpanManager::fetch_all`] on its own thread, logging the outcome
-/// and counting failures. The thread ends when the fetch does or `stop` is
-/// set.
-pub fn spawn_background_fetch(
-    manager: Arc<SpanManager>,
-    layer_digest: String,
-    blob_size: u64,
-    options: BackgroundOptions,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("sochi-bg-fetch".into())
-        .spawn(move || {
-            let started = Instant::now();
-            match manager.fetch_all(&layer_digest, blob_size, &options, &stop) {
-                Ok(()) => tracing::info!(
-                    layer = %layer_digest,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "layer fetched and verified"
-                ),
-                Err(Error::Stopped) => {}
-                Err(error) => {
-                    LayerMetrics::add(&manager.metrics.background_failures, 1);
-                    tracing::error!(layer = %layer_digest, error = %error, "background fetch failed");
-                }
-            }
-        })
 }

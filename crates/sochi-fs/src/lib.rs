@@ -65,7 +65,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub use background::{spawn_background_fetch, BackgroundOptions};
+pub use background::BackgroundOptions;
 pub use blob::{BlobReader, FileBlob, MemoryBlob};
 pub use error::{Error, Result};
 pub use fuse::{errno_of, mount_layer, LayerFs, LayerOptions, MountHandle, DEFAULT_FUSE_THREADS};

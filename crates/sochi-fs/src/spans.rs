@@ -451,47 +451,43 @@ impl SpanManager {
         while span <= last {
             // Spans already here are copied from memory or read in place
             // from the disk cache; the first missing one starts a fetch.
-            let info = *self.span(span)?;
-            let from = offset.max(info.start_uncompressed) - info.start_uncompressed;
-            let to = end
-                .min(info.end_uncompressed)
-                .saturating_sub(info.start_uncompressed);
-            if from >= to {
-                span += 1;
-                continue;
-            }
+            let (from, to) = self.piece_of(span, offset, end)?;
             let piece_len = usize::try_from(to - from).map_err(|_| self.corrupt(span))?;
             let target = buf
                 .get_mut(written..written + piece_len)
                 .ok_or_else(|| self.corrupt(span))?;
-            if self.read_cached_slice(span, from, target)? {
+            if piece_len == 0 || self.read_cached_slice(span, from, target)? {
                 written += piece_len;
                 span += 1;
                 continue;
             }
             for data in self.obtain(span, last)? {
-                let info = self.span(span)?;
-                let from = offset.max(info.start_uncompressed) - info.start_uncompressed;
-                let to = end
-                    .min(info.end_uncompressed)
-                    .saturating_sub(info.start_uncompressed);
-                if from < to {
-                    let piece = usize::try_from(from)
-                        .ok()
-                        .zip(usize::try_from(to).ok())
-                        .and_then(|(from, to)| data.get(from..to))
-                        .ok_or_else(|| self.corrupt(span))?;
-                    let target = buf
-                        .get_mut(written..written + piece.len())
-                        .ok_or_else(|| self.corrupt(span))?;
-                    target.copy_from_slice(piece);
-                    written += piece.len();
-                }
+                let (from, to) = self.piece_of(span, offset, end)?;
+                let piece = usize::try_from(from)
+                    .ok()
+                    .zip(usize::try_from(to).ok())
+                    .and_then(|(from, to)| data.get(from..to))
+                    .ok_or_else(|| self.corrupt(span))?;
+                buf.get_mut(written..written + piece.len())
+                    .ok_or_else(|| self.corrupt(span))?
+                    .copy_from_slice(piece);
+                written += piece.len();
                 span += 1;
             }
         }
         debug_assert_eq!(written as u64, len);
         Ok(written)
+    }
+
+    /// The part of `span` that the read `offset..end` covers, relative to
+    /// the span's start (empty when it covers none).
+    fn piece_of(&self, span: usize, offset: u64, end: u64) -> Result<(u64, u64)> {
+        let info = self.span(span)?;
+        let from = offset.max(info.start_uncompressed) - info.start_uncompressed;
+        let to = end
+            .min(info.end_uncompressed)
+            .saturating_sub(info.start_uncompressed);
+        Ok((from, to.max(from)))
     }
 
     /// Fills `target` with bytes of `span` from `from` on if the span is

@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
@@ -94,6 +94,13 @@ pub struct LayerFs {
     options: LayerOptions,
     /// `<layer digest>.json`, the status file's name.
     status_name: Vec<u8>,
+    /// The status file's content as of its last `getattr`: reads serve
+    /// this snapshot, so they agree with the size the kernel was told.
+    status: Mutex<Vec<u8>>,
+    /// Whether any entry has an xattr (or is an opaque directory): if
+    /// not, `getxattr` answers ENOSYS once and the kernel stops asking
+    /// (overlayfs asks every lower dentry for `trusted.overlay.*`).
+    has_xattrs: bool,
 }
 
 impl std::fmt::Debug for LayerFs {
@@ -123,6 +130,7 @@ impl LayerFs {
             .as_ref()
             .map(|digest| format!("{digest}.json").into_bytes())
             .unwrap_or_default();
+        let has_xattrs = tree.has_xattrs();
         Ok(LayerFs {
             tree,
             spans,
@@ -130,6 +138,8 @@ impl LayerFs {
             verified,
             options,
             status_name,
+            status: Mutex::new(Vec::new()),
+            has_xattrs,
         })
     }
 
@@ -138,18 +148,27 @@ impl LayerFs {
             STATUS_DIR_INO if self.options.layer_digest.is_some() => {
                 Some(special_attr(STATUS_DIR_INO, FileType::Directory, 0o500, 0))
             }
-            STATUS_FILE_INO if self.options.layer_digest.is_some() => Some(special_attr(
-                STATUS_FILE_INO,
-                FileType::RegularFile,
-                0o400,
-                self.status_json().len() as u64,
-            )),
+            STATUS_FILE_INO if self.options.layer_digest.is_some() => {
+                let (json, fetched) = self.status_json();
+                let mut attr = special_attr(
+                    STATUS_FILE_INO,
+                    FileType::RegularFile,
+                    0o400,
+                    json.len() as u64,
+                );
+                // The mtime moves with the content, so the kernel (auto
+                // inval data) drops its cached pages when the status changes.
+                attr.mtime = UNIX_EPOCH + Duration::from_nanos(fetched);
+                *self.status.lock().unwrap_or_else(|e| e.into_inner()) = json;
+                Some(attr)
+            }
             _ => self.tree.attr(ino).map(|attr| to_file_attr(ino, &attr)),
         }
     }
 
-    /// The status file's content (spec §3.6).
-    fn status_json(&self) -> Vec<u8> {
+    /// The status file's content (spec §3.6) and the compressed bytes it
+    /// reports fetched.
+    fn status_json(&self) -> (Vec<u8>, u64) {
         let size = self.options.layer_size;
         let complete = LayerMetrics::get(&self.spans.metrics().background_complete) == 1;
         let fetched = if complete {
@@ -162,18 +181,11 @@ impl LayerFs {
         } else {
             fetched as f64 * 100.0 / size as f64
         };
-        format!(
+        let json = format!(
             "{{\"digest\":\"{}\",\"size\":{size},\"fetchedSize\":{fetched},\"fetchedPercent\":{percent}}}",
             self.options.layer_digest.as_deref().unwrap_or_default()
-        )
-        .into_bytes()
-    }
-
-    fn status_file_name(&self) -> Option<Vec<u8>> {
-        self.options
-            .layer_digest
-            .as_ref()
-            .map(|digest| format!("{digest}.json").into_bytes())
+        );
+        (json.into_bytes(), fetched)
     }
 
     /// Reads `size` bytes at `offset` of regular file `ino`.
@@ -184,7 +196,11 @@ impl LayerFs {
         size: u32,
     ) -> std::result::Result<Vec<u8>, Errno> {
         if ino.get() == STATUS_FILE_INO && self.options.layer_digest.is_some() {
-            let json = self.status_json();
+            let mut snapshot = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            if snapshot.is_empty() {
+                *snapshot = self.status_json().0;
+            }
+            let json = &*snapshot;
             let from = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
                 .min(json.len());
@@ -268,6 +284,11 @@ impl LayerFs {
 /// A directory entry: name, inode, type.
 type DirEntry<'a> = (&'a [u8], u64, FileType);
 
+/// The attributes of a negative entry: node id 0 means "no such name".
+fn negative_entry() -> FileAttr {
+    special_attr(0, FileType::RegularFile, 0, 0)
+}
+
 /// Attributes of the status dir and file.
 fn special_attr(ino: u64, kind: FileType, perm: u16, size: u64) -> FileAttr {
     FileAttr {
@@ -348,7 +369,7 @@ impl Filesystem for LayerFs {
         let found = if status && parent.0 == self.tree.root().get() && name == STATUS_DIR {
             self.file_attr(Ino(STATUS_DIR_INO))
         } else if status && parent.0 == STATUS_DIR_INO {
-            (self.status_file_name().as_deref() == Some(name))
+            (self.status_name == name)
                 .then(|| self.file_attr(Ino(STATUS_FILE_INO)))
                 .flatten()
         } else {
@@ -358,7 +379,10 @@ impl Filesystem for LayerFs {
         };
         match found {
             Some(attr) => reply.entry(ttl(attr.ino.0), &attr, Generation(0)),
-            None => reply.error(Errno::ENOENT),
+            // A negative entry the kernel may cache (node id 0 with a
+            // timeout): overlayfs and interpreters look up many names a
+            // layer does not have, and would ask again on every start.
+            None => reply.entry(ttl(parent.0), &negative_entry(), Generation(0)),
         }
     }
 
@@ -384,11 +408,12 @@ impl Filesystem for LayerFs {
             // The status changes as spans arrive: no page cache for it.
             return reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
         }
-        match self.tree.attr(Ino(ino.0)) {
-            // Layer content never changes: keep the page cache across opens.
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            None => reply.error(Errno::ENOENT),
-        }
+        // Reads need no handle and layer content never changes: ENOSYS
+        // tells the kernel (FUSE_NO_OPEN_SUPPORT) to open files itself from
+        // now on, keeping their page cache, and to skip RELEASE; an open,
+        // flush and release per file was half of a warm container start's
+        // requests. The mount is read-only, so the VFS refuses writes.
+        reply.error(Errno::ENOSYS)
     }
 
     fn read(
@@ -423,15 +448,20 @@ impl Filesystem for LayerFs {
         // not look every entry up again (the kernel may refuse; then plain
         // readdir is used).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
+        // Symlink targets never change: the kernel may cache them.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_CACHE_SYMLINKS);
+        // Only the status file's mtime ever changes, and with it its
+        // content: drop cached pages on an mtime change.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA);
         Ok(())
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Layers never change: the kernel may keep listings across opens.
-        reply.opened(
-            FileHandle(0),
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-        );
+        // Listings need no handle: ENOSYS makes the kernel open directories
+        // itself from now on (FUSE_NO_OPENDIR_SUPPORT), caching listings
+        // across opens as FOPEN_CACHE_DIR would, with no OPENDIR or
+        // RELEASEDIR round trips.
+        reply.error(Errno::ENOSYS)
     }
 
     fn readdir(
@@ -497,8 +527,9 @@ impl Filesystem for LayerFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Read-only: nothing to write back on close.
-        reply.ok();
+        // Read-only: nothing to write back on close. ENOSYS tells the
+        // kernel not to send FLUSH again.
+        reply.error(Errno::ENOSYS);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -507,6 +538,12 @@ impl Filesystem for LayerFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.has_xattrs {
+            // The kernel answers EOPNOTSUPP from now on without asking;
+            // for a layer with no xattrs that is the same as ENODATA to
+            // overlayfs and to exec's capability check.
+            return reply.error(Errno::ENOSYS);
+        }
         let ino = Ino(ino.0);
         if self.tree.attr(ino).is_none() {
             return reply.error(Errno::ENOENT);

@@ -267,6 +267,12 @@ impl LayerTree {
             .map(|&(name, value)| (self.slice(name), self.slice(value)))
     }
 
+    /// Whether any entry has an extended attribute (opaque directories
+    /// included).
+    pub fn has_xattrs(&self) -> bool {
+        !self.xattr_sets.is_empty()
+    }
+
     /// The value of extended attribute `name` of `ino`.
     pub fn xattr(&self, ino: Ino, name: &[u8]) -> Option<&[u8]> {
         self.xattrs(ino)

@@ -14,6 +14,7 @@ use fuser::{
 };
 use sochi_format::Ztoc;
 
+use crate::kept::KeptState;
 use crate::metrics::LayerMetrics;
 use crate::verify::Verified;
 use crate::{Attr, Error, FileKind, Ino, LayerTree, Result, SpanManager};
@@ -576,15 +577,32 @@ const fn libc_accmode() -> i32 {
 /// A mounted layer; unmounts (and joins the session thread) on drop.
 pub struct MountHandle {
     session: Option<fuser::BackgroundSession>,
+    /// Set for a mount whose connection the keeper holds.
+    kept: Option<KeptState>,
 }
 
 impl std::fmt::Debug for MountHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MountHandle").finish_non_exhaustive()
+        f.debug_struct("MountHandle")
+            .field("kept", &self.kept.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl MountHandle {
+    pub(crate) fn kept(session: fuser::BackgroundSession, state: KeptState) -> MountHandle {
+        MountHandle {
+            session: Some(session),
+            kept: Some(state),
+        }
+    }
+
+    /// Whether the keeper holds this mount's connection (it stays mounted
+    /// after [`MountHandle::leave`]).
+    pub fn is_kept(&self) -> bool {
+        self.kept.is_some()
+    }
+
     /// Waits until the filesystem is unmounted from outside.
     pub fn join(mut self) -> std::io::Result<()> {
         match self.session.take() {
@@ -592,10 +610,26 @@ impl MountHandle {
             None => Ok(()),
         }
     }
+
+    /// Stops serving without unmounting when the keeper holds the
+    /// connection (the next daemon takes it over; meanwhile the kernel
+    /// queues requests); otherwise unmounts as a drop does.
+    pub fn leave(mut self) {
+        if self.kept.take().is_some() {
+            // The session threads end with the process.
+            drop(self.session.take());
+        }
+    }
 }
 
 impl Drop for MountHandle {
     fn drop(&mut self) {
+        if let Some(kept) = self.kept.take() {
+            kept.end();
+            // Its threads end as the connection is aborted.
+            drop(self.session.take());
+            return;
+        }
         if let Some(session) = self.session.take() {
             // Nothing to report to from a drop; the session is gone either way.
             let _ = session.umount_and_join();
@@ -631,6 +665,7 @@ pub fn mount_layer(
             Ok(session) => {
                 return Ok(MountHandle {
                     session: Some(session),
+                    kept: None,
                 })
             }
             Err(e) => last = Some(e),

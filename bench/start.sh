@@ -149,6 +149,11 @@ env_down() { # stops the snapshotter and containerd of the current run, removes 
     wait "$snap_pid" 2>/dev/null || true
     snap_pid=""
   fi
+  # Its FUSE keeper holds the layers' connections (they survive restarts);
+  # with no daemon, anything touching them waits: end them first.
+  if [ -n "$snap_root" ] && [ -f "$snap_root/fuse-keeper.sock.pid" ]; then
+    kill -KILL "$(cat "$snap_root/fuse-keeper.sock.pid")" 2>/dev/null || true
+  fi
   if [ -n "$ctd" ]; then
     scripts/containerd.sh stop "$ctd" >/dev/null 2>&1 || true
   fi

@@ -27,6 +27,11 @@ cleanup() {
     for _ in $(seq 100); do kill -0 "$snapshotter_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$snapshotter_pid" 2>/dev/null
   fi
+  # The snapshotter leaves its layers' FUSE connections to its keeper (they
+  # survive restarts); with no daemon, anything touching them waits. End
+  # them before unmounting.
+  keeper="$work/sochi/fuse-keeper.sock.pid"
+  [ -f "$keeper" ] && kill -KILL "$(cat "$keeper")" 2>/dev/null
   scripts/containerd.sh stop "$work/containerd" >/dev/null 2>&1
   scripts/registry.sh stop "$work/registry" >/dev/null 2>&1
   # Anything still mounted under the temp dir (a killed snapshotter's layers).

@@ -311,14 +311,7 @@ fn unmount_under(dir: &Path) {
         .collect();
     points.sort_unstable_by_key(|point| std::cmp::Reverse(point.len()));
     for point in points {
-        let unmounted = Command::new("umount")
-            .arg(point)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            let _ = Command::new("umount").args(["-l", point]).status();
-        }
+        crate::mounts::unmount(Path::new(point));
     }
 }
 

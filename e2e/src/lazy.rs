@@ -359,7 +359,7 @@ impl<'a> LazyMount<'a> {
     /// SIGKILL to the daemon if it is still a sochi process.
     fn take_down(&self) {
         for path in self.leftover_mounts() {
-            let _ = Command::new("umount").arg("-l").arg(&path).status();
+            crate::mounts::unmount(&path);
         }
         let pid = self.state.pid;
         if pid_alive(pid) && is_sochi(pid) {

@@ -44,6 +44,7 @@ pub use crate::sochi::{sochi_bin, Sochi, SochiOutput};
 mod containerd;
 mod images;
 pub mod lazy;
+mod mounts;
 pub mod oracle;
 mod process;
 mod proxy;

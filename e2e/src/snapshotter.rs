@@ -360,7 +360,43 @@ impl Drop for Snapshotter {
                 let _ = child.wait();
             }
         }
+        // The FUSE keeper first: while it holds the layers' connections
+        // with no daemon serving them, anything touching those mounts
+        // (`umount` does a statfs) waits for an answer.
+        stop_keeper(&self.root());
         unmount_under(&self.root());
+    }
+}
+
+/// The pid of the FUSE keeper of the snapshotter on `root`, if one runs.
+pub fn keeper_pid(root: &Path) -> Option<u32> {
+    let pid_file = root.join("fuse-keeper.sock.pid");
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// SIGKILLs the FUSE keeper, and waits (bounded) until it is gone: the
+/// connections it held end with it.
+fn stop_keeper(root: &Path) {
+    let Some(pid) = keeper_pid(root) else {
+        return;
+    };
+    signal(pid, "KILL");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Gone, or a zombie whose parent (the stopped snapshotter) is gone too.
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|rest| !rest.starts_with('Z'))
+        })
+    };
+    while running(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -545,18 +581,7 @@ fn unmount_under(dir: &Path) {
             return;
         }
         for point in points {
-            let unmounted = Command::new("umount")
-                .arg(&point)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !unmounted {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(&point)
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            crate::mounts::unmount(&point);
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use sochi_e2e::lazy::{cached_rootfs, oracle_rootfs, push_layout_exact};
 use sochi_e2e::oracle::compare_trees;
-use sochi_e2e::snapshotter::mounts_under;
+use sochi_e2e::snapshotter::{keeper_pid, mounts_under};
 use sochi_e2e::{
     pid_alive, run_ok, workspace_root, Containerd, FaultProxy, Registry, SnapshotView, Snapshotter,
     SnapshotterOptions, Sochi, TestImages,
@@ -677,13 +677,128 @@ fn restart_reuses_caches() {
     }
 }
 
-// --- 7. SIGINT unmounts everything ----------------------------------------------------------
+// --- 6b. a running container survives a snapshotter restart ---------------------------------
+
+#[test]
+fn running_container_survives_restart() {
+    let registry = Registry::plain();
+    let containerd = Containerd::start();
+    // No background fetch: what the container reads after the restart is
+    // fetched on demand by the new process.
+    let mut snapshotter = Snapshotter::start(
+        &containerd.snapshotter_address(),
+        SnapshotterOptions {
+            background_fetch: false,
+            ..SnapshotterOptions::default()
+        },
+    );
+    let sochi = Sochi::for_registry(&registry);
+    let image = convert(&sochi, &registry, "debian-python", "py:soci");
+    let layers = layer_digests("debian-python");
+    let report = pull(&sochi, &containerd, "sochi", &image);
+    assert_all(&report, "lazy", &layers);
+    let top = report["chain_id"].as_str().unwrap().to_string();
+    let id = container_id("py-survivor");
+    containerd.ctr([
+        "run",
+        "-d",
+        "--snapshotter",
+        "sochi",
+        &image,
+        &id,
+        "/bin/sleep",
+        "600",
+    ]);
+    let root = snapshotter.root();
+    let keeper = keeper_pid(&root).expect("a FUSE keeper runs beside the snapshotter");
+    let mounted = snapshotter.mounts();
+    assert_eq!(mounted.len(), 3, "{mounted:?}");
+
+    // SIGKILL: the layers stay mounted, their connections kept.
+    snapshotter.kill9();
+    assert_eq!(snapshotter.mounts(), mounted);
+    snapshotter.restart();
+    wait_usable(&containerd, &snapshotter, &top);
+    assert_eq!(keeper_pid(&root), Some(keeper));
+    assert_eq!(
+        snapshotter.mounts(),
+        mounted,
+        "taken over, not mounted again"
+    );
+    let log = snapshotter.log();
+    assert_eq!(
+        log.matches("took over the kept FUSE connection").count(),
+        3,
+        "{}",
+        snapshotter.log_tail(40)
+    );
+
+    // The container started before the restart reads files nobody read
+    // yet: the new process fetches them through the mounts it took over.
+    let oracle = oracle_rootfs("debian-python");
+    let files = [
+        "usr/bin/python3",
+        "etc/os-release",
+        "usr/lib/python3.11/os.py",
+        "usr/lib/python3.11/json/decoder.py",
+        "app/data.bin",
+    ];
+    let files: Vec<&str> = files
+        .into_iter()
+        .filter(|file| fs::metadata(oracle.join(file)).is_ok())
+        .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    let mut args = vec![
+        "task",
+        "exec",
+        "--exec-id",
+        "sums",
+        &id,
+        "/usr/bin/sha256sum",
+    ];
+    let absolute: Vec<String> = files.iter().map(|file| format!("/{file}")).collect();
+    args.extend(absolute.iter().map(String::as_str));
+    let out = containerd.ctr(args);
+    for file in &files {
+        let expected = sha256_file(&oracle.join(file));
+        assert!(
+            out.lines()
+                .any(|line| line.starts_with(&expected) && line.ends_with(&format!("/{file}"))),
+            "/{file} should have sha256 {expected}; sha256sum printed:\n{out}"
+        );
+    }
+    let out = containerd.ctr([
+        "task",
+        "exec",
+        "--exec-id",
+        "python",
+        &id,
+        "/usr/bin/python3",
+        "/app/main.py",
+    ]);
+    assert!(out.contains(READY), "python printed:\n{out}");
+    let demand: u64 = {
+        let metrics = snapshotter.metrics();
+        layers.iter().map(|l| metrics.demand_requests(l)).sum()
+    };
+    assert!(demand > 0, "the new process served the reads");
+    containerd.ctr(["task", "kill", "-s", "KILL", &id]);
+}
+
+// --- 7. SIGINT unmounts everything when connections are not kept ----------------------------------------------------------
 
 #[test]
 fn unmount_on_sigint() {
     let registry = Registry::plain();
     let containerd = Containerd::start();
-    let mut snapshotter = Snapshotter::for_containerd(&containerd);
+    // Without the keeper a stop unmounts every layer.
+    let mut snapshotter = Snapshotter::start(
+        &containerd.snapshotter_address(),
+        SnapshotterOptions {
+            extra_config: "[fuse]\nkeep_connections = false\n".into(),
+            ..SnapshotterOptions::default()
+        },
+    );
     let sochi = Sochi::for_registry(&registry);
     let image = convert(&sochi, &registry, "busybox", "busybox:soci");
     let report = pull(&sochi, &containerd, "sochi", &image);

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use sochi_format::{media_types, Descriptor, Ztoc};
 use sochi_fs::{
-    BackgroundOptions, LayerMetrics, LayerOptions, LayerTree, MountHandle, SpanManager,
+    BackgroundOptions, Keeper, KeptMount, LayerMetrics, LayerOptions, LayerTree, MountHandle,
+    SpanManager,
 };
 use sochi_registry::{Client, Reference};
 use tokio::runtime::Handle;
@@ -54,6 +55,10 @@ pub struct MountOptions {
     pub span_cache_limit: Option<u64>,
     /// Bound of each layer's in-memory span cache, in bytes.
     pub memory_cache_limit: u64,
+    /// The FUSE keeper to hand a layer's connection to, for a mount of one
+    /// layer ([`MountTarget::Layer`]): the mount then survives this
+    /// process, and a later mount with the same `mount_id` takes it over.
+    pub keeper: Option<Arc<Keeper>>,
 }
 
 /// How one layer is served.
@@ -250,14 +255,31 @@ impl ImageMount {
             verify: self.options.verify,
             threads: self.options.fuse_threads,
         };
-        let handle = sochi_fs::mount_layer(
-            tree,
-            Arc::clone(&spans),
-            Arc::clone(ztoc) as Arc<Ztoc>,
-            &layer_options,
-            &mountpoint,
-        )?;
-        tracing::info!(layer = %digest, mountpoint = %mountpoint.display(), spans = spans.span_count(), "layer mounted lazily");
+        let handle = match (&self.options.keeper, direct) {
+            (Some(keeper), Some(_)) => {
+                let (handle, how) = sochi_fs::mount_layer_kept(
+                    tree,
+                    Arc::clone(&spans),
+                    Arc::clone(ztoc) as Arc<Ztoc>,
+                    &layer_options,
+                    &mountpoint,
+                    Arc::clone(keeper),
+                    &self.options.mount_id,
+                )?;
+                if how == KeptMount::TakenOver {
+                    tracing::info!(layer = %digest, mountpoint = %mountpoint.display(), "took over the kept FUSE connection of a live mount");
+                }
+                handle
+            }
+            _ => sochi_fs::mount_layer(
+                tree,
+                Arc::clone(&spans),
+                Arc::clone(ztoc) as Arc<Ztoc>,
+                &layer_options,
+                &mountpoint,
+            )?,
+        };
+        tracing::info!(layer = %digest, mountpoint = %mountpoint.display(), spans = spans.span_count(), kept = handle.is_kept(), "layer mounted lazily");
         Ok(MountedLayer {
             descriptor: layer.descriptor.clone(),
             state: LayerState::Lazy {
@@ -404,6 +426,27 @@ impl ImageMount {
                     spans.span_count() as u64,
                     u64::try_from(layer.descriptor.size).unwrap_or(0),
                 );
+            }
+        }
+    }
+
+    /// Stops serving but leaves the layers whose FUSE connection the keeper
+    /// holds mounted, and the overlays of unpacked layers too (a daemon
+    /// exiting for a restart: running containers keep their layers, and
+    /// the next daemon takes the connections over). Layers not kept are
+    /// unmounted.
+    pub fn leave(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in self.background.drain(..) {
+            let _ = handle.join();
+        }
+        if self.options.keeper.is_some() {
+            // Unpacked layers' overlays stay for the containers on them.
+            self.overlay = None;
+        }
+        for layer in self.layers.drain(..) {
+            if let LayerState::Lazy { handle, .. } = layer.state {
+                handle.leave();
             }
         }
     }

@@ -78,6 +78,11 @@ pub struct Fuse {
     pub disable_verification: bool,
     /// FUSE threads per layer.
     pub threads: usize,
+    /// Hand each layer's FUSE connection to a keeper process: a stopped,
+    /// killed or upgraded snapshotter leaves its layers mounted, running
+    /// containers keep them, and the next start takes the connections
+    /// over. Off: a stop unmounts every layer.
+    pub keep_connections: bool,
 }
 
 impl Default for Fuse {
@@ -85,6 +90,7 @@ impl Default for Fuse {
         Fuse {
             disable_verification: false,
             threads: sochi_fs::DEFAULT_FUSE_THREADS,
+            keep_connections: true,
         }
     }
 }

@@ -59,18 +59,57 @@ pub struct Daemon {
     pub config: Arc<Config>,
     /// Registry client for layers and indexes.
     pub client: sochi_registry::Client,
+    /// How to start the FUSE keeper (`fuse.keep_connections`): a program
+    /// and its arguments, to which `--socket PATH` is appended.
+    pub keeper_command: Option<(PathBuf, Vec<std::ffi::OsString>)>,
+}
+
+/// The keeper's socket under `root`.
+pub fn keeper_socket(root: &Path) -> PathBuf {
+    root.join("fuse-keeper.sock")
+}
+
+fn start_keeper(daemon: &Daemon) -> Option<Arc<sochi_fs::Keeper>> {
+    if !daemon.config.fuse.keep_connections {
+        return None;
+    }
+    let (program, args) = daemon.keeper_command.as_ref()?;
+    let socket = keeper_socket(&daemon.root);
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    args.push("--socket".as_ref());
+    args.push(socket.as_os_str());
+    match sochi_fs::Keeper::connect_or_start(
+        &socket,
+        program,
+        &args,
+        &daemon.root.join("fuse-keeper.log"),
+    ) {
+        Ok(keeper) => {
+            tracing::info!(socket = %socket.display(), "FUSE connections are kept across restarts");
+            Some(Arc::new(keeper))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no FUSE keeper: layers end with this process");
+            None
+        }
+    }
 }
 
 /// Serves the Snapshots API on `daemon.address` until SIGTERM or SIGINT,
-/// then unmounts every layer it mounted. Call from within a multi-thread
+/// then leaves its layers to the FUSE keeper (`fuse.keep_connections`) or
+/// unmounts them. Call from within a multi-thread
 /// tokio runtime.
 pub async fn serve(daemon: Daemon) -> Result<()> {
     let runtime = tokio::runtime::Handle::current();
+    std::fs::create_dir_all(&daemon.root)
+        .with_context(|| format!("creating {}", daemon.root.display()))?;
+    let keeper = start_keeper(&daemon);
     let remote = Arc::new(remote::RemoteLayers::new(
         daemon.client.clone(),
         runtime.clone(),
         daemon.root.clone(),
         Arc::clone(&daemon.config),
+        keeper,
     ));
     let root = daemon.root.clone();
     let snapshotter = {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use sochi_fs::Keeper;
 use sochi_lazy::{ImageMount, ImagePlan, LayerState, MountOptions, MountTarget};
 use sochi_registry::{Client, DiscoveryOptions, Reference};
 use tokio::runtime::Handle;
@@ -60,15 +61,18 @@ pub struct RemoteLayers {
     config: Arc<Config>,
     plans: Mutex<HashMap<String, (Instant, PlanResult)>>,
     mounts: Mutex<HashMap<u64, ImageMount>>,
+    keeper: Option<Arc<Keeper>>,
 }
 
 impl RemoteLayers {
     /// Layers read through `client` on `runtime`, local state under `root`.
+    /// With `keeper`, lazy layers' FUSE connections are handed to it.
     pub fn new(
         client: Client,
         runtime: Handle,
         root: PathBuf,
         config: Arc<Config>,
+        keeper: Option<Arc<Keeper>>,
     ) -> RemoteLayers {
         RemoteLayers {
             client,
@@ -77,7 +81,16 @@ impl RemoteLayers {
             config,
             plans: Mutex::new(HashMap::new()),
             mounts: Mutex::new(HashMap::new()),
+            keeper,
         }
+    }
+
+    /// Whether the keeper holds the FUSE connection of snapshot `id`'s
+    /// layer (a mount a previous process left for this one to take over).
+    pub fn is_kept(&self, id: u64) -> bool {
+        self.keeper
+            .as_ref()
+            .is_some_and(|keeper| matches!(keeper.get(&id.to_string()), Ok(Some(_))))
     }
 
     /// The plan of an image, from the cache or the registry. Blocking.
@@ -166,6 +179,7 @@ impl RemoteLayers {
             fuse_threads: self.config.fuse.threads.max(1),
             span_cache_limit: self.config.directory_cache.max_bytes,
             memory_cache_limit: self.config.directory_cache.memory_bytes,
+            keeper: self.keeper.clone(),
         };
         match ImageMount::mount(
             &single,
@@ -206,11 +220,15 @@ impl RemoteLayers {
         }
     }
 
-    /// Unmounts every layer without releasing (shutdown).
+    /// Shutdown: with a keeper, leaves every layer mounted for the next
+    /// process to take over; without, unmounts every layer (not
+    /// releasing its local state).
     pub fn unmount_all(&self) {
         let mounts: Vec<ImageMount> = self.mounts.lock().drain().map(|(_, m)| m).collect();
         for mount in mounts {
-            if let Err(error) = mount.unmount(false) {
+            if self.keeper.is_some() {
+                mount.leave();
+            } else if let Err(error) = mount.unmount(false) {
                 tracing::warn!(error = %format!("{error:#}"), "unmounting a layer");
             }
         }

@@ -117,9 +117,15 @@ impl Snapshotter {
             };
             let dir = self.snapshot_dir(snapshot.id);
             let fs_dir = dir.join("fs");
-            // A FUSE mount of the previous process is dead: take it away.
-            let _ = sochi_lazy::unmount(&fs_dir);
-            let _ = std::fs::create_dir_all(&fs_dir);
+            // A mount the keeper holds is taken over (running containers
+            // keep it); any other mount of the previous process is dead or
+            // stale: take it away.
+            // (Nothing here may touch a kept mount before it is taken over:
+            // a stat of it would wait for this very process.)
+            if !self.remote.is_kept(snapshot.id) {
+                let _ = sochi_lazy::unmount(&fs_dir);
+                let _ = std::fs::create_dir_all(&fs_dir);
+            }
             let request = LayerRequest {
                 image_ref: remote.image_ref.clone(),
                 manifest: remote.manifest.clone(),

@@ -276,6 +276,7 @@ fn serve(
         fuse_threads: args.fuse_threads,
         span_cache_limit: args.span_cache_bytes,
         memory_cache_limit: sochi_fs::DEFAULT_MEMORY_LIMIT,
+        keeper: None,
     };
     let target = if args.layer.is_some() {
         MountTarget::Layer(mountpoint)

@@ -49,6 +49,15 @@ pub enum Sub {
         #[arg(long)]
         json: bool,
     },
+    /// The FUSE keeper the snapshotter starts itself (`[fuse]
+    /// keep_connections`): holds the layers' FUSE connections so that they
+    /// outlive a snapshotter restart; exits when it holds none.
+    #[command(hide = true)]
+    Keeper {
+        /// Its unix socket.
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 /// Runs `sochi snapshotter`.
@@ -64,6 +73,11 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     if let Some(Sub::Layers { image, json }) = &args.command {
         return layers(global, image.as_deref(), *json);
     }
+    if let Some(Sub::Keeper { socket }) = &args.command {
+        sochi_fs::serve_keeper(socket)
+            .with_context(|| format!("FUSE keeper on {}", socket.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = Arc::new(load(args.config.as_ref())?);
     let registry = global.registry_with_threads(4)?;
     std::fs::create_dir_all(&global.root)
@@ -73,6 +87,10 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
         root: global.root.clone(),
         config,
         client: registry.client.clone(),
+        keeper_command: std::env::current_exe().ok().map(|exe| {
+            let args = ["--log-level", "info", "snapshotter", "keeper"];
+            (exe, args.iter().map(Into::into).collect())
+        }),
     };
     registry.block_on(sochi_snapshotter::serve(daemon))?;
     Ok(ExitCode::SUCCESS)

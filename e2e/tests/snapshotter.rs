@@ -682,6 +682,7 @@ fn restart_reuses_caches() {
 #[test]
 fn running_container_survives_restart() {
     let registry = Registry::plain();
+    let proxy = FaultProxy::start(&registry);
     let containerd = Containerd::start();
     // No background fetch: what the container reads after the restart is
     // fetched on demand by the new process.
@@ -693,7 +694,8 @@ fn running_container_survives_restart() {
         },
     );
     let sochi = Sochi::for_registry(&registry);
-    let image = convert(&sochi, &registry, "debian-python", "py:soci");
+    convert(&sochi, &registry, "debian-python", "py:soci");
+    let image = proxy.reference("py:soci");
     let layers = layer_digests("debian-python");
     let report = pull(&sochi, &containerd, "sochi", &image);
     assert_all(&report, "lazy", &layers);
@@ -713,10 +715,38 @@ fn running_container_survives_restart() {
     let keeper = keeper_pid(&root).expect("a FUSE keeper runs beside the snapshotter");
     let mounted = snapshotter.mounts();
     assert_eq!(mounted.len(), 3, "{mounted:?}");
+    let oracle = oracle_rootfs("debian-python");
+
+    // A read in flight when the snapshotter dies: the registry is down, so
+    // the daemon has taken the READ and is retrying its range request.
+    let in_flight = "usr/lib/python3.11/json/decoder.py";
+    proxy.down();
+    let mut reader = containerd
+        .ctr_command([
+            "task",
+            "exec",
+            "--exec-id",
+            "in-flight",
+            &id,
+            "/usr/bin/sha256sum",
+            &format!("/{in_flight}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.refused_connections() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the read never reached the registry"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // SIGKILL: the layers stay mounted, their connections kept.
     snapshotter.kill9();
     assert_eq!(snapshotter.mounts(), mounted);
+    proxy.up();
     snapshotter.restart();
     wait_usable(&containerd, &snapshotter, &top);
     assert_eq!(keeper_pid(&root), Some(keeper));
@@ -733,14 +763,37 @@ fn running_container_survives_restart() {
         snapshotter.log_tail(40)
     );
 
+    // The read the dead process had taken is sent again to the new one
+    // (FUSE_NOTIFY_RESEND) and answered with the right bytes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = reader.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = reader.kill();
+            panic!(
+                "the read in flight at the restart never finished; log:\n{}",
+                snapshotter.log_tail(40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut reader.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{status}: {out}");
+    let expected = sha256_file(&oracle.join(in_flight));
+    assert!(
+        out.starts_with(&expected),
+        "/{in_flight}: {out} (want {expected})"
+    );
+
     // The container started before the restart reads files nobody read
     // yet: the new process fetches them through the mounts it took over.
-    let oracle = oracle_rootfs("debian-python");
     let files = [
         "usr/bin/python3",
         "etc/os-release",
         "usr/lib/python3.11/os.py",
-        "usr/lib/python3.11/json/decoder.py",
         "app/data.bin",
     ];
     let files: Vec<&str> = files

@@ -252,6 +252,7 @@ pub fn mount_layer_kept(
             tracing::warn!(key, %error, "the FUSE keeper did not take the connection");
         }
     }
+    crate::fuse::raise_readahead(mountpoint);
     let connection_id = rustix::fs::stat(mountpoint)
         .ok()
         .map(|stat| rustix::fs::minor(stat.st_dev));

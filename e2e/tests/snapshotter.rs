@@ -243,6 +243,68 @@ fn assert_same_tree(expected: &Path, actual: &Path, what: &str) {
     );
 }
 
+/// A snapshotter with no background fetch: only what containers read is
+/// fetched.
+#[track_caller]
+fn snapshotter_fetching_on_demand(containerd: &Containerd) -> Snapshotter {
+    Snapshotter::start(
+        &containerd.snapshotter_address(),
+        SnapshotterOptions {
+            background_fetch: false,
+            ..SnapshotterOptions::default()
+        },
+    )
+}
+
+/// debian-python converted in `registry`, then pulled lazily through
+/// `proxy` (everything after the conversion goes through it), every layer
+/// lazy: the image reference, its layer digests and the pull report.
+#[track_caller]
+fn pull_python_via(
+    proxy: &FaultProxy,
+    registry: &Registry,
+    containerd: &Containerd,
+) -> (String, Vec<String>, serde_json::Value) {
+    let sochi = Sochi::for_registry(registry);
+    convert(&sochi, registry, "debian-python", "py:soci");
+    let image = proxy.reference("py:soci");
+    let layers = layer_digests("debian-python");
+    let report = pull(&sochi, containerd, "sochi", &image);
+    assert_all(&report, "lazy", &layers);
+    (image, layers, report)
+}
+
+/// Files of debian-python a start does not read, absolute, those the
+/// oracle has (at least three).
+#[track_caller]
+fn files_to_hash(oracle: &Path) -> Vec<String> {
+    let files: Vec<String> = [
+        "usr/bin/python3",
+        "etc/os-release",
+        "usr/lib/python3.11/os.py",
+        "app/data.bin",
+    ]
+    .into_iter()
+    .filter(|file| fs::metadata(oracle.join(file)).is_ok())
+    .map(|file| format!("/{file}"))
+    .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    files
+}
+
+/// `sha256sum`'s output `out` gives each of `files` the oracle's digest.
+#[track_caller]
+fn assert_sums(out: &str, files: &[String], oracle: &Path) {
+    for file in files {
+        let expected = sha256_file(&oracle.join(file.trim_start_matches('/')));
+        assert!(
+            out.lines()
+                .any(|line| line.starts_with(&expected) && line.ends_with(file.as_str())),
+            "{file} should have sha256 {expected}; sha256sum printed:\n{out}"
+        );
+    }
+}
+
 /// No mount under the snapshotter's root and no sochi process left.
 #[track_caller]
 fn assert_gone(root: &Path, pid: Option<u32>) {
@@ -576,22 +638,8 @@ fn restart_reuses_caches() {
     let registry = Registry::plain();
     let proxy = FaultProxy::start(&registry);
     let containerd = Containerd::start();
-    // No background fetch: only what containers read is fetched.
-    let mut snapshotter = Snapshotter::start(
-        &containerd.snapshotter_address(),
-        SnapshotterOptions {
-            background_fetch: false,
-            ..SnapshotterOptions::default()
-        },
-    );
-    let sochi = Sochi::for_registry(&registry);
-    convert(&sochi, &registry, "debian-python", "py:soci");
-    // Everything after the conversion goes through the proxy.
-    let image = proxy.reference("py:soci");
-    let layers = layer_digests("debian-python");
-
-    let report = pull(&sochi, &containerd, "sochi", &image);
-    assert_all(&report, "lazy", &layers);
+    let mut snapshotter = snapshotter_fetching_on_demand(&containerd);
+    let (image, layers, report) = pull_python_via(&proxy, &registry, &containerd);
     assert_lazy_metrics(&snapshotter, 3);
     let top = report["chain_id"].as_str().unwrap().to_string();
     run_python(&containerd, &image, &container_id("py-before"));
@@ -646,20 +694,9 @@ fn restart_reuses_caches() {
     // Containers started after the restart see the right bytes, also of
     // files nobody read before.
     let oracle = oracle_rootfs("debian-python");
-    let files = [
-        "usr/bin/python3",
-        "etc/os-release",
-        "usr/lib/python3.11/os.py",
-        "app/data.bin",
-    ];
-    let files: Vec<&str> = files
-        .into_iter()
-        .filter(|file| fs::metadata(oracle.join(file)).is_ok())
-        .collect();
-    assert!(files.len() >= 3, "{files:?}");
+    let files = files_to_hash(&oracle);
     let mut args = vec!["/usr/bin/sha256sum"];
-    let absolute: Vec<String> = files.iter().map(|file| format!("/{file}")).collect();
-    args.extend(absolute.iter().map(String::as_str));
+    args.extend(files.iter().map(String::as_str));
     let out = ctr_run(
         &containerd,
         "sochi",
@@ -667,14 +704,7 @@ fn restart_reuses_caches() {
         &container_id("sums-after"),
         &args,
     );
-    for file in &files {
-        let expected = sha256_file(&oracle.join(file));
-        assert!(
-            out.lines()
-                .any(|line| line.starts_with(&expected) && line.ends_with(&format!("/{file}"))),
-            "/{file} should have sha256 {expected}; sha256sum printed:\n{out}"
-        );
-    }
+    assert_sums(&out, &files, &oracle);
 }
 
 // --- 6b. a running container survives a snapshotter restart ---------------------------------
@@ -684,21 +714,10 @@ fn running_container_survives_restart() {
     let registry = Registry::plain();
     let proxy = FaultProxy::start(&registry);
     let containerd = Containerd::start();
-    // No background fetch: what the container reads after the restart is
-    // fetched on demand by the new process.
-    let mut snapshotter = Snapshotter::start(
-        &containerd.snapshotter_address(),
-        SnapshotterOptions {
-            background_fetch: false,
-            ..SnapshotterOptions::default()
-        },
-    );
-    let sochi = Sochi::for_registry(&registry);
-    convert(&sochi, &registry, "debian-python", "py:soci");
-    let image = proxy.reference("py:soci");
-    let layers = layer_digests("debian-python");
-    let report = pull(&sochi, &containerd, "sochi", &image);
-    assert_all(&report, "lazy", &layers);
+    // What the container reads after the restart is fetched on demand by
+    // the new process.
+    let mut snapshotter = snapshotter_fetching_on_demand(&containerd);
+    let (image, layers, report) = pull_python_via(&proxy, &registry, &containerd);
     let top = report["chain_id"].as_str().unwrap().to_string();
     let id = container_id("py-survivor");
     containerd.ctr([
@@ -719,7 +738,7 @@ fn running_container_survives_restart() {
 
     // A read in flight when the snapshotter dies: the registry is down, so
     // the daemon has taken the READ and is retrying its range request.
-    let in_flight = "usr/lib/python3.11/json/decoder.py";
+    let in_flight = "/usr/lib/python3.11/json/decoder.py".to_string();
     proxy.down();
     let mut reader = containerd
         .ctr_command([
@@ -729,7 +748,7 @@ fn running_container_survives_restart() {
             "in-flight",
             &id,
             "/usr/bin/sha256sum",
-            &format!("/{in_flight}"),
+            &in_flight,
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -782,25 +801,11 @@ fn running_container_survives_restart() {
     let mut out = String::new();
     std::io::Read::read_to_string(&mut reader.stdout.take().unwrap(), &mut out).unwrap();
     assert!(status.success(), "{status}: {out}");
-    let expected = sha256_file(&oracle.join(in_flight));
-    assert!(
-        out.starts_with(&expected),
-        "/{in_flight}: {out} (want {expected})"
-    );
+    assert_sums(&out, &[in_flight], &oracle);
 
     // The container started before the restart reads files nobody read
     // yet: the new process fetches them through the mounts it took over.
-    let files = [
-        "usr/bin/python3",
-        "etc/os-release",
-        "usr/lib/python3.11/os.py",
-        "app/data.bin",
-    ];
-    let files: Vec<&str> = files
-        .into_iter()
-        .filter(|file| fs::metadata(oracle.join(file)).is_ok())
-        .collect();
-    assert!(files.len() >= 3, "{files:?}");
+    let files = files_to_hash(&oracle);
     let mut args = vec![
         "task",
         "exec",
@@ -809,17 +814,9 @@ fn running_container_survives_restart() {
         &id,
         "/usr/bin/sha256sum",
     ];
-    let absolute: Vec<String> = files.iter().map(|file| format!("/{file}")).collect();
-    args.extend(absolute.iter().map(String::as_str));
+    args.extend(files.iter().map(String::as_str));
     let out = containerd.ctr(args);
-    for file in &files {
-        let expected = sha256_file(&oracle.join(file));
-        assert!(
-            out.lines()
-                .any(|line| line.starts_with(&expected) && line.ends_with(&format!("/{file}"))),
-            "/{file} should have sha256 {expected}; sha256sum printed:\n{out}"
-        );
-    }
+    assert_sums(&out, &files, &oracle);
     let out = containerd.ctr([
         "task",
         "exec",

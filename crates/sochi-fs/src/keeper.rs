@@ -103,7 +103,6 @@ fn fields(packet: &[u8]) -> Vec<&[u8]> {
 #[derive(Debug)]
 pub struct Keeper {
     socket: Mutex<OwnedFd>,
-    path: PathBuf,
 }
 
 impl Keeper {
@@ -118,7 +117,6 @@ impl Keeper {
         connect(&socket, &SocketAddrUnix::new(path)?)?;
         Ok(Keeper {
             socket: Mutex::new(socket),
-            path: path.to_path_buf(),
         })
     }
 
@@ -170,11 +168,6 @@ impl Keeper {
                 }
             }
         }
-    }
-
-    /// The keeper's socket.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn request(
@@ -242,7 +235,7 @@ fn unexpected(reply: &[u8]) -> std::io::Error {
 }
 
 /// The file holding the pid of the keeper listening on `socket`.
-pub fn pid_file(socket: &Path) -> PathBuf {
+fn pid_file(socket: &Path) -> PathBuf {
     let mut name = socket.as_os_str().to_os_string();
     name.push(".pid");
     PathBuf::from(name)

@@ -25,6 +25,7 @@ use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
 use sochi_format::Ztoc;
 
 use crate::keeper::{FuseConnection, Keeper};
+use crate::mountinfo::mount_type;
 use crate::{Error, LayerFs, LayerOptions, LayerTree, MountHandle, Result, SpanManager};
 
 /// What [`mount_layer_kept`] did.
@@ -47,10 +48,6 @@ pub(crate) struct KeptState {
 }
 
 impl KeptState {
-    fn connection_id(&self) -> Option<u32> {
-        self.connection
-    }
-
     /// Unmounts, ends the connection (a container may still hold the
     /// superblock; its reads fail from now on, as after any unmount of a
     /// layer in use) and tells the keeper to let go.
@@ -60,7 +57,7 @@ impl KeptState {
         }
         // The session threads block reading the device until the
         // connection is aborted.
-        if let Some(connection) = self.connection_id() {
+        if let Some(connection) = self.connection {
             let connections = Path::new("/sys/fs/fuse/connections");
             let abort = connections.join(connection.to_string()).join("abort");
             if !abort.exists() {
@@ -78,7 +75,7 @@ impl KeptState {
 }
 
 /// Whether `path` is the mountpoint of a live sochi FUSE mount.
-pub fn is_fuse_mount(path: &Path) -> bool {
+fn is_fuse_mount(path: &Path) -> bool {
     // Only the parent is resolved: a stat of the mountpoint itself would
     // wait on the very daemon that is about to take it over.
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
@@ -87,31 +84,7 @@ pub fn is_fuse_mount(path: &Path) -> bool {
     let Ok(parent) = parent.canonicalize() else {
         return false;
     };
-    let path = parent.join(name);
-    let Some(path) = path.to_str() else {
-        return false;
-    };
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    mountinfo.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let fstype = fields
-            .iter()
-            .position(|f| *f == "-")
-            .and_then(|dash| fields.get(dash + 1));
-        fields.get(4).map(|m| unescape_mountinfo(m)) == Some(path.to_string())
-            && fstype == Some(&"fuse.sochi")
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
-    field
-        .replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    matches!(mount_type(&parent.join(name)), Ok(Some(fstype)) if fstype == "fuse.sochi")
 }
 
 /// Mounts an empty FUSE filesystem at `mountpoint` (read-only, for

@@ -125,12 +125,8 @@ pub struct LayerInfo {
 
 /// Whether `mountpoint` is in this process's mount table.
 pub fn is_mounted(mountpoint: &Path) -> Result<bool> {
-    let table =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let wanted = mountpoint.to_string_lossy();
-    Ok(table
-        .lines()
-        .any(|line| line.split(' ').nth(4) == Some(wanted.as_ref())))
+    let fstype = sochi_fs::mount_type(mountpoint).context("reading /proc/self/mountinfo")?;
+    Ok(fstype.is_some())
 }
 
 /// The state directory of the mount at `mountpoint` (canonical).

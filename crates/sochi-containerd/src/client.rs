@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use containerd_client::services::v1::{
     content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
     leases_client::LeasesClient, snapshots::snapshots_client::SnapshotsClient,
-    version_client::VersionClient, CreateRequest, DeleteRequest,
+    version_client::VersionClient, AddResourceRequest, CreateRequest, DeleteRequest, Resource,
 };
 use containerd_client::tonic::{
     self,
@@ -162,6 +162,29 @@ impl Containerd {
             })
             .await
             .map_err(|status| Error::status("Leases.Delete", id, status))?;
+        Ok(())
+    }
+
+    /// Adds a resource to this connection's lease, if it has one, so the
+    /// garbage collector cannot take it from now on, whether or not it
+    /// exists yet. Content or a snapshot that is there without a reference
+    /// (left by a pull whose lease is gone) may be collected at any moment:
+    /// only after this does finding it mean it stays. `kind` is `content`
+    /// or `snapshots/<snapshotter>` (containerd `metadata/leases.go`).
+    pub(crate) async fn lease_resource(&self, kind: &str, id: &str) -> Result<()> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        self.leases()
+            .add_resource(AddResourceRequest {
+                id: lease.clone(),
+                resource: Some(Resource {
+                    id: id.to_string(),
+                    r#type: kind.to_string(),
+                }),
+            })
+            .await
+            .map_err(|status| Error::status("Leases.AddResource", id, status))?;
         Ok(())
     }
 

@@ -51,6 +51,15 @@ impl Containerd {
         }
     }
 
+    /// Whether the store holds blob `digest`, which then stays as long as
+    /// this connection's lease: the pull's answer to "is it there?". A
+    /// bare [`Containerd::content_info`] can say yes for a blob the
+    /// collector removes a moment later.
+    pub(crate) async fn content_kept(&self, digest: &str) -> Result<bool> {
+        self.lease_resource("content", digest).await?;
+        Ok(self.content_info(digest).await?.is_some())
+    }
+
     /// Adds `labels` to blob `digest` (other labels stay).
     pub(crate) async fn add_content_labels(
         &self,
@@ -88,7 +97,7 @@ impl Containerd {
         bytes: &[u8],
         labels: &BTreeMap<String, String>,
     ) -> Result<Written> {
-        if self.content_info(digest).await?.is_some() {
+        if self.content_kept(digest).await? {
             self.add_content_labels(digest, labels).await?;
             return Ok(Written::Exists);
         }

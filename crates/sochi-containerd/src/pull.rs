@@ -337,7 +337,7 @@ impl ImagePull<'_> {
         // the manifest does.
         let mut layer_labels = BTreeMap::new();
         for (index, layer) in self.manifest.layers().iter().enumerate() {
-            if self.containerd.content_info(&layer.digest).await?.is_some() {
+            if self.containerd.content_kept(&layer.digest).await? {
                 layer_labels.insert(
                     format!("{GC_REF_CONTENT_LAYER_PREFIX}{index}"),
                     layer.digest.clone(),
@@ -360,9 +360,8 @@ impl ImagePull<'_> {
         let chain_id = &self.chain[index];
         if self
             .containerd
-            .stat_snapshot(self.snapshotter, chain_id)
+            .snapshot_kept(self.snapshotter, chain_id)
             .await?
-            .is_some()
         {
             return Ok(LayerOutcome::Present);
         }
@@ -382,11 +381,10 @@ impl ImagePull<'_> {
             Prepared::AlreadyExists(message) => {
                 // Either the snapshotter committed the layer itself, or a
                 // concurrent pull did; both leave the chain ID committed.
-                if self
+                if !self
                     .containerd
-                    .stat_snapshot(self.snapshotter, chain_id)
+                    .snapshot_kept(self.snapshotter, chain_id)
                     .await?
-                    .is_none()
                 {
                     return Err(Error::Protocol {
                         call: "Snapshots.Prepare",
@@ -457,7 +455,7 @@ impl ImagePull<'_> {
         let layer = &self.manifest.layers()[index];
         let diff_id = &self.diff_ids[index];
         let chain_id = &self.chain[index];
-        if self.containerd.content_info(&layer.digest).await?.is_none() {
+        if !self.containerd.content_kept(&layer.digest).await? {
             let body = self
                 .registry
                 .get_blob(self.image, &layer.digest)

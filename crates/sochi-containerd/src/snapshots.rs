@@ -52,6 +52,14 @@ impl Containerd {
         }
     }
 
+    /// Whether `snapshotter` has snapshot `key`, which then stays as long as
+    /// this connection's lease (see [`Containerd::lease_resource`]).
+    pub(crate) async fn snapshot_kept(&self, snapshotter: &str, key: &str) -> Result<bool> {
+        self.lease_resource(&format!("snapshots/{snapshotter}"), key)
+            .await?;
+        Ok(self.stat_snapshot(snapshotter, key).await?.is_some())
+    }
+
     /// Prepares active snapshot `key` on `parent` ("" for none).
     pub(crate) async fn prepare_snapshot(
         &self,

@@ -85,6 +85,8 @@ pub struct LayerMetrics {
     pub memory_hits: AtomicU64,
     /// Span look-ups served from the disk cache.
     pub disk_hits: AtomicU64,
+    /// Disk-cached spans read ahead of a sequential reader.
+    pub disk_read_ahead: AtomicU64,
     /// Span look-ups that had to fetch (or wait for another reader's fetch).
     pub misses: AtomicU64,
     /// Spans evicted from the disk cache to keep it under its bound.
@@ -117,7 +119,7 @@ impl LayerMetrics {
     /// `compressed_size` describe the layer.
     pub fn render(&self, out: &mut String, labels: &str, spans: u64, compressed_size: u64) {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let rows: [(&str, &str, String, u64); 17] = [
+        let rows: [(&str, &str, String, u64); 18] = [
             (
                 "sochi_layer_fetch_requests_total",
                 "counter",
@@ -171,6 +173,12 @@ impl LayerMetrics {
                 "counter",
                 format!("{labels},result=\"miss\""),
                 g(&self.misses),
+            ),
+            (
+                "sochi_span_cache_read_ahead_spans_total",
+                "counter",
+                labels.to_string(),
+                g(&self.disk_read_ahead),
             ),
             (
                 "sochi_span_cache_evictions_total",
@@ -258,6 +266,11 @@ impl LayerMetrics {
                 "sochi_span_cache_lookups_total",
                 "counter",
                 "Span look-ups by where the span was found.",
+            ),
+            (
+                "sochi_span_cache_read_ahead_spans_total",
+                "counter",
+                "Disk-cached spans read ahead of a sequential reader.",
             ),
             (
                 "sochi_span_cache_evictions_total",

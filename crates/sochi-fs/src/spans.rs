@@ -54,6 +54,15 @@ pub const DEFAULT_WAIT_BOUND: Duration = Duration::from_secs(120);
 /// Size of the SHA-256 that heads each on-disk cache file.
 const DISK_DIGEST_LEN: usize = 32;
 
+/// How far from where the last read ended a read may start and still count
+/// as sequential (the kernel's readahead requests reach the FUSE threads in
+/// any order). One position per layer: two sequential readers of one layer
+/// at once look random, and get no [`DISK_READ_AHEAD`].
+const SEQUENTIAL_SLACK: u64 = 4 << 20;
+
+/// How far ahead of a sequential reader disk-cached spans are read.
+const DISK_READ_AHEAD: u64 = 16 << 20;
+
 /// One span's geometry (spec §2.4) and digest.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Span {
@@ -291,6 +300,10 @@ pub struct SpanManager {
     pub(crate) created: Instant,
     /// Makes temp file names unique within this process.
     temp_counter: AtomicU64,
+    /// Where the last read ended: a read starting near it is sequential.
+    last_read_end: AtomicU64,
+    /// Disk-cached spans lately advised to the kernel for readahead.
+    advised: Mutex<Range<u64>>,
 }
 
 impl SpanManager {
@@ -365,6 +378,8 @@ impl SpanManager {
             last_demand_ms: AtomicU64::new(0),
             created: Instant::now(),
             temp_counter: AtomicU64::new(0),
+            last_read_end: AtomicU64::new(u64::MAX),
+            advised: Mutex::new(0..0),
         })
     }
 
@@ -446,6 +461,7 @@ impl SpanManager {
         // Spec §3.7, skipping the span that only the exclusive end touches.
         let first = self.span_of(offset);
         let last = self.span_of(end - 1);
+        let previous_end = self.last_read_end.swap(end, Ordering::Relaxed);
         let mut written = 0usize;
         let mut span = first;
         while span <= last {
@@ -476,6 +492,12 @@ impl SpanManager {
             }
         }
         debug_assert_eq!(written as u64, len);
+        // A sequential reader that just entered a new span.
+        if previous_end.abs_diff(offset) <= SEQUENTIAL_SLACK
+            && self.span_of(previous_end.saturating_sub(1)) != last
+        {
+            self.read_ahead_on_disk(last);
+        }
         Ok(written)
     }
 
@@ -528,6 +550,60 @@ impl SpanManager {
                 Ok(false)
             }
         }
+    }
+
+    /// Asks the kernel to read the disk-cached spans in the
+    /// [`DISK_READ_AHEAD`] bytes after `span` now (`POSIX_FADV_WILLNEED`),
+    /// for a sequential reader. Each span is its own file, so the kernel's
+    /// own readahead starts afresh every few MiB and a reader waits on the
+    /// disk at each span; with the next spans already on their way it
+    /// does not (bench/mount.sh, after `drop_caches`: about 0.45x of ext4
+    /// before, 0.7-0.8x after).
+    fn read_ahead_on_disk(&self, span: usize) {
+        let (Some(dir), Some(from)) = (
+            &self.cache_dir,
+            self.spans.get(span).map(|span| span.end_uncompressed),
+        ) else {
+            return;
+        };
+        let until = from.saturating_add(DISK_READ_AHEAD);
+        let mut files = Vec::new();
+        {
+            // `advised` is the uncompressed range already advised for this
+            // reader. One that went back (starting over, maybe after the
+            // kernel dropped the pages) or away starts a new range.
+            let mut advised = self.advised.lock();
+            if from <= advised.start
+                || advised.end < from
+                || advised.end > until.saturating_add(DISK_READ_AHEAD)
+            {
+                *advised = from..from;
+            }
+            let disk = self.disk.lock();
+            let mut next = self.span_of(advised.end);
+            if self
+                .spans
+                .get(next)
+                .is_some_and(|info| info.start_uncompressed < advised.end)
+            {
+                next += 1;
+            }
+            while let Some(info) = self.spans.get(next) {
+                if info.start_uncompressed >= until || !disk.entries.contains_key(&next) {
+                    break;
+                }
+                advised.end = info.end_uncompressed;
+                files.push(dir.join(next.to_string()));
+                next += 1;
+            }
+        }
+        for path in &files {
+            // Best effort: a span evicted meanwhile is simply not read.
+            if let Ok(file) = fs::File::open(path) {
+                let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
+            }
+        }
+        LayerMetrics::add(&self.metrics.disk_read_ahead, files.len() as u64);
     }
 
     /// The span holding uncompressed `offset`: the last one starting at or

@@ -268,6 +268,91 @@ fn small_memory_limit_evicts_but_stays_correct() {
     assert!(blob.bytes() > layer.blob.len() as u64);
 }
 
+/// A tar (ustar) of one file of `size` pseudo-random bytes.
+fn synthetic_tar(size: usize) -> Vec<u8> {
+    let mut header = [0u8; 512];
+    let mut put = |at: usize, field: &[u8]| header[at..at + field.len()].copy_from_slice(field);
+    put(0, b"big.bin");
+    put(100, b"0000644\0");
+    put(108, b"0000000\0");
+    put(116, b"0000000\0");
+    put(124, format!("{size:011o}\0").as_bytes());
+    put(136, b"00000000000\0");
+    put(148, b"        ");
+    put(156, b"0");
+    put(257, b"ustar\0");
+    put(263, b"00");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = header.to_vec();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    tar.extend((0..size).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u8
+    }));
+    tar.resize(tar.len().next_multiple_of(512) + 1024, 0);
+    tar
+}
+
+/// A sequential reader gets the disk-cached spans ahead of it read ahead,
+/// each once per pass and again when it starts over; reads far apart get
+/// none.
+#[test]
+fn sequential_reads_read_disk_cached_spans_ahead() {
+    const MIB: u64 = 1 << 20;
+    let tar = synthetic_tar(40 << 20);
+    let options = sochi_build::LayerOptions {
+        span_size: MIB,
+        compression: sochi_build::LayerCompression::Uncompressed,
+        expect: None,
+        source_verifies_digest: false,
+    };
+    let built = sochi_build::build_layer_ztoc(&tar[..], &options, "synthetic", &|_| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let blob = Arc::new(MemoryBlob::new(tar.clone()));
+    let manager = SpanManager::new(&built.ztoc, blob, Some(dir.path().to_path_buf()))
+        .unwrap()
+        .with_memory_limit(0);
+    let size = manager.uncompressed_size();
+    let spans = manager.span_count() as u64;
+    assert!(spans >= 40, "{spans} spans");
+    let read_ahead = || LayerMetrics::get(&manager.metrics().disk_read_ahead);
+    let pass = || {
+        let before = read_ahead();
+        let mut offset = 0;
+        while offset < size {
+            let mut buf = vec![0; (256 << 10).min(size - offset) as usize];
+            assert_eq!(manager.read(offset, &mut buf).unwrap(), buf.len());
+            assert!(buf[..] == tar[offset as usize..offset as usize + buf.len()]);
+            offset += buf.len() as u64;
+        }
+        read_ahead() - before
+    };
+    // The first pass fetches: nothing ahead of it is on disk yet.
+    pass();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count() as u64, spans);
+    // Entering span 1 sends spans 2..=17 (16 MiB), each later span one
+    // more: every span after the first two once.
+    assert_eq!(pass(), spans - 2);
+    assert_eq!(pass(), spans - 2);
+
+    // 4 KiB reads, each more than 4 MiB from the one before: none.
+    let before = read_ahead();
+    for i in 0..64u64 {
+        let offset = if i % 2 == 0 {
+            i * 4096
+        } else {
+            size - 4096 - i * 8192
+        };
+        let mut buf = vec![0; 4096];
+        assert_eq!(manager.read(offset, &mut buf).unwrap(), 4096);
+        assert!(buf[..] == tar[offset as usize..offset as usize + 4096]);
+    }
+    assert_eq!(read_ahead() - before, 0);
+}
+
 fn layer_digest(layer: &Layer) -> String {
     sochi_format::Sha256Digest::of(&layer.blob).to_string()
 }

@@ -381,10 +381,12 @@ impl ImagePull<'_> {
             Prepared::AlreadyExists(message) => {
                 // Either the snapshotter committed the layer itself, or a
                 // concurrent pull did; both leave the chain ID committed.
-                if !self
+                // The check above leased the chain ID already.
+                if self
                     .containerd
-                    .snapshot_kept(self.snapshotter, chain_id)
+                    .stat_snapshot(self.snapshotter, chain_id)
                     .await?
+                    .is_none()
                 {
                     return Err(Error::Protocol {
                         call: "Snapshots.Prepare",

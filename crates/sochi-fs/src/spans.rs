@@ -571,8 +571,8 @@ impl SpanManager {
     /// for a sequential reader. Each span is its own file, so the kernel's
     /// own readahead starts afresh every few MiB and a reader waits on the
     /// disk at each span; with the next spans already on their way it
-    /// does not (bench/mount.sh, after `drop_caches`: about 0.45x of ext4
-    /// before, 0.7-0.8x after).
+    /// does not (after `drop_caches`, A/B on one mount: about 0.45x of
+    /// ext4 before, 0.6-0.8x after; see the README's bench/mount.sh).
     fn read_ahead_on_disk(&self, span: usize) {
         let (Some(dir), Some(from)) = (
             &self.cache_dir,
@@ -594,14 +594,11 @@ impl SpanManager {
                 *advised = from..from;
             }
             let disk = self.disk.lock();
-            let mut next = self.span_of(advised.end);
-            if self
+            // The first span not advised yet: the first starting at or
+            // after the advised range's end.
+            let mut next = self
                 .spans
-                .get(next)
-                .is_some_and(|info| info.start_uncompressed < advised.end)
-            {
-                next += 1;
-            }
+                .partition_point(|info| info.start_uncompressed < advised.end);
             while let Some(info) = self.spans.get(next) {
                 if info.start_uncompressed >= until || !disk.entries.contains_key(&next) {
                     break;

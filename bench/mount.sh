@@ -350,10 +350,17 @@ rec seq file 1 size_bytes "$(stat -c %s "$tmp/big-ext4/$largest")"
 
 # Runs alternate between the systems, so that the load of whatever else runs
 # on the machine spreads over all of them.
+# rotated N A B C...: the systems, starting with the (N mod count)th.
+rotated() {
+  local n=$1
+  shift
+  local all=("$@") i
+  for i in $(seq 0 $(($# - 1))); do echo "${all[$(((n + i) % $#))]}"; done
+}
 bigsystems=(ext4 sochi-image sochi-layer ratarmount)
 hotruns=$((runs * 3 > 5 ? runs * 3 : 5))
 loadavg seq
-log "sequential read of $largest: $hotruns hot and $runs dropped runs per system"
+log "sequential read of $largest: $hotruns hot and $hotruns dropped runs per system"
 # "Hot" runs read the file once right before they measure (this VM runs
 # DAMON reclaim, which pages out page cache idle for a minute); every run is
 # repeated if somebody else drops the page cache meanwhile (on this machine
@@ -365,8 +372,15 @@ for run in $(seq "$hotruns"); do
     rec seq "$system" "$run" hot_retries "$r"
   done
 done
-for run in $(seq "$runs"); do
-  for system in "${bigsystems[@]}"; do
+# After drop_caches both read the disk, whose speed swings 3x within a
+# minute here (a host cache; slow for a while after a burst of writes, such
+# as the background fetch that just wrote the big layer): let writeback
+# settle, take as many dropped runs as hot ones, and rotate the order of
+# the systems from run to run, so that none always follows the same one.
+sync
+sleep 30
+for run in $(seq "$hotruns"); do
+  for system in $(rotated "$run" "${bigsystems[@]}"); do
     read -r s n r < <(python3 "$helper" seq --drop "${bigmnt[$system]}/$largest")
     rec seq "$system" "$run" dropped_MBps "$(ratio "$n" "$s" 1e6)"
     rec seq "$system" "$run" dropped_retries "$r"
@@ -384,7 +398,7 @@ done
 for mode in hot dropped; do
   flag=(--warm); [ "$mode" = dropped ] && flag=(--drop)
   for run in $(seq "$runs"); do
-    for system in "${bigsystems[@]}"; do
+    for system in $(rotated "$run" "${bigsystems[@]}"); do
       mapfile -t files <<<"${bigset[$system]}"
       read -r ops s r < <(python3 "$helper" rand "${flag[@]}" --ops 20000 --max-seconds 8 "${files[@]}")
       rec rand "$system" "$run" "${mode}_ops" "$(ratio "$ops" "$s" 1)"

@@ -13,9 +13,10 @@
 //!   copied from the zTOC.
 //! - A cached span, in memory or on disk, holds exactly
 //!   `spans[i].uncompressed_len()` bytes decompressed from compressed bytes
-//!   whose digest matched. A disk entry is the SHA-256 of those bytes
-//!   followed by the bytes, checked on load; a bad entry counts as a miss
-//!   and is overwritten by the next fetch.
+//!   whose digest matched. On disk the bytes sit at their offsets in one
+//!   file per layer with their SHA-256 beside them ([`disk`]), checked on
+//!   first load; a bad entry counts as a miss and is overwritten by the
+//!   next fetch.
 //! - A span is fetched only by the reader that put its [`Flight`] in
 //!   `flights`; other readers of that span wait on the flight, with a bound,
 //!   instead of fetching it again. No lock is held while fetching: the
@@ -28,10 +29,8 @@
 //!   (least recently used go first).
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::{self, Write};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,9 +49,6 @@ pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
 /// fetching. The fetching reader's own wait is bounded by its
 /// [`BlobReader`]; this only guards against a fetch that never ends.
 pub const DEFAULT_WAIT_BOUND: Duration = Duration::from_secs(120);
-
-/// Size of the SHA-256 that heads each on-disk cache file.
-const DISK_DIGEST_LEN: usize = 32;
 
 /// How far from where the last read ended a read may start and still
 /// continue a sequential streak (the kernel's readahead requests reach the
@@ -124,63 +120,6 @@ impl MemoryCache {
             if let Some((old, _)) = self.entries.remove(&oldest) {
                 self.bytes = self.bytes.saturating_sub(old.len() as u64);
             }
-        }
-    }
-}
-
-/// The spans on disk: length and last-use tick of each, for LRU eviction,
-/// and which of them this manager has written or hash-checked (those are
-/// read in place, without loading and hashing the whole span again).
-#[derive(Default)]
-struct DiskIndex {
-    entries: HashMap<usize, (u64, u64)>,
-    verified: std::collections::HashSet<usize>,
-    bytes: u64,
-    tick: u64,
-}
-
-impl DiskIndex {
-    fn touch(&mut self, span: usize) -> bool {
-        self.tick += 1;
-        let tick = self.tick;
-        match self.entries.get_mut(&span) {
-            Some(entry) => {
-                entry.1 = tick;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Records `span` (of `len` bytes) and returns the spans to delete to
-    /// stay within `limit`, never `span` itself.
-    fn insert(&mut self, span: usize, len: u64, limit: u64) -> Vec<usize> {
-        self.tick += 1;
-        self.bytes += len;
-        if let Some((old, _)) = self.entries.insert(span, (len, self.tick)) {
-            self.bytes = self.bytes.saturating_sub(old);
-        }
-        let mut evicted = Vec::new();
-        while self.bytes > limit {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .filter(|(id, _)| **id != span)
-                .min_by_key(|(_, (_, tick))| *tick)
-                .map(|(id, _)| *id)
-            else {
-                break;
-            };
-            self.remove(oldest);
-            evicted.push(oldest);
-        }
-        evicted
-    }
-
-    fn remove(&mut self, span: usize) {
-        self.verified.remove(&span);
-        if let Some((len, _)) = self.entries.remove(&span) {
-            self.bytes = self.bytes.saturating_sub(len);
         }
     }
 }
@@ -291,12 +230,12 @@ pub struct SpanManager {
     pub(crate) spans: Vec<Span>,
     uncompressed_size: u64,
     pub(crate) blob: Arc<dyn BlobReader>,
-    /// One file per span, named by its decimal id (spec §6.6).
+    /// The layer's cache directory: its span cache files (see
+    /// [`disk`]) and the background fetch's record of a verified blob.
     pub(crate) cache_dir: Option<PathBuf>,
     memory: Mutex<MemoryCache>,
     memory_limit: u64,
-    disk: Mutex<DiskIndex>,
-    disk_limit: u64,
+    disk: Option<disk::DiskUse>,
     flights: Mutex<HashMap<usize, Arc<Flight>>>,
     wait_bound: Duration,
     pub(crate) metrics: Arc<LayerMetrics>,
@@ -305,8 +244,6 @@ pub struct SpanManager {
     pub(crate) demand_in_flight: AtomicUsize,
     pub(crate) last_demand_ms: AtomicU64,
     pub(crate) created: Instant,
-    /// Makes temp file names unique within this process.
-    temp_counter: AtomicU64,
     /// Where the last read ended: a read starting near it continues the
     /// streak of `sequential_bytes` read so far.
     last_read_end: AtomicU64,
@@ -366,8 +303,8 @@ impl SpanManager {
             })
             .collect::<Result<Vec<_>>>()?;
         let disk = match &cache_dir {
-            Some(dir) => scan_disk_cache(dir, spans.len())?,
-            None => DiskIndex::default(),
+            Some(dir) => Some(disk::DiskCache::open(dir, &spans)?),
+            None => None,
         };
         Ok(SpanManager {
             algorithm: geometry.algorithm(),
@@ -378,15 +315,13 @@ impl SpanManager {
             cache_dir,
             memory: Mutex::new(MemoryCache::default()),
             memory_limit: DEFAULT_MEMORY_LIMIT,
-            disk: Mutex::new(disk),
-            disk_limit: u64::MAX,
+            disk,
             flights: Mutex::new(HashMap::new()),
             wait_bound: DEFAULT_WAIT_BOUND,
             metrics: Arc::new(LayerMetrics::default()),
             demand_in_flight: AtomicUsize::new(0),
             last_demand_ms: AtomicU64::new(0),
             created: Instant::now(),
-            temp_counter: AtomicU64::new(0),
             last_read_end: AtomicU64::new(u64::MAX),
             sequential_bytes: AtomicU64::new(0),
             advised: Mutex::new(0..0),
@@ -402,8 +337,10 @@ impl SpanManager {
 
     /// Bounds the on-disk cache to `bytes` of uncompressed spans (default:
     /// unbounded); the least recently used spans are deleted first.
-    pub fn with_disk_limit(mut self, bytes: u64) -> Self {
-        self.disk_limit = bytes;
+    pub fn with_disk_limit(self, bytes: u64) -> Self {
+        if let Some(disk) = &self.disk {
+            disk.limit_to(bytes);
+        }
         self
     }
 
@@ -451,11 +388,10 @@ impl SpanManager {
     /// reference's status file calls `fetchedSize`.
     pub fn resident_compressed_bytes(&self) -> u64 {
         let memory = self.memory.lock();
-        let disk = self.disk.lock();
         self.spans
             .iter()
             .enumerate()
-            .filter(|(id, _)| memory.entries.contains_key(id) || disk.entries.contains_key(id))
+            .filter(|(id, _)| memory.entries.contains_key(id) || self.on_disk(*id))
             .map(|(_, span)| span.end_compressed - span.start_compressed)
             .sum()
     }
@@ -539,50 +475,30 @@ impl SpanManager {
             LayerMetrics::add(&self.metrics.memory_hits, 1);
             return Ok(true);
         }
-        let Some(dir) = &self.cache_dir else {
+        let Some(disk) = &self.disk else {
             return Ok(false);
         };
-        {
-            let mut disk = self.disk.lock();
-            if !disk.verified.contains(&span) || !disk.touch(span) {
-                return Ok(false);
-            }
+        let read = disk.read_in_place(span, self.span(span)?, from, target);
+        if read {
+            LayerMetrics::add(&self.metrics.disk_hits, 1);
         }
-        let path = dir.join(span.to_string());
-        let read = fs::File::open(&path).and_then(|file| {
-            use std::os::unix::fs::FileExt;
-            file.read_exact_at(target, DISK_DIGEST_LEN as u64 + from)
-        });
-        match read {
-            Ok(()) => {
-                LayerMetrics::add(&self.metrics.disk_hits, 1);
-                Ok(true)
-            }
-            // Evicted or damaged meanwhile: fetch it again.
-            Err(_) => {
-                self.disk.lock().remove(span);
-                Ok(false)
-            }
-        }
+        Ok(read)
     }
 
     /// Asks the kernel to read the disk-cached spans in the
     /// [`DISK_READ_AHEAD`] bytes after `span` now (`POSIX_FADV_WILLNEED`),
-    /// for a sequential reader. Each span is its own file, so the kernel's
-    /// own readahead starts afresh every few MiB and a reader waits on the
-    /// disk at each span; with the next spans already on their way it
-    /// does not (after `drop_caches`, A/B on one mount: about 0.45x of
-    /// ext4 before, 0.6-0.8x after; see the README's bench/mount.sh).
+    /// for a sequential reader: FUSE threads take the kernel's readahead
+    /// requests in any order, which the readahead of the cache file takes
+    /// for random reads.
     fn read_ahead_on_disk(&self, span: usize) {
-        let (Some(dir), Some(from)) = (
-            &self.cache_dir,
+        let (Some(disk), Some(from)) = (
+            &self.disk,
             self.spans.get(span).map(|span| span.end_uncompressed),
         ) else {
             return;
         };
         let until = from.saturating_add(DISK_READ_AHEAD);
-        let mut files = Vec::new();
-        {
+        let (range, count) = {
             // `advised` is the uncompressed range already advised for this
             // reader. One that went back (starting over, maybe after the
             // kernel dropped the pages) or away starts a new range.
@@ -593,28 +509,25 @@ impl SpanManager {
             {
                 *advised = from..from;
             }
-            let disk = self.disk.lock();
             // The first span not advised yet: the first starting at or
-            // after the advised range's end.
-            let mut next = self
+            // after the advised range's end; then the run of cached spans.
+            let first = self
                 .spans
                 .partition_point(|info| info.start_uncompressed < advised.end);
+            let mut next = first;
+            let start = advised.end;
             while let Some(info) = self.spans.get(next) {
-                if info.start_uncompressed >= until || !disk.entries.contains_key(&next) {
+                if info.start_uncompressed >= until || !disk.contains(next) {
                     break;
                 }
                 advised.end = info.end_uncompressed;
-                files.push(dir.join(next.to_string()));
                 next += 1;
             }
-        }
-        for path in &files {
-            // Best effort: a span evicted meanwhile is simply not read.
-            if let Ok(file) = fs::File::open(path) {
-                let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
-            }
-        }
-        LayerMetrics::add(&self.metrics.disk_read_ahead, files.len() as u64);
+            (start..advised.end, next - first)
+        };
+        // Best effort: a span evicted meanwhile is simply not read.
+        disk.advise(range);
+        LayerMetrics::add(&self.metrics.disk_read_ahead, count as u64);
     }
 
     /// The span holding uncompressed `offset`: the last one starting at or
@@ -656,7 +569,7 @@ impl SpanManager {
             while end <= last
                 && !flights.contains_key(&end)
                 && !self.memory.lock().entries.contains_key(&end)
-                && !self.disk.lock().entries.contains_key(&end)
+                && !self.on_disk(end)
             {
                 end += 1;
             }
@@ -710,8 +623,12 @@ impl SpanManager {
 
     /// Whether `span` is cached in memory or on disk (no I/O).
     pub(crate) fn is_cached(&self, span: usize) -> bool {
-        self.memory.lock().entries.contains_key(&span)
-            || self.disk.lock().entries.contains_key(&span)
+        self.memory.lock().entries.contains_key(&span) || self.on_disk(span)
+    }
+
+    /// Whether `span` is in the disk cache (no I/O).
+    fn on_disk(&self, span: usize) -> bool {
+        self.disk.as_ref().is_some_and(|disk| disk.contains(span))
     }
 
     /// `span` from memory, else from disk (then kept in memory too).
@@ -720,29 +637,13 @@ impl SpanManager {
             LayerMetrics::add(&self.metrics.memory_hits, 1);
             return Ok(Some(data));
         }
-        let Some(dir) = &self.cache_dir else {
+        let Some(disk) = &self.disk else {
             return Ok(None);
         };
-        if !self.disk.lock().touch(span) {
+        let Some(data) = disk.load(span, self.span(span)?) else {
             return Ok(None);
-        }
-        let path = dir.join(span.to_string());
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                self.disk.lock().remove(span);
-                return Ok(None);
-            }
-            Err(source) => return Err(Error::CacheIo { path, source }),
         };
-        let expected_len = self.span(span)?.uncompressed_len();
-        let (digest, data) = bytes.split_at(DISK_DIGEST_LEN.min(bytes.len()));
-        if data.len() as u64 != expected_len || Sha256Digest::of(data).0[..] != *digest {
-            self.disk.lock().remove(span);
-            return Ok(None);
-        }
         LayerMetrics::add(&self.metrics.disk_hits, 1);
-        self.disk.lock().verified.insert(span);
         let data: Arc<[u8]> = Arc::from(data);
         self.memory
             .lock()
@@ -751,42 +652,18 @@ impl SpanManager {
     }
 
     /// Keeps a verified span in memory (if `in_memory`) and, if configured,
-    /// on disk (written to a temp file, then renamed into place), evicting
-    /// the least recently used spans past the disk bound.
+    /// on disk, evicting the least recently used spans past the disk bound.
     pub(crate) fn store(&self, span: usize, data: &Arc<[u8]>, in_memory: bool) -> Result<()> {
         if in_memory {
             self.memory
                 .lock()
                 .insert(span, Arc::clone(data), self.memory_limit);
         }
-        let Some(dir) = &self.cache_dir else {
+        let Some(disk) = &self.disk else {
             return Ok(());
         };
-        if data.len() as u64 > self.disk_limit {
-            return Ok(());
-        }
-        let counter = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        let temp = dir.join(format!("wip-{span}-{}-{counter}", std::process::id()));
-        let written = fs::File::create(&temp).and_then(|mut file| {
-            file.write_all(&Sha256Digest::of(data).0)?;
-            file.write_all(data)
-        });
-        let path = dir.join(span.to_string());
-        let result = written.and_then(|()| fs::rename(&temp, &path));
-        if let Err(source) = result {
-            let _ = fs::remove_file(&temp);
-            return Err(Error::CacheIo { path, source });
-        }
-        let evicted = {
-            let mut disk = self.disk.lock();
-            let evicted = disk.insert(span, data.len() as u64, self.disk_limit);
-            disk.verified.insert(span);
-            evicted
-        };
-        for old in evicted {
-            LayerMetrics::add(&self.metrics.disk_evictions, 1);
-            let _ = fs::remove_file(dir.join(old.to_string()));
-        }
+        let evicted = disk.store(span, &self.spans, data)?;
+        LayerMetrics::add(&self.metrics.disk_evictions, evicted as u64);
         Ok(())
     }
 
@@ -906,34 +783,6 @@ impl SpanManager {
     }
 }
 
-/// The spans an earlier manager left in `dir` (created if missing); stale
-/// temp files are removed. Contents are checked when a span is loaded.
-fn scan_disk_cache(dir: &Path, spans: usize) -> Result<DiskIndex> {
-    let io_error = |source| Error::CacheIo {
-        path: dir.to_path_buf(),
-        source,
-    };
-    fs::create_dir_all(dir).map_err(io_error)?;
-    let mut index = DiskIndex::default();
-    for entry in fs::read_dir(dir).map_err(io_error)? {
-        let entry = entry.map_err(io_error)?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("wip-") {
-            let _ = fs::remove_file(entry.path());
-            continue;
-        }
-        let Ok(span) = name.parse::<usize>() else {
-            continue;
-        };
-        let len = entry.metadata().map_err(io_error)?.len();
-        if span < spans && len >= DISK_DIGEST_LEN as u64 {
-            index.insert(span, len - DISK_DIGEST_LEN as u64, u64::MAX);
-        }
-    }
-    Ok(index)
-}
-
 impl std::fmt::Debug for SpanManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpanManager")
@@ -948,3 +797,5 @@ impl std::fmt::Debug for SpanManager {
 
 #[cfg(test)]
 mod tests;
+
+mod disk;

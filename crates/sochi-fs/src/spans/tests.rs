@@ -3,6 +3,7 @@
 //! and corrupt bytes (in the blob or the disk cache) are never served.
 
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -225,16 +226,31 @@ fn disk_cache_survives_a_new_manager_and_tampered_files_are_refetched() {
         assert!(read_chunks(&first, 0, size, 1 << 20) == expected(&layer, 0, size));
         assert!(blob.requests() > 0);
 
+        // A restart: the managers that wrote the cache are gone.
+        drop(first);
         let (second, blob) = manager(&layer, layer.blob.clone(), Some(dir.path()));
         assert!(read_chunks(&second, 0, size, 77_777) == expected(&layer, 0, size));
         assert_eq!(blob.requests(), 0, "{name}: all spans came from disk");
+        drop(second);
 
+        // One flipped byte, the span's last, in the layer's cache file.
         let ((offset, file_size), span) = single_span_file(&layer, 0);
-        let path = dir.path().join(span.to_string());
-        let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
+        let end = layer
+            .ztoc
+            .span_geometry()
+            .unwrap()
+            .end_uncompressed(span)
+            .unwrap();
+        let path = cache_file(dir.path(), "layer-");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, end - 1).unwrap();
+        file.write_all_at(&[byte[0] ^ 1], end - 1).unwrap();
+        drop(file);
         let (third, blob) = manager(&layer, layer.blob.clone(), Some(dir.path()));
         let got = read_chunks(&third, offset, file_size, 4096);
         assert!(got == expected(&layer, offset, file_size), "{name}");
@@ -244,6 +260,7 @@ fn disk_cache_survives_a_new_manager_and_tampered_files_are_refetched() {
             "{name}: the tampered span is fetched again"
         );
 
+        drop(third);
         let (fourth, blob) = manager(&layer, layer.blob.clone(), Some(dir.path()));
         assert!(
             read_chunks(&fourth, offset, file_size, 4096) == expected(&layer, offset, file_size)
@@ -332,7 +349,7 @@ fn sequential_reads_read_disk_cached_spans_ahead() {
     };
     // The first pass fetches: nothing ahead of it is on disk yet.
     pass();
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count() as u64, spans);
+    assert!((0..spans as usize).all(|span| manager.is_cached(span)));
     // Once the streak is 8 MiB, the span the pass enters next (E) sends
     // the spans in the next 16 MiB; each later span one more: every span
     // after E, once per pass.
@@ -492,12 +509,94 @@ fn disk_limit_evicts_least_recently_used_spans() {
     let manager = manager.with_disk_limit(200_000).with_memory_limit(0);
     let size = manager.uncompressed_size();
     assert!(read_chunks(&manager, 0, size, 65_536) == expected(&layer, 0, size));
-    let on_disk: u64 = std::fs::read_dir(dir.path())
+    // Evicted spans are punched out of the cache file, but for the pages
+    // they share with their neighbours.
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(cache_file(dir.path(), "layer-"))
         .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len() - 32)
-        .sum();
-    assert!(on_disk <= 200_000, "{on_disk}");
+        .blocks()
+        * 512;
+    let shared_pages = 2 * 4096 * manager.span_count() as u64;
+    assert!(size > 4 * (200_000 + shared_pages), "{size}");
+    assert!(allocated <= 200_000 + shared_pages, "{allocated}");
     assert!(LayerMetrics::get(&manager.metrics().disk_evictions) > 0);
+    // What was evicted is fetched again, never read from a hole.
+    assert!(read_chunks(&manager, 0, size, 65_536) == expected(&layer, 0, size));
+}
+
+/// Two managers of one layer in one process share its cache: what one
+/// evicts, the other fetches again instead of reading a hole.
+#[test]
+fn managers_of_one_layer_share_its_disk_cache() {
+    let layer = layer("pax-mixed.tar.gz");
+    let dir = tempfile::tempdir().unwrap();
+    let (bounded, _) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+    let bounded = bounded.with_disk_limit(200_000).with_memory_limit(0);
+    let (other, blob) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+    let other = other.with_memory_limit(0);
+    let size = other.uncompressed_size();
+    assert!(read_chunks(&other, 0, size, 65_536) == expected(&layer, 0, size));
+    let fetched = blob.requests();
+    assert!(read_chunks(&bounded, 0, size, 65_536) == expected(&layer, 0, size));
+    assert!(LayerMetrics::get(&bounded.metrics().disk_evictions) > 0);
+    assert!(read_chunks(&other, 0, size, 65_536) == expected(&layer, 0, size));
+    assert!(
+        blob.requests() > fetched,
+        "evicted spans were fetched again"
+    );
+}
+
+/// Two zTOCs of one layer with different spans keep their own files in
+/// one cache directory.
+#[test]
+fn span_geometries_of_one_layer_keep_their_own_cache_files() {
+    let tar = synthetic_tar(3 << 20);
+    let build = |span_size: u64| {
+        let options = sochi_build::LayerOptions {
+            span_size,
+            compression: sochi_build::LayerCompression::Uncompressed,
+            expect: None,
+            source_verifies_digest: false,
+        };
+        sochi_build::build_layer_ztoc(&tar[..], &options, "synthetic", &|_| {})
+            .unwrap()
+            .ztoc
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for span_size in [1 << 20, 300_000, 1 << 20] {
+        let ztoc = build(span_size);
+        let blob = Arc::new(MemoryBlob::new(tar.clone()));
+        let manager = SpanManager::new(&ztoc, blob, Some(dir.path().to_path_buf()))
+            .unwrap()
+            .with_memory_limit(0);
+        let size = manager.uncompressed_size();
+        let read = read_chunks(&manager, 0, size, 100_000);
+        assert!(read[..] == tar[..size as usize], "{span_size}");
+    }
+    let layer_files = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("layer-")
+        })
+        .count();
+    assert_eq!(layer_files, 2);
+}
+
+/// The one file in `dir` whose name starts with `prefix`.
+fn cache_file(dir: &Path, prefix: &str) -> std::path::PathBuf {
+    let mut found = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix));
+    let path = found
+        .next()
+        .unwrap_or_else(|| panic!("no {prefix}* in {}", dir.display()));
+    assert!(found.next().is_none(), "two {prefix}* in {}", dir.display());
+    path
 }
 
 /// A blob whose reads never answer: readers of a span being fetched give up

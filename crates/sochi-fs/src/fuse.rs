@@ -365,6 +365,7 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 
 impl Filesystem for LayerFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        crate::priority::serve_at_raised_priority();
         let name = name.as_bytes();
         let status = self.options.layer_digest.is_some();
         let found = if status && parent.0 == self.tree.root().get() && name == STATUS_DIR {
@@ -388,6 +389,7 @@ impl Filesystem for LayerFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        crate::priority::serve_at_raised_priority();
         match self.file_attr(Ino(ino.0)) {
             Some(attr) => reply.attr(ttl(ino.0), &attr),
             None => reply.error(Errno::ENOENT),
@@ -395,6 +397,7 @@ impl Filesystem for LayerFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        crate::priority::serve_at_raised_priority();
         match self.tree.readlink(Ino(ino.0)) {
             Some(target) => reply.data(target),
             None => reply.error(Errno::EINVAL),
@@ -428,6 +431,7 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        crate::priority::serve_at_raised_priority();
         let started = std::time::Instant::now();
         let metrics = self.spans.metrics();
         match self.read_file(Ino(ino.0), offset, size) {
@@ -473,6 +477,7 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        crate::priority::serve_at_raised_priority();
         match self.dir_entries(Ino(ino.0)) {
             Ok(entries) => {
                 let skip = usize::try_from(offset).unwrap_or(usize::MAX);
@@ -495,6 +500,7 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        crate::priority::serve_at_raised_priority();
         match self.dir_entries(Ino(ino.0)) {
             Ok(entries) => {
                 let skip = usize::try_from(offset).unwrap_or(usize::MAX);
@@ -539,6 +545,7 @@ impl Filesystem for LayerFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        crate::priority::serve_at_raised_priority();
         if !self.has_xattrs {
             // The kernel answers EOPNOTSUPP from now on without asking;
             // for a layer with no xattrs that is the same as ENODATA to
@@ -556,6 +563,7 @@ impl Filesystem for LayerFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        crate::priority::serve_at_raised_priority();
         let ino = Ino(ino.0);
         if self.tree.attr(ino).is_none() {
             return reply.error(Errno::ENOENT);

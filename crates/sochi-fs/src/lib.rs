@@ -73,6 +73,7 @@ pub use keeper::{serve_keeper, FuseConnection, Keeper};
 pub use kept::{mount_layer_kept, KeptMount};
 pub use metrics::{Histogram, LayerMetrics};
 pub use mountinfo::mount_type;
+pub use priority::SERVING_NICE;
 pub use spans::{SpanManager, DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND};
 pub use tree::{Attr, FileKind, Ino, LayerTree};
 
@@ -86,6 +87,7 @@ mod kept;
 mod metrics;
 mod mountinfo;
 mod path;
+mod priority;
 mod spans;
 mod tree;
 mod verify;

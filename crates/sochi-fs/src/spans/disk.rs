@@ -3,10 +3,10 @@
 //! SHA-256 per span (all zero: not there).
 //!
 //! Why one file and not one file per span: after `drop_caches`, reading
-//! 4 MiB span files in order reached 0.6-0.7x of reading one extracted
+//! 4 MiB span files in order reached 0.5-0.7x of reading one extracted
 //! file from the same ext4, with or without `POSIX_FADV_WILLNEED`; the
-//! same spans written into one sparse file read at 0.9x (the kernel's
-//! readahead runs across spans, and the blocks lie in order). See the
+//! same spans in one sparse file read at 0.8-1.1x (the kernel's readahead
+//! runs across spans, and the blocks lie mostly in order). See the
 //! README's bench/mount.sh.
 //!
 //! Invariants:

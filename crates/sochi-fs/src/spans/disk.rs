@@ -26,9 +26,10 @@
 //! - Only pages wholly inside an evicted span are punched: the pages it
 //!   shares with its neighbours stay.
 //! - All span managers of one process that use the same files share one
-//!   [`DiskCache`] (`OPEN`), and the files are opened and closed only
-//!   under `OPEN`'s lock: closing any descriptor of a file drops all of
-//!   the process's POSIX locks on it.
+//!   [`DiskCache`] (`OPEN`; once its files are deleted, new managers get a
+//!   new one), and the files are opened and closed only under `OPEN`'s
+//!   lock: closing any descriptor of a file drops all of the process's
+//!   POSIX locks on it.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -144,10 +145,17 @@ impl Deref for DiskUse {
 impl Drop for DiskUse {
     fn drop(&mut self) {
         let mut open = OPEN.lock();
-        if let Some((_, users)) = open.get_mut(&self.key) {
-            *users -= 1;
-            if *users == 0 {
-                open.remove(&self.key);
+        if let Some((cache, users)) = open.get_mut(&self.key) {
+            // The entry may be a newer cache of the same path (see `open`).
+            if self
+                .cache
+                .as_ref()
+                .is_some_and(|mine| Arc::ptr_eq(mine, cache))
+            {
+                *users -= 1;
+                if *users == 0 {
+                    open.remove(&self.key);
+                }
             }
         }
         // The files close here, if at all, under the lock.
@@ -172,11 +180,20 @@ impl DiskCache {
         let data_path = dir.join(format!("layer-{geometry}"));
         let mut open = OPEN.lock();
         if let Some((cache, users)) = open.get_mut(&data_path) {
-            *users += 1;
-            return Ok(DiskUse {
-                cache: Some(Arc::clone(cache)),
-                key: data_path,
+            // A cache whose directory was deleted (a layer released while
+            // a manager of it was still ending) keeps its users; a new one
+            // starts on disk again.
+            let unlinked = cache.data.metadata().map_or(true, |meta| {
+                std::os::unix::fs::MetadataExt::nlink(&meta) == 0
             });
+            if !unlinked {
+                *users += 1;
+                return Ok(DiskUse {
+                    cache: Some(Arc::clone(cache)),
+                    key: data_path,
+                });
+            }
+            open.remove(&data_path);
         }
         remove_span_files(&dir);
         let digests_path = dir.join(format!("digests-{geometry}"));

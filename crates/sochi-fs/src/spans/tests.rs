@@ -546,6 +546,30 @@ fn managers_of_one_layer_share_its_disk_cache() {
     );
 }
 
+/// A layer released (its cache directory deleted) while a manager of it
+/// lives on: a new manager of the layer caches on disk again.
+#[test]
+fn a_new_manager_after_the_cache_was_deleted_caches_on_disk_again() {
+    let layer = layer("plain.tar");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("spans");
+    let (old, _) = manager(&layer, layer.blob.clone(), Some(&cache));
+    let size = old.uncompressed_size();
+    assert!(read_chunks(&old, 0, size, 65_536) == expected(&layer, 0, size));
+    std::fs::remove_dir_all(&cache).unwrap();
+    let (new, blob) = manager(&layer, layer.blob.clone(), Some(&cache));
+    assert!(read_chunks(&new, 0, size, 65_536) == expected(&layer, 0, size));
+    assert!(
+        blob.requests() > 0,
+        "the new manager does not use the deleted files"
+    );
+    drop(old);
+    drop(new);
+    let (third, blob) = manager(&layer, layer.blob.clone(), Some(&cache));
+    assert!(read_chunks(&third, 0, size, 65_536) == expected(&layer, 0, size));
+    assert_eq!(blob.requests(), 0, "the new manager's spans are on disk");
+}
+
 /// Two zTOCs of one layer with different spans keep their own files in
 /// one cache directory.
 #[test]

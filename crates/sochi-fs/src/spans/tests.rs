@@ -313,6 +313,19 @@ fn synthetic_tar(size: usize) -> Vec<u8> {
     tar
 }
 
+/// The zTOC of `tar` as an uncompressed layer with spans of `span_size`.
+fn uncompressed_ztoc(tar: &[u8], span_size: u64) -> Ztoc {
+    let options = sochi_build::LayerOptions {
+        span_size,
+        compression: sochi_build::LayerCompression::Uncompressed,
+        expect: None,
+        source_verifies_digest: false,
+    };
+    sochi_build::build_layer_ztoc(tar, &options, "synthetic", &|_| {})
+        .unwrap()
+        .ztoc
+}
+
 /// A sequential reader gets the disk-cached spans ahead of it read ahead,
 /// each once per pass and again when it starts over; reads far apart get
 /// none.
@@ -320,16 +333,10 @@ fn synthetic_tar(size: usize) -> Vec<u8> {
 fn sequential_reads_read_disk_cached_spans_ahead() {
     const MIB: u64 = 1 << 20;
     let tar = synthetic_tar(40 << 20);
-    let options = sochi_build::LayerOptions {
-        span_size: MIB,
-        compression: sochi_build::LayerCompression::Uncompressed,
-        expect: None,
-        source_verifies_digest: false,
-    };
-    let built = sochi_build::build_layer_ztoc(&tar[..], &options, "synthetic", &|_| {}).unwrap();
+    let ztoc = uncompressed_ztoc(&tar, MIB);
     let dir = tempfile::tempdir().unwrap();
     let blob = Arc::new(MemoryBlob::new(tar.clone()));
-    let manager = SpanManager::new(&built.ztoc, blob, Some(dir.path().to_path_buf()))
+    let manager = SpanManager::new(&ztoc, blob, Some(dir.path().to_path_buf()))
         .unwrap()
         .with_memory_limit(0);
     let size = manager.uncompressed_size();
@@ -575,20 +582,9 @@ fn a_new_manager_after_the_cache_was_deleted_caches_on_disk_again() {
 #[test]
 fn span_geometries_of_one_layer_keep_their_own_cache_files() {
     let tar = synthetic_tar(3 << 20);
-    let build = |span_size: u64| {
-        let options = sochi_build::LayerOptions {
-            span_size,
-            compression: sochi_build::LayerCompression::Uncompressed,
-            expect: None,
-            source_verifies_digest: false,
-        };
-        sochi_build::build_layer_ztoc(&tar[..], &options, "synthetic", &|_| {})
-            .unwrap()
-            .ztoc
-    };
     let dir = tempfile::tempdir().unwrap();
     for span_size in [1 << 20, 300_000, 1 << 20] {
-        let ztoc = build(span_size);
+        let ztoc = uncompressed_ztoc(&tar, span_size);
         let blob = Arc::new(MemoryBlob::new(tar.clone()));
         let manager = SpanManager::new(&ztoc, blob, Some(dir.path().to_path_buf()))
             .unwrap()

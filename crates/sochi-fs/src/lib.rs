@@ -73,7 +73,6 @@ pub use keeper::{serve_keeper, FuseConnection, Keeper};
 pub use kept::{mount_layer_kept, KeptMount};
 pub use metrics::{Histogram, LayerMetrics};
 pub use mountinfo::mount_type;
-pub use priority::SERVING_NICE;
 pub use spans::{SpanManager, DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND};
 pub use tree::{Attr, FileKind, Ino, LayerTree};
 

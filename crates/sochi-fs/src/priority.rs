@@ -11,7 +11,7 @@
 use std::cell::Cell;
 
 /// The nice value of a thread that answers FUSE requests.
-pub const SERVING_NICE: i32 = -10;
+pub(crate) const SERVING_NICE: i32 = -10;
 
 thread_local! {
     static RAISED: Cell<bool> = const { Cell::new(false) };

@@ -10,7 +10,7 @@
 use std::io::{Cursor, Write as _};
 
 use libfuzzer_sys::fuzz_target;
-use sochi_build::tar::{parse_header_at, TarReader};
+use sochi_tar::{parse_header_at, TarReader};
 use sochi_build::{build_layer_ztoc, extract_file, LayerCompression, LayerOptions, LayerZtoc};
 use sochi_format::{CompressionAlgorithm, EntryType, FileMetadata, Ztoc};
 

@@ -13,7 +13,7 @@ pub enum Error {
         layer: String,
         /// What the tar reader found.
         #[source]
-        source: crate::tar::TarError,
+        source: sochi_tar::TarError,
     },
     /// The layer's gzip stream is malformed.
     #[error("layer {layer}: {source}")]

@@ -17,7 +17,7 @@ use sochi_zran::CheckpointingReader;
 
 use crate::error::{Error, Result};
 use crate::span_hasher::SpanHasher;
-use crate::tar::{TarError, TarReader};
+use sochi_tar::{TarError, TarReader};
 
 /// The reference's default span size (4 MiB).
 pub const DEFAULT_SPAN_SIZE: u64 = 4 << 20;

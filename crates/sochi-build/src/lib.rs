@@ -2,7 +2,7 @@
 //! image → its SOCI index (v1) or SOCI-enabled image (v2).
 //!
 //! - [`build_layer_ztoc`] reads a layer once (gzip or tar) and returns the
-//!   zTOC: the TOC from a Go-`archive/tar`-exact reader ([`tar`]), the
+//!   zTOC: the TOC from a Go-`archive/tar`-exact reader (`sochi-tar`), the
 //!   checkpoints and span digests from `sochi-zran`.
 //! - [`build_index`] indexes the layers of one image manifest concurrently.
 //! - [`convert`] makes the SOCI-enabled image (index manifest v2).
@@ -58,4 +58,3 @@ mod index;
 mod layer;
 mod source;
 mod span_hasher;
-pub mod tar;

@@ -16,7 +16,6 @@ use crate::tree::{ByteRef, Child, Dir, Ino, LayerTree, Node, Payload};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
 
 /// Where a name is bound: its inode and its slot in the directory's
@@ -244,14 +243,19 @@ impl Builder {
         Some(ino)
     }
 
-    fn common(&mut self, entry: &FileMetadata) -> Result<Common> {
+    fn common(&mut self, index: usize, entry: &FileMetadata) -> Result<Common> {
         let mut xattrs = Vec::new();
-        for (key, value) in &entry.pax_records {
-            if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX) {
-                if !name.is_empty() {
-                    xattrs.push((self.intern(name)?, self.intern(value)?));
-                }
-            }
+        for (name, value) in sochi_tar::entry_xattrs(&entry.pax_records) {
+            // The policy the unpack applies too: a layer that would not
+            // unpack is not served lazily either.
+            sochi_tar::check_xattr(name, value).map_err(|reason| Error::XattrRefused {
+                entry: index,
+                name: entry.name.clone(),
+                uncompressed_offset: entry.uncompressed_offset,
+                key: name.to_vec(),
+                reason,
+            })?;
+            xattrs.push((self.intern(name)?, self.intern(value)?));
         }
         let xattrs = if xattrs.is_empty() {
             0
@@ -275,7 +279,7 @@ impl Builder {
             // The root itself: a directory entry sets its attributes; any
             // other type cannot replace the root and is ignored.
             if entry.entry_type == EntryType::Directory {
-                let common = self.common(entry)?;
+                let common = self.common(index, entry)?;
                 self.set_attrs(Ino::ROOT, &common);
             }
             return Ok(());
@@ -332,7 +336,7 @@ impl Builder {
                 ino
             }
             EntryType::Directory => {
-                let common = self.common(entry)?;
+                let common = self.common(index, entry)?;
                 if let Some(existing) = self.child(dir, last) {
                     if self.dir_of(existing.ino).is_some() {
                         // A later entry for an existing directory overwrites
@@ -349,12 +353,12 @@ impl Builder {
                 if entry.uncompressed_offset < 0 {
                     return Err(corrupt("offset", entry.uncompressed_offset));
                 }
-                let common = self.common(entry)?;
+                let common = self.common(index, entry)?;
                 let toc_entry = to_u32(index, "toc entries")?;
                 self.push_node(Payload::Regular { entry: toc_entry }, &common, size)?
             }
             EntryType::Symlink => {
-                let common = self.common(entry)?;
+                let common = self.common(index, entry)?;
                 let target = self.intern(&entry.linkname)?;
                 let size = entry.linkname.len() as u64;
                 self.push_node(Payload::Symlink { target }, &common, size)?
@@ -362,7 +366,7 @@ impl Builder {
             EntryType::CharDevice | EntryType::BlockDevice => {
                 let major = device(entry.devmajor, "devmajor")?;
                 let minor = device(entry.devminor, "devminor")?;
-                let common = self.common(entry)?;
+                let common = self.common(index, entry)?;
                 let payload = if entry.entry_type == EntryType::CharDevice {
                     Payload::CharDevice { major, minor }
                 } else {
@@ -371,7 +375,7 @@ impl Builder {
                 self.push_node(payload, &common, 0)?
             }
             EntryType::Fifo => {
-                let common = self.common(entry)?;
+                let common = self.common(index, entry)?;
                 self.push_node(Payload::Fifo, &common, 0)?
             }
         };

@@ -66,6 +66,26 @@ pub enum Error {
         /// Its value.
         value: i64,
     },
+    /// An entry carries an xattr that no layer may carry (the policy of
+    /// [`sochi_tar::check_xattr`], which the unpack applies too).
+    #[error(
+        "layer tree: toc entry {entry} {:?} (data at uncompressed offset {uncompressed_offset}): \
+         xattr {:?} refused: {reason}",
+        String::from_utf8_lossy(.name),
+        String::from_utf8_lossy(.key)
+    )]
+    XattrRefused {
+        /// Index of the entry in the TOC.
+        entry: usize,
+        /// Raw name of the entry.
+        name: Vec<u8>,
+        /// Where the entry's data starts in the uncompressed layer.
+        uncompressed_offset: i64,
+        /// The xattr's name (without `SCHILY.xattr.`).
+        key: Vec<u8>,
+        /// Why it is refused.
+        reason: sochi_tar::XattrRefusal,
+    },
     /// The tree outgrows its 32-bit internal indexes.
     #[error("layer tree: too many {what} (limit {limit})")]
     TooLarge {

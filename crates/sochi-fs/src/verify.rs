@@ -80,7 +80,7 @@ impl Verified {
                 "header runs past the layer".into(),
             ));
         }
-        let (parsed, consumed) = sochi_build::tar::parse_header_at(&bytes)
+        let (parsed, consumed) = sochi_tar::parse_header_at(&bytes)
             .map_err(|error| mismatch(entry, &file.name, format!("unparsable: {error}")))?;
         if consumed != bytes.len() {
             return Err(mismatch(

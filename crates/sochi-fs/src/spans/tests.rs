@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sochi_format::Ztoc;
 
-use crate::{Error, FileKind, Ino, LayerMetrics, LayerTree, MemoryBlob, SpanManager};
+use crate::{Error, FileKind, Ino, LayerMetrics, MemoryBlob, SpanManager};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/");
 const LAYERS: [&str; 2] = ["pax-mixed.tar.gz", "plain.tar"];
@@ -39,7 +39,7 @@ fn layer(name: &str) -> Layer {
     } else {
         blob.clone()
     };
-    let tree = LayerTree::build(&ztoc).unwrap();
+    let tree = crate::tests::fixture_tree(&ztoc);
     let files = (1..=tree.len() as u64)
         .map(Ino)
         .filter(|&ino| tree.attr(ino).is_some_and(|a| a.kind == FileKind::Regular))

@@ -1,4 +1,11 @@
-//! Reading tar layers exactly as Go's `archive/tar` does (spec §3.5).
+//! Reading tar layers exactly as Go's `archive/tar` does (spec §3.5), and
+//! what a layer's entries may carry.
+//!
+//! sochi-tar reads tar streams and slices and returns values; it knows
+//! nothing of gzip, zTOC building, registries or filesystems. The index
+//! builder (`sochi-build`), the lazy layer's first-read check (`sochi-fs`)
+//! and the local unpack (`sochi-lazy`) all read layers through it, so they
+//! accept and refuse the same layers.
 //!
 //! The zTOC must agree with the reference's reading of the layer, which is
 //! Go's tar reader fed by a byte-counting stream (spec hazards 3 and 6):
@@ -18,24 +25,36 @@
 //!   links, directories, devices and fifos have no data whatever their
 //!   size says;
 //! - the archive ends at two zero blocks, or cleanly at EOF after one zero
-//!   block or after (or inside) an entry's padding (`reader`).
+//!   block or after (or inside) an entry's padding (`reader`);
+//! - PAX global headers are skipped as containerd skips them (Go returns
+//!   them as entries; the reference refuses such layers).
+//!
+//! [`check_xattr`] is the one policy for xattrs from a layer
+//! (`trusted.overlay.*` never, `security.capability` only well-formed),
+//! shared by the lazy layer tree and the unpack.
 //!
 //! [`TarReader`] streams entries from a [`BufRead`](std::io::BufRead) and
 //! reports how many bytes it consumed; [`parse_header_at`] parses one
 //! entry's header blocks from a slice, for verifying a file on first read.
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub use error::TarError;
+pub use reader::{TarEntry, TarReader};
+pub use xattrs::{check_xattr, entry_xattrs, first_refused_xattr, XattrRefusal, PAX_XATTR_PREFIX};
+
 mod error;
 mod header;
 mod pax;
 mod reader;
+mod xattrs;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod testutil;
-
-pub use error::TarError;
-pub use reader::{TarEntry, TarReader};
 
 use sochi_format::FileMetadata;
 

@@ -212,7 +212,7 @@ impl<R: BufRead> TarReader<R> {
             }
 
             let block_offset = self.position;
-            let header_offset = *header_offset.get_or_insert(block_offset);
+            let entry_start = *header_offset.get_or_insert(block_offset);
             let Some(block) = self.read_block()? else {
                 return Ok(None);
             };
@@ -251,14 +251,25 @@ impl<R: BufRead> TarReader<R> {
                     meta.long_link = header::parse_string(&data).to_vec();
                 }
                 b'g' => {
-                    // Go returns a global header as an entry of its own and
-                    // the reference then refuses it (spec §3.5).
-                    return Err(unsupported(block_offset, &raw.name, b'g'));
+                    // Go returns a global header as an entry of its own,
+                    // with the records of any `x` header before it; the
+                    // reference's zTOC builder then refuses the layer
+                    // (spec §3.5), while containerd (and GNU tar) skip the
+                    // entry and apply nothing of it. We skip it as
+                    // containerd does: its records must parse (Go fails
+                    // the layer otherwise), and what came before it is
+                    // dropped with it. `git archive` writes one first.
+                    let data = self.read_special(block_offset, "pax global header")?;
+                    pax::parse_pax(&data)
+                        .map_err(|detail| TarError::corrupt(block_offset, detail))?;
+                    meta = MetaEntries::default();
+                    header_offset = None;
+                    continue;
                 }
                 _ => {
                     let metadata = self.finish_entry(raw, meta, block_offset)?;
                     return Ok(Some(TarEntry {
-                        header_offset,
+                        header_offset: entry_start,
                         metadata,
                     }));
                 }

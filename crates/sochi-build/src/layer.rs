@@ -10,10 +10,12 @@ use std::io::{self, BufRead, Read};
 
 use sha2::{Digest as _, Sha256};
 use sochi_format::{
-    media_types, CompressionAlgorithm, CompressionInfo, FileMetadata, Sha256Digest, TarZinfo, Ztoc,
-    BUILD_TOOL_IDENTIFIER, ZTOC_VERSION,
+    is_layer_media_type, media_types, CompressionAlgorithm, CompressionInfo, FileMetadata,
+    Sha256Digest, TarZinfo, Ztoc, BUILD_TOOL_IDENTIFIER, ZTOC_VERSION,
 };
 use sochi_zran::CheckpointingReader;
+
+pub use sochi_format::LayerCompression;
 
 use crate::error::{Error, Result};
 use crate::span_hasher::SpanHasher;
@@ -22,72 +24,37 @@ use sochi_tar::{TarError, TarReader};
 /// The reference's default span size (4 MiB).
 pub const DEFAULT_SPAN_SIZE: u64 = 4 << 20;
 
-/// How a layer blob is compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LayerCompression {
-    /// gzip (one or more members).
-    Gzip,
-    /// A plain tar.
-    Uncompressed,
-}
-
 /// What to do with a layer, decided from its media type (spec §3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerKind {
     /// Index it with this compression.
     Indexable(LayerCompression),
-    /// A layer sochi cannot index (zstd): skipped, as the reference does.
+    /// A layer sochi cannot index (zstd, unknown compression): skipped, as
+    /// the reference does.
     Unsupported,
     /// Not a layer at all (the prefetch artifact): ignored.
     Ignored,
 }
 
 impl LayerKind {
-    /// Classifies a layer media type; an unknown non-layer type is an error.
+    /// Classifies a layer media type (the table is
+    /// [`LayerCompression::of_media_type`]); a non-layer type other than
+    /// the prefetch artifact is an error.
     pub fn from_media_type(media_type: &str) -> Result<LayerKind> {
-        use media_types::*;
-        Ok(match media_type {
-            OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => LayerKind::Indexable(LayerCompression::Gzip),
-            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => {
-                LayerKind::Indexable(LayerCompression::Gzip)
+        if media_type == media_types::SOCI_PREFETCH {
+            return Ok(LayerKind::Ignored);
+        }
+        if !is_layer_media_type(media_type) {
+            return Err(Error::Invalid(format!(
+                "{media_type:?} is not a layer media type"
+            )));
+        }
+        Ok(match LayerCompression::of_media_type(media_type) {
+            Some(compression @ (LayerCompression::Gzip | LayerCompression::Uncompressed)) => {
+                LayerKind::Indexable(compression)
             }
-            OCI_LAYER_TAR | DOCKER_LAYER_TAR => {
-                LayerKind::Indexable(LayerCompression::Uncompressed)
-            }
-            "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
-                LayerKind::Indexable(LayerCompression::Uncompressed)
-            }
-            SOCI_PREFETCH => LayerKind::Ignored,
-            t if t.starts_with("application/vnd.oci.image.layer.")
-                || t.starts_with("application/vnd.docker.image.rootfs.") =>
-            {
-                LayerKind::Unsupported
-            }
-            other => {
-                return Err(Error::Invalid(format!(
-                    "{other:?} is not a layer media type"
-                )))
-            }
+            Some(LayerCompression::Zstd) | None => LayerKind::Unsupported,
         })
-    }
-}
-
-impl LayerCompression {
-    /// Guesses from the first bytes of a bare file: the gzip magic, or tar.
-    pub fn sniff(first_bytes: &[u8]) -> LayerCompression {
-        if first_bytes.starts_with(&[0x1f, 0x8b]) {
-            LayerCompression::Gzip
-        } else {
-            LayerCompression::Uncompressed
-        }
-    }
-
-    /// The zTOC's compression algorithm.
-    pub fn algorithm(self) -> CompressionAlgorithm {
-        match self {
-            LayerCompression::Gzip => CompressionAlgorithm::Gzip,
-            LayerCompression::Uncompressed => CompressionAlgorithm::Uncompressed,
-        }
     }
 }
 
@@ -136,6 +103,11 @@ pub fn build_layer_ztoc(
     let indexed = match options.compression {
         LayerCompression::Gzip => index_gzip(&mut reader, options.span_size, name),
         LayerCompression::Uncompressed => index_tar(&mut reader, options.span_size, name),
+        LayerCompression::Zstd => {
+            return Err(Error::Invalid(format!(
+                "layer {name}: a zTOC cannot describe a zstd layer"
+            )))
+        }
     };
     let (toc, uncompressed_archive_size, compression) = match indexed {
         Ok(indexed) => indexed,

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use containerd_client::tonic::Code;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sochi_format::{Descriptor, ImageManifest, Platform};
 use sochi_registry::{Client, Reference};
 
@@ -151,18 +151,6 @@ pub struct PullReport {
     pub image_created: bool,
     /// Wall time of the whole pull.
     pub seconds: f64,
-}
-
-/// The fields of an image config a pull reads.
-#[derive(Deserialize)]
-struct ImageConfig {
-    rootfs: Option<RootFs>,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
 }
 
 /// Pulls `image` from `registry` into containerd (see the module docs).
@@ -501,27 +489,12 @@ impl ImagePull<'_> {
 
 /// `rootfs.diff_ids` of image config `bytes`.
 fn diff_ids(digest: &str, bytes: &[u8]) -> Result<Vec<String>> {
-    let config: ImageConfig = serde_json::from_slice(bytes).map_err(|error| Error::Config {
-        digest: digest.to_string(),
-        detail: error.to_string(),
-    })?;
-    let Some(rootfs) = config.rootfs else {
-        return Err(Error::Config {
+    sochi_format::image_diff_ids(bytes)
+        .map(|ids| ids.iter().map(ToString::to_string).collect())
+        .map_err(|error| Error::Config {
             digest: digest.to_string(),
-            detail: "no rootfs".into(),
-        });
-    };
-    if let Some(bad) = rootfs
-        .diff_ids
-        .iter()
-        .find(|d| sochi_format::Sha256Digest::parse(d).is_err())
-    {
-        return Err(Error::Config {
-            digest: digest.to_string(),
-            detail: format!("diff ID {bad:?} is not a sha256 digest"),
-        });
-    }
-    Ok(rootfs.diff_ids)
+            detail: error.to_string(),
+        })
 }
 
 /// `<prefix>-<nanoseconds>-<pid>-<counter>`: unique on this machine without

@@ -24,7 +24,11 @@
 pub use digest::Sha256Digest;
 pub use error::{Error, Result};
 pub use gotime::{format_mod_time, parse_mod_time};
-pub use oci::{is_index_media_type, media_types, Descriptor, ImageIndex, ImageManifest, Platform};
+pub use layer_media::{is_layer_media_type, LayerCompression};
+pub use oci::{
+    image_diff_ids, is_index_media_type, media_types, Descriptor, ImageIndex, ImageManifest,
+    Platform,
+};
 pub use soci_index::{
     annotations, IndexVersion, PrefetchArtifact, PrefetchSpan, SociIndex, EMPTY_CONFIG,
 };
@@ -38,6 +42,7 @@ mod digest;
 mod error;
 mod gotime;
 pub mod json;
+mod layer_media;
 mod oci;
 mod soci_index;
 mod zinfo;

@@ -419,6 +419,33 @@ pub fn is_index_media_type(media_type: &str) -> bool {
     media_type == media_types::OCI_INDEX || media_type == media_types::DOCKER_MANIFEST_LIST
 }
 
+/// The uncompressed digests (`diff_ids`) an image config gives its layers,
+/// bottom first: what an unpack checks each layer's tar stream against.
+pub fn image_diff_ids(config: &[u8]) -> Result<Vec<Sha256Digest>> {
+    #[derive(Deserialize)]
+    struct Config {
+        rootfs: Option<RootFs>,
+    }
+    #[derive(Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Vec<String>,
+    }
+    let config: Config = serde_json::from_slice(config).map_err(|source| Error::Json {
+        what: "image config",
+        source,
+    })?;
+    let rootfs = config.rootfs.ok_or_else(|| Error::Invalid {
+        what: "image config",
+        detail: "no rootfs".into(),
+    })?;
+    rootfs
+        .diff_ids
+        .iter()
+        .map(|text| Sha256Digest::parse(text))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

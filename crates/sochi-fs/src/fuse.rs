@@ -674,8 +674,13 @@ pub fn mount_layer(
     options: &LayerOptions,
     mountpoint: &Path,
 ) -> Result<MountHandle> {
+    // nosuid and nodev: a layer holds what strangers wrote (fuser's
+    // default too, said here so it stays). Containers stack layers in
+    // their own overlay, whose flags decide there.
     let mount_options = vec![
         MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
         MountOption::FSName("sochi".into()),
         MountOption::Subtype("sochi".into()),
         MountOption::DefaultPermissions,

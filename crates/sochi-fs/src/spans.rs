@@ -683,7 +683,9 @@ impl SpanManager {
                     if retried {
                         return Err(error);
                     }
-                    tracing::warn!(error = %error, "span digest mismatch, fetching again");
+                    // The blob may be a registry or a local file: the bytes
+                    // are read once more from wherever they came.
+                    tracing::warn!(spans = ?run, error = %error, "span digest mismatch; reading these spans from the layer blob once more");
                     retried = true;
                 }
             }

@@ -14,12 +14,16 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub use blob::{RegistryBlob, DEFAULT_FETCH_TIMEOUT};
+pub use local_state::{
+    private_dir, root_dir, sweep_layer_state, FileLock, SweepReport, PRIVATE_DIR_MODE,
+};
 pub use metrics_server::serve_metrics;
 pub use mount::{ImageMount, LayerState, MountOptions, MountTarget, MountedLayer};
 pub use overlay::{mount_overlay, unmount};
 pub use plan::{plan_image, plan_image_manifest, ImagePlan, IndexSource, PlannedLayer};
 
 mod blob;
+mod local_state;
 mod metrics_server;
 mod mount;
 mod overlay;

@@ -2,23 +2,20 @@
 //! from the registry on demand, each layer without one is fetched whole and
 //! unpacked, and a read-only overlay stacks them at the mountpoint.
 //!
-//! Local state lives under a root directory:
-//! - `cache/<layer hex>/` the span cache of a lazy layer (spec §6.6), kept
-//!   across restarts, shared by every mount of that layer;
-//! - `layers/<layer hex>/` an unpacked layer, likewise shared;
-//! - `users/` inside both: one empty file per mount using it, so the last
-//!   mount to let go deletes the directory (a layer is released).
-//!
+//! Local state lives under a root directory ([`crate::local_state`]): the
+//! span cache of each lazy layer (spec §6.6) and each unpacked layer,
+//! shared by the mounts that use it and released by the last of them.
 //! The layer mountpoints themselves live in the caller's state directory.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sochi_format::{media_types, Descriptor, Ztoc};
+use sochi_format::{Descriptor, LayerCompression, Ztoc};
 use sochi_fs::{
     BackgroundOptions, Keeper, KeptMount, LayerMetrics, LayerOptions, LayerTree, MountHandle,
     SpanManager,
@@ -28,8 +25,9 @@ use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
 
 use crate::blob::{error_chain, RegistryBlob};
+use crate::local_state::{private_dir, LayerDir};
 use crate::plan::{ImagePlan, PlannedLayer};
-use crate::unpack::{unpack_layer, LayerCompression};
+use crate::unpack::{unpack_layer, ExpectedDigests};
 
 /// How an image is mounted.
 #[derive(Clone, Debug)]
@@ -38,7 +36,10 @@ pub struct MountOptions {
     pub root: PathBuf,
     /// This mount's own directory: layer mountpoints go in `l/`.
     pub state_dir: PathBuf,
-    /// A name for this mount, unique among the mounts sharing `root`.
+    /// A name for this mount, unique among the mounts sharing `root`:
+    /// `mount-<id>` or `snapshot-<id>` (see [`crate::local_state`]); the
+    /// layers it uses record it, and the FUSE keeper names connections by
+    /// it.
     pub mount_id: String,
     /// Check each file's tar header on first read (spec §3.6).
     pub verify: bool,
@@ -89,8 +90,8 @@ pub struct MountedLayer {
     pub descriptor: Descriptor,
     /// How it is served.
     pub state: LayerState,
-    /// The directory holding its local state (span cache or unpacked tree).
-    cache_dir: PathBuf,
+    /// Its local state (span cache or unpacked tree).
+    local: LayerDir,
 }
 
 impl MountedLayer {
@@ -161,37 +162,56 @@ impl ImageMount {
             background: Vec::new(),
             options,
         };
+        if let Err(error) = image.mount_all(plan, client, runtime, target, direct) {
+            // Nothing of a failed mount stays: what was mounted is
+            // unmounted and the layers it registered for are let go.
+            if let Err(cleanup) = image.unmount(true) {
+                tracing::warn!(error = %format!("{cleanup:#}"), "cleaning up after a failed mount");
+            }
+            return Err(error);
+        }
+        image.start_background();
+        Ok(image)
+    }
+
+    fn mount_all(
+        &mut self,
+        plan: &ImagePlan,
+        client: &Client,
+        runtime: &Handle,
+        target: MountTarget<'_>,
+        direct: Option<&Path>,
+    ) -> Result<()> {
         for (position, layer) in plan.layers.iter().enumerate() {
-            let mounted = image
+            let mounted = self
                 .mount_layer(position, layer, &plan.repository, client, runtime, direct)
                 .with_context(|| format!("layer {position} ({})", layer.descriptor.digest))?;
-            image.layers.push(mounted);
+            self.layers.push(mounted);
         }
         match target {
             MountTarget::Overlay(path) => {
-                let lowers: Vec<&Path> = image
+                let lowers: Vec<&Path> = self
                     .layers
                     .iter()
                     .rev()
                     .map(MountedLayer::lower_dir)
                     .collect();
                 crate::overlay::mount_overlay(&lowers, path)?;
-                image.overlay = Some(path.to_path_buf());
+                self.overlay = Some(path.to_path_buf());
             }
             MountTarget::Layer(path) => {
                 if let Some(MountedLayer {
                     state: LayerState::Unpacked { dir, .. },
                     ..
-                }) = image.layers.first()
+                }) = self.layers.first()
                 {
                     crate::overlay::mount_overlay(&[dir.as_path()], path)?;
-                    image.overlay = Some(path.to_path_buf());
+                    self.overlay = Some(path.to_path_buf());
                 }
             }
             MountTarget::LayersOnly => {}
         }
-        image.start_background();
-        Ok(image)
+        Ok(())
     }
 
     fn mount_layer(
@@ -211,19 +231,51 @@ impl ImageMount {
                 .clone()
                 .unwrap_or_else(|| "no zTOC".into());
             tracing::info!(layer = %digest, %reason, "layer fetched whole and unpacked");
-            let dir = self.options.root.join("layers").join(hex);
-            self.unpack(&layer.descriptor, repository, client, runtime, &dir)?;
+            let state = LayerDir::new(self.options.root.join("layers").join(hex));
+            state.register(&self.options.mount_id)?;
+            if let Err(error) = self.unpack(layer, repository, client, runtime, &state) {
+                state.unregister(&self.options.mount_id, true);
+                return Err(error);
+            }
             return Ok(MountedLayer {
                 descriptor: layer.descriptor.clone(),
                 state: LayerState::Unpacked {
-                    dir: dir.join("fs"),
+                    dir: state.path().join("fs"),
                     reason,
                 },
-                cache_dir: dir,
+                local: state,
             });
         };
-        let cache_dir = self.options.root.join("cache").join(hex);
-        self.register_user(&cache_dir)?;
+        let state = LayerDir::new(self.options.root.join("cache").join(hex));
+        state.register(&self.options.mount_id)?;
+        match self.mount_lazy(
+            position, layer, ztoc, repository, client, runtime, direct, &state,
+        ) {
+            Ok(layer_state) => Ok(MountedLayer {
+                descriptor: layer.descriptor.clone(),
+                state: layer_state,
+                local: state,
+            }),
+            Err(error) => {
+                state.unregister(&self.options.mount_id, true);
+                Err(error)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mount_lazy(
+        &self,
+        position: usize,
+        layer: &PlannedLayer,
+        ztoc: &Arc<Ztoc>,
+        repository: &Reference,
+        client: &Client,
+        runtime: &Handle,
+        direct: Option<&Path>,
+        state: &LayerDir,
+    ) -> Result<LayerState> {
+        let digest = &layer.descriptor.digest;
         let blob = RegistryBlob::new(
             client.clone(),
             repository.clone(),
@@ -231,7 +283,7 @@ impl ImageMount {
             runtime.clone(),
             self.options.fetch_timeout,
         );
-        let mut spans = SpanManager::new(ztoc, Arc::new(blob), Some(cache_dir.join("spans")))
+        let mut spans = SpanManager::new(ztoc, Arc::new(blob), Some(state.path().join("spans")))
             .context("opening the span cache")?
             .with_memory_limit(self.options.memory_cache_limit)
             .with_wait_bound(self.options.fetch_timeout * 2);
@@ -244,8 +296,7 @@ impl ImageMount {
             Some(path) => path.to_path_buf(),
             None => {
                 let path = self.options.state_dir.join("l").join(position.to_string());
-                fs::create_dir_all(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
+                private_dir(&path)?;
                 path
             }
         };
@@ -280,74 +331,83 @@ impl ImageMount {
             )?,
         };
         tracing::info!(layer = %digest, mountpoint = %mountpoint.display(), spans = spans.span_count(), kept = handle.is_kept(), "layer mounted lazily");
-        Ok(MountedLayer {
-            descriptor: layer.descriptor.clone(),
-            state: LayerState::Lazy {
-                mountpoint,
-                spans,
-                handle,
-            },
-            cache_dir,
+        Ok(LayerState::Lazy {
+            mountpoint,
+            spans,
+            handle,
         })
     }
 
-    /// Fetches a layer whole and unpacks it into `dir/fs` (once: an
-    /// unpacked layer is reused by later mounts).
+    /// Fetches a layer whole and unpacks it into `<state>/fs` (once: an
+    /// unpacked layer is reused by later mounts), checking its digest and
+    /// its `diff_id`. The layer's lock is held meanwhile, so that mounts of
+    /// one layer unpack it once; a failed unpack leaves no partial tree.
     fn unpack(
         &self,
-        layer: &Descriptor,
+        layer: &PlannedLayer,
         repository: &Reference,
         client: &Client,
         runtime: &Handle,
-        dir: &Path,
+        state: &LayerDir,
     ) -> Result<()> {
-        self.register_user(dir)?;
-        let fs_dir = dir.join("fs");
-        if dir.join("complete").exists() && fs_dir.is_dir() {
+        let descriptor = &layer.descriptor;
+        let _lock = state.lock()?;
+        let fs_dir = state.path().join("fs");
+        if state.path().join("complete").exists() && fs_dir.is_dir() {
             return Ok(());
         }
-        let compression = match layer.media_type.as_str() {
-            media_types::OCI_LAYER_GZIP | media_types::DOCKER_LAYER_GZIP => LayerCompression::Gzip,
-            media_types::OCI_LAYER_TAR | media_types::DOCKER_LAYER_TAR => {
-                LayerCompression::Uncompressed
-            }
-            other => bail!("cannot unpack a layer of media type {other}"),
-        };
-        let temp = dir.join(format!("fs.tmp-{}", std::process::id()));
-        if temp.exists() {
-            fs::remove_dir_all(&temp).with_context(|| format!("removing {}", temp.display()))?;
-        }
-        fs::create_dir_all(&temp).with_context(|| format!("creating {}", temp.display()))?;
+        // With the lock held nobody else is unpacking: any partial tree is
+        // a crashed unpack's.
+        state.remove_partial_unpacks()?;
+        let compression =
+            LayerCompression::of_media_type(&descriptor.media_type).with_context(|| {
+                format!(
+                    "cannot unpack a layer of media type {}",
+                    descriptor.media_type
+                )
+            })?;
+        let temp = state.path().join(format!("fs.tmp-{}", std::process::id()));
+        private_dir(&temp)?;
         let started = Instant::now();
-        let stream = runtime
-            .block_on(client.get_blob(repository, &layer.digest))
-            .with_context(|| format!("fetching layer {}", layer.digest))?;
-        // The stream checks the digest at its end: an unpack that saw a
-        // wrong byte fails before the tree is renamed into place.
-        let reader = SyncIoBridge::new_with_handle(stream, runtime.clone());
-        let stats = unpack_layer(reader, compression, &temp)
-            .with_context(|| format!("unpacking layer {}", layer.digest))?;
+        let unpacked = (|| {
+            let stream = runtime
+                .block_on(client.get_blob(repository, &descriptor.digest))
+                .with_context(|| format!("fetching layer {}", descriptor.digest))?;
+            // The stream checks the blob's digest at its end (naming both);
+            // the unpack checks the diff_id.
+            let reader = SyncIoBridge::new_with_handle(stream, runtime.clone());
+            let expected = ExpectedDigests {
+                compressed: None,
+                diff_id: Some(&layer.diff_id),
+            };
+            unpack_layer(reader, compression, &temp, expected)
+                .with_context(|| format!("unpacking layer {}", descriptor.digest))
+        })();
+        let stats = match unpacked {
+            Ok(stats) => stats,
+            Err(error) => {
+                if let Err(cleanup) = fs::remove_dir_all(&temp) {
+                    tracing::warn!(dir = %temp.display(), error = %cleanup, "cannot remove a failed unpack");
+                }
+                return Err(error);
+            }
+        };
+        // The unpacked tree is the layer's own: nobody but root traverses it.
+        fs::set_permissions(&temp, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", temp.display()))?;
         if fs_dir.exists() {
             fs::remove_dir_all(&fs_dir)
                 .with_context(|| format!("removing {}", fs_dir.display()))?;
         }
         fs::rename(&temp, &fs_dir).with_context(|| format!("renaming {}", temp.display()))?;
-        fs::write(dir.join("complete"), &layer.digest)?;
+        fs::write(state.path().join("complete"), &descriptor.digest)?;
         tracing::info!(
-            layer = %layer.digest,
+            layer = %descriptor.digest,
             entries = stats.entries,
             seconds = started.elapsed().as_secs_f64(),
             "layer unpacked"
         );
         Ok(())
-    }
-
-    /// Marks `dir` as used by this mount.
-    fn register_user(&self, dir: &Path) -> Result<()> {
-        let users = dir.join("users");
-        fs::create_dir_all(&users).with_context(|| format!("creating {}", users.display()))?;
-        fs::write(users.join(&self.options.mount_id), b"")
-            .with_context(|| format!("registering in {}", users.display()))
     }
 
     /// Starts the background fetch of the lazy layers, bottom first.
@@ -466,7 +526,6 @@ impl ImageMount {
             let _ = handle.join();
         }
         for layer in self.layers.drain(..) {
-            let cache_dir = layer.cache_dir.clone();
             if let LayerState::Lazy {
                 mountpoint, handle, ..
             } = layer.state
@@ -477,18 +536,7 @@ impl ImageMount {
                 }
             }
             // This mount no longer uses the layer's state, kept or not.
-            let users = cache_dir.join("users");
-            let _ = fs::remove_file(users.join(&self.options.mount_id));
-            if release {
-                let in_use = fs::read_dir(&users)
-                    .map(|mut d| d.next().is_some())
-                    .unwrap_or(false);
-                if !in_use {
-                    if let Err(error) = fs::remove_dir_all(&cache_dir) {
-                        tracing::warn!(dir = %cache_dir.display(), %error, "cannot release the layer's local state");
-                    }
-                }
-            }
+            layer.local.unregister(&self.options.mount_id, release);
         }
         match first_error {
             Some(error) => Err(error),

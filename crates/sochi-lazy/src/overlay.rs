@@ -5,9 +5,20 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-/// Mounts a read-only overlay of `lowers` (top layer first) at `target`.
-/// One layer is bind-mounted instead (an overlay needs two lower layers
-/// when it has no upper one on older kernels).
+/// The flags of every image mount sochi makes for a user: read-only, and
+/// nothing of the image honoured that would give privilege. An image is
+/// what a stranger wrote: a setuid-root file in it must not make whoever
+/// runs it from the mountpoint root, nor a device node in it open the
+/// host's devices. (Containers get their root filesystem from the
+/// snapshotter's mounts, which containerd makes, as with its overlayfs
+/// snapshotter.)
+const IMAGE_MOUNT_FLAGS: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV);
+
+/// Mounts a read-only overlay of `lowers` (top layer first) at `target`,
+/// `nosuid,nodev`. One layer is bind-mounted instead (an overlay needs two
+/// lower layers when it has no upper one on older kernels).
 pub fn mount_overlay(lowers: &[&Path], target: &Path) -> Result<()> {
     match lowers {
         [] => bail!("an image without layers has nothing to mount"),
@@ -20,15 +31,15 @@ pub fn mount_overlay(lowers: &[&Path], target: &Path) -> Result<()> {
                 None::<&str>,
             )
             .with_context(|| format!("bind-mounting {} at {}", only.display(), target.display()))?;
-            // A bind mount takes read-only only on a remount.
+            // A bind mount takes its flags only on a remount.
             mount(
                 None::<&str>,
                 target,
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | IMAGE_MOUNT_FLAGS,
                 None::<&str>,
             )
-            .with_context(|| format!("making {} read-only", target.display()))
+            .with_context(|| format!("making {} read-only, nosuid and nodev", target.display()))
         }
         _ => {
             let mut data = String::from("lowerdir=");
@@ -55,7 +66,7 @@ pub fn mount_overlay(lowers: &[&Path], target: &Path) -> Result<()> {
                 Some("overlay"),
                 target,
                 Some("overlay"),
-                MsFlags::MS_RDONLY,
+                IMAGE_MOUNT_FLAGS,
                 Some(data.as_str()),
             )
             .with_context(|| format!("mounting the overlay at {} ({data})", target.display()))

@@ -31,6 +31,9 @@ pub struct PlannedLayer {
     pub ztoc: Option<Arc<Ztoc>>,
     /// Why the layer has no zTOC, when it has none.
     pub no_ztoc_reason: Option<String>,
+    /// The layer's uncompressed digest from the image config (`diff_id`),
+    /// which an unpack checks.
+    pub diff_id: String,
 }
 
 /// An image ready to be mounted.
@@ -127,6 +130,7 @@ async fn plan_manifest(
 ) -> Result<ImagePlan> {
     let manifest = ImageManifest::from_json(bytes)
         .with_context(|| format!("decoding the image manifest {}", manifest_descriptor.digest))?;
+    let diff_ids = layer_diff_ids(client, reference, &manifest, cache).await?;
     let cached_index = discovery
         .explicit_index
         .as_deref()
@@ -151,10 +155,12 @@ async fn plan_manifest(
                 let layers = manifest
                     .layers()
                     .iter()
-                    .map(|layer| PlannedLayer {
+                    .zip(&diff_ids)
+                    .map(|(layer, diff_id)| PlannedLayer {
                         descriptor: layer.clone(),
                         ztoc: None,
                         no_ztoc_reason: Some("the image has no SOCI index".into()),
+                        diff_id: diff_id.clone(),
                     })
                     .collect();
                 return Ok(ImagePlan {
@@ -175,45 +181,52 @@ async fn plan_manifest(
         }
     };
     let index = &index;
-    let fetches = manifest.layers().iter().map(|layer| async move {
-        let Some(ztoc_descriptor) = index.ztoc_for_layer(&layer.digest) else {
-            return Ok::<_, anyhow::Error>(PlannedLayer {
-                descriptor: layer.clone(),
-                ztoc: None,
-                no_ztoc_reason: Some("the SOCI index has no zTOC for it (small layer?)".into()),
-            });
-        };
-        let bytes = match cache.and_then(|dir| load_cached(dir, &ztoc_descriptor.digest)) {
-            Some(bytes) => bytes,
-            None => {
-                let bytes = client
-                    .read_blob(reference, ztoc_descriptor)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "fetching the zTOC {} of layer {}",
-                            ztoc_descriptor.digest, layer.digest
-                        )
-                    })?;
-                if let Some(dir) = cache {
-                    store_cached(dir, &ztoc_descriptor.digest, &bytes);
+    let fetches = manifest
+        .layers()
+        .iter()
+        .zip(&diff_ids)
+        .map(|(layer, diff_id)| async move {
+            let diff_id = diff_id.clone();
+            let Some(ztoc_descriptor) = index.ztoc_for_layer(&layer.digest) else {
+                return Ok::<_, anyhow::Error>(PlannedLayer {
+                    descriptor: layer.clone(),
+                    ztoc: None,
+                    no_ztoc_reason: Some("the SOCI index has no zTOC for it (small layer?)".into()),
+                    diff_id,
+                });
+            };
+            let bytes = match cache.and_then(|dir| load_cached(dir, &ztoc_descriptor.digest)) {
+                Some(bytes) => bytes,
+                None => {
+                    let bytes = client
+                        .read_blob(reference, ztoc_descriptor)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "fetching the zTOC {} of layer {}",
+                                ztoc_descriptor.digest, layer.digest
+                            )
+                        })?;
+                    if let Some(dir) = cache {
+                        store_cached(dir, &ztoc_descriptor.digest, &bytes);
+                    }
+                    bytes
                 }
-                bytes
-            }
-        };
-        let ztoc = Ztoc::from_bytes(&bytes).with_context(|| {
-            format!(
-                "decoding the zTOC {} of layer {}",
-                ztoc_descriptor.digest, layer.digest
-            )
-        })?;
-        check_ztoc_fits_layer(&ztoc, layer)?;
-        Ok(PlannedLayer {
-            descriptor: layer.clone(),
-            ztoc: Some(Arc::new(ztoc)),
-            no_ztoc_reason: None,
-        })
-    });
+            };
+            let ztoc = Ztoc::from_bytes(&bytes).with_context(|| {
+                format!(
+                    "decoding the zTOC {} of layer {}",
+                    ztoc_descriptor.digest, layer.digest
+                )
+            })?;
+            check_ztoc_fits_layer(&ztoc, layer)?;
+            Ok(PlannedLayer {
+                descriptor: layer.clone(),
+                ztoc: Some(Arc::new(ztoc)),
+                no_ztoc_reason: None,
+                diff_id,
+            })
+        });
     let layers = try_join_all(fetches).await?;
     Ok(ImagePlan {
         repository: reference.clone(),
@@ -224,6 +237,42 @@ async fn plan_manifest(
             found_by,
         }),
     })
+}
+
+/// The `diff_id` of each layer, from the image config (fetched once, then
+/// cached by digest): one per layer, or the image is refused, as
+/// containerd refuses it.
+async fn layer_diff_ids(
+    client: &Client,
+    reference: &Reference,
+    manifest: &ImageManifest,
+    cache: Option<&Path>,
+) -> Result<Vec<String>> {
+    let config = &manifest.config;
+    let bytes = match cache.and_then(|dir| load_cached(dir, &config.digest)) {
+        Some(bytes) => bytes,
+        None => {
+            let bytes = client
+                .read_blob(reference, config)
+                .await
+                .with_context(|| format!("fetching the image config {}", config.digest))?;
+            if let Some(dir) = cache {
+                store_cached(dir, &config.digest, &bytes);
+            }
+            bytes
+        }
+    };
+    let diff_ids = sochi_format::image_diff_ids(&bytes)
+        .with_context(|| format!("reading the image config {}", config.digest))?;
+    if diff_ids.len() != manifest.layers().len() {
+        bail!(
+            "the image config {} names {} layers (diff_ids), the manifest {}",
+            config.digest,
+            diff_ids.len(),
+            manifest.layers().len()
+        );
+    }
+    Ok(diff_ids.iter().map(ToString::to_string).collect())
 }
 
 /// A cached artifact whose bytes still hash to `digest`.

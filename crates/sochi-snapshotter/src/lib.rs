@@ -101,8 +101,7 @@ fn start_keeper(daemon: &Daemon) -> Option<Arc<sochi_fs::Keeper>> {
 /// tokio runtime.
 pub async fn serve(daemon: Daemon) -> Result<()> {
     let runtime = tokio::runtime::Handle::current();
-    std::fs::create_dir_all(&daemon.root)
-        .with_context(|| format!("creating {}", daemon.root.display()))?;
+    sochi_lazy::root_dir(&daemon.root)?;
     let keeper = start_keeper(&daemon);
     let remote = Arc::new(remote::RemoteLayers::new(
         daemon.client.clone(),

@@ -53,6 +53,15 @@ pub enum Outcome {
 
 type PlanResult = Result<Arc<ImagePlan>, String>;
 
+/// What a snapshot's layer mount is called among the users of a layer's
+/// local state and in the FUSE keeper.
+pub fn mount_id(id: u64) -> String {
+    format!("{USER_PREFIX}{id}")
+}
+
+/// The prefix of [`mount_id`]s, for the start-up sweep.
+pub const USER_PREFIX: &str = "snapshot-";
+
 /// Provides layers and keeps their mounts.
 pub struct RemoteLayers {
     client: Client,
@@ -90,7 +99,7 @@ impl RemoteLayers {
     pub fn is_kept(&self, id: u64) -> bool {
         self.keeper
             .as_ref()
-            .is_some_and(|keeper| matches!(keeper.get(&id.to_string()), Ok(Some(_))))
+            .is_some_and(|keeper| matches!(keeper.get(&mount_id(id)), Ok(Some(_))))
     }
 
     /// The plan of an image, from the cache or the registry. Blocking.
@@ -163,7 +172,7 @@ impl RemoteLayers {
         let options = MountOptions {
             root: self.root.clone(),
             state_dir: state_dir.to_path_buf(),
-            mount_id: id.to_string(),
+            mount_id: mount_id(id),
             verify: !self.config.fuse.disable_verification,
             background: (!self.config.background_fetch.disable).then(|| {
                 sochi_fs::BackgroundOptions {

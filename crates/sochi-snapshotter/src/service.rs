@@ -75,6 +75,8 @@ pub struct Snapshotter {
     remote: Arc<RemoteLayers>,
     /// Layer outcomes.
     pub counters: Counters,
+    /// Held while this snapshotter serves the root.
+    _lock: sochi_lazy::FileLock,
 }
 
 fn snapshots_dir(root: &Path) -> PathBuf {
@@ -89,16 +91,43 @@ impl Snapshotter {
     /// Opens the store under `root` and mounts again every layer sochi
     /// provided before a restart (span caches and zTOCs are reused, so
     /// nothing is fetched twice). Blocking.
+    ///
+    /// One snapshotter owns a root: a second one on the same root is
+    /// refused (it would take the first one's layers for leftovers). What
+    /// a crash left is removed first: snapshot directories containerd was
+    /// never told of, and layer state of snapshots that are gone.
     pub fn open(root: &Path, remote: Arc<RemoteLayers>) -> anyhow::Result<Snapshotter> {
+        use anyhow::Context as _;
         let dir = root.join("snapshotter");
-        std::fs::create_dir_all(snapshots_dir(root))?;
+        sochi_lazy::root_dir(root)?;
+        sochi_lazy::private_dir(&snapshots_dir(root))?;
+        let lock_path = dir.join("lock");
+        let lock = sochi_lazy::FileLock::try_acquire(&lock_path)?.with_context(|| {
+            format!(
+                "another snapshotter serves {} (it holds {})",
+                root.display(),
+                lock_path.display()
+            )
+        })?;
         let store = MetaStore::open(&dir.join("metadata.json"))?;
         let snapshotter = Snapshotter {
             root: root.to_path_buf(),
             store: Mutex::new(store),
             remote,
             counters: Counters::default(),
+            _lock: lock,
         };
+        snapshotter.remove_orphans();
+        let provided: Vec<String> = snapshotter
+            .store
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.remote.is_some())
+            .map(|(_, s)| s.id.to_string())
+            .collect();
+        sochi_lazy::sweep_layer_state(root, crate::remote::USER_PREFIX, &|id| {
+            provided.iter().any(|p| p == id)
+        })?;
         snapshotter.restore();
         Ok(snapshotter)
     }
@@ -410,20 +439,31 @@ impl Snapshotter {
     }
 
     fn cleanup(&self) -> Result<(), Status> {
+        std::fs::read_dir(snapshots_dir(&self.root)).map_err(internal)?;
+        self.remove_orphans();
+        Ok(())
+    }
+
+    /// Removes snapshot directories the store does not know: a Prepare
+    /// that failed or was killed half-way (its layer unmounted first).
+    fn remove_orphans(&self) {
         let known: Vec<u64> = self.store.lock().iter().map(|(_, s)| s.id).collect();
         let dir = snapshots_dir(&self.root);
-        for entry in std::fs::read_dir(&dir).map_err(internal)?.flatten() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
             let orphan = entry
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<u64>().ok())
                 .is_some_and(|id| !known.contains(&id));
             if orphan {
+                tracing::info!(dir = %entry.path().display(), "removing a snapshot directory containerd does not know");
                 let _ = sochi_lazy::unmount(&entry.path().join("fs"));
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
-        Ok(())
     }
 
     /// Unmounts every provided layer (shutdown).

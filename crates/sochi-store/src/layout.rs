@@ -253,9 +253,119 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A layout being written as one piece: a new destination is built in a
+/// staging directory beside it and renamed into place by
+/// [`commit`](Self::commit), so it appears whole or not at all; dropped
+/// uncommitted, the staging directory goes. An existing layout is written
+/// in place (blobs are content-addressed, and `index.json` is replaced
+/// atomically, last).
+#[derive(Debug)]
+pub struct StagedLayout {
+    target: PathBuf,
+    staging: Option<PathBuf>,
+    committed: bool,
+}
+
+impl StagedLayout {
+    /// Prepares to write the layout at `target`.
+    pub fn new(target: &Path) -> Result<StagedLayout> {
+        let is_layout = target.join("oci-layout").is_file();
+        let is_empty_dir = fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
+        if is_layout || (target.exists() && !is_empty_dir) {
+            if !is_layout {
+                return Err(Error::NotFound {
+                    layout: target.to_path_buf(),
+                    detail: "exists and is neither an OCI image layout nor empty".to_string(),
+                });
+            }
+            return Ok(StagedLayout {
+                target: target.to_path_buf(),
+                staging: None,
+                committed: false,
+            });
+        }
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "layout".into());
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(io_err("creating", &parent))?;
+        let staging = parent.join(format!(".{name}.sochi-partial-{}", std::process::id()));
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(io_err("removing", &staging))?;
+        }
+        Ok(StagedLayout {
+            target: target.to_path_buf(),
+            staging: Some(staging),
+            committed: false,
+        })
+    }
+
+    /// Where to write now.
+    pub fn work_dir(&self) -> &Path {
+        self.staging.as_deref().unwrap_or(&self.target)
+    }
+
+    /// Puts a staged layout in place (a no-op for one written in place).
+    pub fn commit(mut self) -> Result<()> {
+        if let Some(staging) = &self.staging {
+            fs::rename(staging, &self.target).map_err(io_err("renaming into", &self.target))?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedLayout {
+    fn drop(&mut self) {
+        if let (false, Some(staging)) = (self.committed, &self.staging) {
+            let _ = fs::remove_dir_all(staging);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staged_layout_appears_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out");
+        {
+            let staged = StagedLayout::new(&target).unwrap();
+            let layout = OciLayout::create(staged.work_dir()).unwrap();
+            layout.write_blob(b"half").unwrap();
+            // Dropped: a failure.
+        }
+        assert!(!target.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let staged = StagedLayout::new(&target).unwrap();
+        OciLayout::create(staged.work_dir()).unwrap();
+        staged.commit().unwrap();
+        assert!(OciLayout::open(&target).is_ok());
+        // An existing layout is written in place.
+        let again = StagedLayout::new(&target).unwrap();
+        assert_eq!(again.work_dir(), target);
+        drop(again);
+        assert!(target.join("oci-layout").is_file());
+        // An empty directory is replaced whole.
+        let empty = dir.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        let staged = StagedLayout::new(&empty).unwrap();
+        assert_ne!(staged.work_dir(), empty);
+        OciLayout::create(staged.work_dir()).unwrap();
+        staged.commit().unwrap();
+        assert!(empty.join("oci-layout").is_file());
+        // Anything else is not touched.
+        let other = dir.path().join("other");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join("file"), b"x").unwrap();
+        assert!(StagedLayout::new(&other).is_err());
+    }
 
     #[test]
     fn blobs_round_trip_and_are_verified() {

@@ -18,7 +18,7 @@
 
 pub use artifacts::{ArtifactEntry, ArtifactKind, ArtifactsDb};
 pub use error::{Error, Result};
-pub use layout::{write_atomic, OciLayout, REF_NAME};
+pub use layout::{write_atomic, OciLayout, StagedLayout, REF_NAME};
 pub use store::Store;
 
 mod artifacts;

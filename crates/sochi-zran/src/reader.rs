@@ -190,6 +190,12 @@ impl<R: Read> CheckpointingReader<R> {
         self.total_out - (self.output_filled - self.output_read) as u64
     }
 
+    /// Gives back the compressed stream, positioned wherever the inflater
+    /// stopped reading it (it reads ahead in chunks of 512 KiB).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// Checkpoints placed so far.
     pub fn checkpoint_count(&self) -> usize {
         self.zinfo.len()

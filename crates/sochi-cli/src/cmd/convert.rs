@@ -19,7 +19,7 @@ use serde::Serialize;
 use sochi_build::{convert, ConvertOutput};
 use sochi_format::{media_types, Descriptor, ImageIndex};
 use sochi_registry::Reference;
-use sochi_store::{OciLayout, REF_NAME};
+use sochi_store::{OciLayout, StagedLayout, REF_NAME};
 
 use super::{open_image, BuildArgs, Global, OpenedImage};
 use crate::image_ref::ImageRef;
@@ -74,6 +74,12 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
         }
     }
     let opened = open_image(global, &src_ref)?;
+    // A new layout destination is written aside and renamed into place at
+    // the end: a failed convert leaves no half-made layout.
+    let staged = match &dst_ref {
+        ImageRef::Layout { path, .. } => Some(StagedLayout::new(path)?),
+        ImageRef::Registry(_) => None,
+    };
     let bars = LayerBars::new();
     let events = |e: sochi_build::BuildEvent<'_>| bars.on_event(e);
 
@@ -92,8 +98,9 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
         _ => None,
     };
     let output = match (&dst_ref, &tee_upload) {
-        (ImageRef::Layout { path, .. }, _) => {
-            let dst = OciLayout::create(path)?;
+        (ImageRef::Layout { .. }, _) => {
+            let work_dir = staged.as_ref().map(StagedLayout::work_dir);
+            let dst = OciLayout::create(work_dir.context("no staged layout")?)?;
             let tee = TeeToLayout {
                 inner: opened.source.as_ref(),
                 dst,
@@ -118,7 +125,11 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     }
 
     match &dst_ref {
-        ImageRef::Layout { path, tag } => write_layout(&opened, &output, path, tag.as_deref())?,
+        ImageRef::Layout { tag, .. } => {
+            let staged = staged.context("no staged layout")?;
+            write_layout(&opened, &output, staged.work_dir(), tag.as_deref())?;
+            staged.commit()?;
+        }
         ImageRef::Registry(dst) => push_registry(
             global,
             &src_ref,

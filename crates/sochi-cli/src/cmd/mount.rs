@@ -87,10 +87,18 @@ pub struct Args {
 }
 
 /// What a mount daemon writes once mounted; `sochi unmount` reads it.
+///
+/// Whether the daemon lives is told by its lock ([`daemon_lock`]), never
+/// by the process name: a renamed binary, a reused pid or a zombie cannot
+/// fool it. The pid and its start time say whom to signal.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MountState {
     /// The daemon's process id.
     pub pid: u32,
+    /// When it started, in clock ticks after boot (`/proc/PID/stat` field
+    /// 22): with the pid, it names the process.
+    #[serde(default)]
+    pub start_time: u64,
     /// The image reference.
     pub image: String,
     /// Where the image (or layer) is mounted.
@@ -136,6 +144,23 @@ pub fn state_dir(root: &Path, mountpoint: &Path) -> PathBuf {
     root.join("mounts").join(id)
 }
 
+/// What a `sochi mount` is called among the users of a layer's local state.
+const USER_PREFIX: &str = "mount-";
+
+/// The lock a mount daemon holds while it lives (released by the kernel
+/// when it exits, however it exits).
+pub fn daemon_lock(state: &Path) -> PathBuf {
+    state.join("daemon.lock")
+}
+
+/// Field 22 of `/proc/PID/stat`, the process's start time, if it exists.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ..."; comm may hold spaces and parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Runs `sochi mount`.
 pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     if args.layer_file.is_some() {
@@ -167,7 +192,8 @@ fn spawn_daemon(args: &Args, mountpoint: &Path, state: &Path) -> Result<ExitCode
             mountpoint.display()
         );
     }
-    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    sochi_lazy::root_dir(&global_root(state))?;
+    sochi_lazy::private_dir(state)?;
     let log_path = state.join("log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
@@ -225,6 +251,20 @@ fn serve(
     mountpoint: &Path,
     state: &Path,
 ) -> Result<ExitCode> {
+    sochi_lazy::private_dir(state)?;
+    let lock_path = daemon_lock(state);
+    let _alive = sochi_lazy::FileLock::try_acquire(&lock_path)?.with_context(|| {
+        format!(
+            "another daemon serves {} (it holds {})",
+            mountpoint.display(),
+            lock_path.display()
+        )
+    })?;
+    // Layers a crashed mount left registered or half unpacked.
+    let mounts = global.root.join("mounts");
+    sochi_lazy::sweep_layer_state(&global.root, USER_PREFIX, &|id| {
+        sochi_lazy::FileLock::is_held(&daemon_lock(&mounts.join(id)))
+    })?;
     let reference = Reference::parse(image).with_context(|| format!("image reference {image}"))?;
     let platform = match &args.platform {
         Some(text) => Platform::parse(text)?,
@@ -253,14 +293,11 @@ fn serve(
         .ok()
         .filter(|t| !t.is_zero())
         .context("--fetch-timeout must be a positive number of seconds")?;
-    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    sochi_lazy::private_dir(state)?;
     let options = MountOptions {
         root: global.root.clone(),
         state_dir: state.to_path_buf(),
-        mount_id: state
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        mount_id: format!("{USER_PREFIX}{}", mount_name(state)),
         verify: !args.disable_verification,
         background: (!args.no_background_fetch).then(|| BackgroundOptions {
             idle: Duration::from_millis(args.background_idle_ms),
@@ -325,6 +362,7 @@ fn serve(
     };
     let info = MountState {
         pid: std::process::id(),
+        start_time: process_start_time(std::process::id()).unwrap_or(0),
         image: image.to_string(),
         mountpoint: mountpoint.to_path_buf(),
         manifest: plan.manifest.digest.clone(),
@@ -353,6 +391,23 @@ fn serve(
     let _ = std::fs::remove_dir_all(state);
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The name of the mount whose state directory is `state`.
+fn mount_name(state: &Path) -> String {
+    state
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The root a state directory `<root>/mounts/<id>` lives under.
+fn global_root(state: &Path) -> PathBuf {
+    state
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Waits for SIGTERM, SIGINT, or the mount going away from outside.

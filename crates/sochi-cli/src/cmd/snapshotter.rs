@@ -80,8 +80,7 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     }
     let config = Arc::new(load(args.config.as_ref())?);
     let registry = global.registry_with_threads(4)?;
-    std::fs::create_dir_all(&global.root)
-        .with_context(|| format!("creating {}", global.root.display()))?;
+    sochi_lazy::root_dir(&global.root)?;
     let daemon = sochi_snapshotter::Daemon {
         address: args.address.clone(),
         root: global.root.clone(),

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::mount::{is_mounted, state_dir, MountState};
+use super::mount::{daemon_lock, is_mounted, process_start_time, state_dir, MountState};
 use super::Global;
 
 /// Flags of `sochi unmount`.
@@ -43,11 +43,25 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     };
     let mount: MountState =
         serde_json::from_str(&text).with_context(|| format!("reading {}", state_file.display()))?;
-    let pid = Pid::from_raw(i32::try_from(mount.pid).context("pid out of range")?);
-    if kill(pid, None).is_ok() && is_sochi(mount.pid) {
+    let lock = daemon_lock(&state);
+    if daemon_alive(&lock) {
+        // The lock says the daemon lives; the pid and its start time say
+        // which process it is (a daemon of an older sochi recorded no
+        // start time).
+        let same_process =
+            mount.start_time == 0 || process_start_time(mount.pid) == Some(mount.start_time);
+        if !same_process {
+            bail!(
+                "the mount daemon holds {} but is not pid {} any more; see {}",
+                lock.display(),
+                mount.pid,
+                state.join("log").display()
+            );
+        }
+        let pid = Pid::from_raw(i32::try_from(mount.pid).context("pid out of range")?);
         kill(pid, Signal::SIGTERM).context("signalling the mount daemon")?;
         let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-        while kill(pid, None).is_ok() && is_sochi(mount.pid) {
+        while daemon_alive(&lock) {
             if Instant::now() > deadline {
                 bail!(
                     "the mount daemon (pid {}) did not finish within {} s; see {}",
@@ -71,18 +85,10 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether `pid` is a live sochi process: not a reused pid, and not a
-/// zombie (a daemon that died but is not reaped yet is gone for us).
-fn is_sochi(pid: u32) -> bool {
-    let named_sochi = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|comm| comm.trim() == "sochi");
-    // /proc/PID/stat: "pid (comm) state ..."; comm may hold spaces.
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X")
-    });
-    named_sochi && !zombie
+/// Whether the daemon holding `lock` lives: it holds the lock until it
+/// exits, whatever its name or state.
+fn daemon_alive(lock: &Path) -> bool {
+    sochi_lazy::FileLock::is_held(lock)
 }
 
 fn clean_up_after(mount: &MountState, mountpoint: &Path) -> Result<()> {

@@ -21,6 +21,8 @@
 //! - [`lazy`]: `sochi mount IMAGE MOUNTPOINT` owned by a guard
 //!   ([`lazy::LazyMount`]), the daemon's metrics, the oracle's rootfs of a
 //!   test image (cached), a bearer-token front for a registry.
+//! - [`layouts`]: small OCI layouts made here (hostile layers, a wrong
+//!   `diff_id`, a PAX global header), on their own or on a test image.
 //! - [`Snapshotter`]: `sochi snapshotter` serving a [`Containerd`]'s proxy
 //!   plugin, with `kill9`/`restart`; stopped and its mounts undone on drop.
 //!   [`SnapshotView`]: a containerd snapshot view mounted read-only.
@@ -43,6 +45,7 @@ pub use crate::sochi::{sochi_bin, Sochi, SochiOutput};
 
 mod containerd;
 mod images;
+pub mod layouts;
 pub mod lazy;
 mod mounts;
 pub mod oracle;

@@ -117,6 +117,13 @@ impl Sochi {
         self
     }
 
+    /// Runs `bin` instead of the built `sochi` (a copy under another name).
+    pub fn with_bin(mut self, bin: impl Into<PathBuf>) -> Sochi {
+        self.bin = bin.into();
+        self
+    }
+
+    /// The binary it runs.
     pub fn bin(&self) -> &Path {
         &self.bin
     }

@@ -21,3 +21,6 @@ mod pull;
 
 // sochi snapshotter behind a real containerd: lazy pulls, ctr run, restarts.
 mod snapshotter;
+
+// Hostile images: no privilege, one xattr policy, nothing half-made.
+mod hostile;

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use sochi_e2e::lazy::{cached_rootfs, oracle_rootfs, push_layout_exact};
+use sochi_e2e::lazy::{oracle_rootfs, push_layout_exact};
 use sochi_e2e::oracle::compare_trees;
 use sochi_e2e::snapshotter::{keeper_pid, mounts_under};
 use sochi_e2e::{
@@ -536,23 +536,13 @@ fn image_without_index_still_runs() {
 
 // --- 5. the image the reference converted -------------------------------------------------
 
-/// Whether `line` of `compare_trees` says only that the permission bits of
-/// a symlink differ (`PATH: mode 120777 != 120644`): the fixture's tar
-/// headers give symlinks 0644, which a lazy layer shows as the reference
-/// does, while the oracle's tar -x makes them 0777 (see tests/lazy.rs).
-fn is_symlink_permission_difference(oracle: &Path, line: &str) -> bool {
-    let Some((path, rest)) = line.split_once(": mode ") else {
-        return false;
-    };
-    let Some((expected, actual)) = rest.split_once(" != ") else {
-        return false;
-    };
-    let is_symlink = fs::symlink_metadata(oracle.join(path)).is_ok_and(|m| m.is_symlink());
-    is_symlink && expected.starts_with("120") && actual.starts_with("120")
-}
-
+/// The image the reference converted (`fixtures/converted`): its first
+/// layer carries a `security.capability` the kernel refuses (fixtures
+/// README), so sochi refuses to provide it, as the lazy mount and the
+/// unpack do (issue 14); the layer goes back to containerd with the reason
+/// logged and counted, and containerd's own unpack refuses it too.
 #[test]
-fn reference_converted_image_runs_lazily() {
+fn reference_converted_image_is_refused_with_the_reason_recorded() {
     let fixtures = workspace_root().join("../shared/fixtures");
     // A private copy, so nothing here can touch the shared fixtures.
     let work = tempfile::tempdir().unwrap();
@@ -563,61 +553,40 @@ fn reference_converted_image_runs_lazily() {
             .arg(fixtures.join("converted"))
             .arg(&layout),
     );
-    let read = |digest: &str| -> serde_json::Value {
-        let hex = digest.trim_start_matches("sha256:");
-        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
-    };
-    let top: serde_json::Value =
-        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let image_index = read(top["manifests"][0]["digest"].as_str().unwrap());
-    let image_manifest = image_index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m.get("artifactType").is_none())
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let layers: Vec<String> = read(&image_manifest)["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|layer| layer["digest"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(layers.len(), 3);
-
     let registry = Registry::plain();
     let containerd = Containerd::start();
     let snapshotter = Snapshotter::for_containerd(&containerd);
     let sochi = Sochi::for_registry(&registry);
     let reference = push_layout_exact(&registry, &layout, "converted", "latest");
-    let oracle = cached_rootfs(
-        &layout,
-        &image_manifest,
-        &TestImages::get().dir().join("oracle"),
-        "reference-converted",
-    );
 
-    let report = pull(&sochi, &containerd, "sochi", &reference);
-    assert_eq!(report["manifest"], image_manifest.as_str(), "{report:#}");
-    assert_all(&report, "lazy", &layers);
-    assert_lazy_metrics(&snapshotter, 3);
-    assert_remote_snapshots(&containerd, &chain_ids(&report));
-
-    // No executable in it: its root filesystem is the view of the top
-    // snapshot, compared with the oracle.
-    let view = SnapshotView::new(&containerd, "sochi", report["chain_id"].as_str().unwrap());
-    let differences: Vec<String> = compare_trees(&oracle, view.path(), &[])
-        .into_iter()
-        .filter(|line| !is_symlink_permission_difference(&oracle, line))
-        .collect();
+    let address = containerd.address();
+    let pulled = sochi.output([
+        "pull",
+        "--address",
+        address.to_str().unwrap(),
+        "--snapshotter",
+        "sochi",
+        &reference,
+    ]);
     assert!(
-        differences.is_empty(),
-        "{} differs from the oracle {}:\n  {}",
-        view.path().display(),
-        oracle.display(),
-        differences.join("\n  ")
+        !pulled.status.success(),
+        "containerd applied it: {}",
+        pulled.stdout
+    );
+    assert_eq!(snapshotter.layers_total("lazy"), 0);
+    assert_eq!(
+        snapshotter.layers_total("containerd_error"),
+        1,
+        "{}",
+        snapshotter.log_tail(20)
+    );
+    let log = snapshotter.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("cannot provide the layer")
+                && line.contains("security.capability")
+                && line.contains("data/xattr-file")),
+        "{log}"
     );
 }
 

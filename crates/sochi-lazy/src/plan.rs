@@ -294,7 +294,14 @@ fn store_cached(dir: &Path, digest: &str, bytes: &[u8]) {
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return;
     }
-    let write = std::fs::create_dir_all(dir).and_then(|()| {
+    let created = {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(crate::local_state::PRIVATE_DIR_MODE)
+            .create(dir)
+    };
+    let write = created.and_then(|()| {
         let temp = dir.join(format!("{hex}.tmp-{}", std::process::id()));
         std::fs::write(&temp, bytes)?;
         std::fs::rename(&temp, dir.join(hex))

@@ -8,7 +8,7 @@ member, several, empty, stored, with a file name), and sochi-built zTOCs of
 the tiny tars when a `sochi` binary is given.
 
 Usage: fuzz/make-seeds.py [FIXTURES_DIR] [SOCHI_BINARY]
-(defaults: ../shared/fixtures, target/debug/sochi; run from the repo root)
+(defaults: fixtures/, target/debug/sochi; run from the repo root)
 """
 
 import gzip
@@ -23,7 +23,7 @@ import tempfile
 import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "..", "shared", "fixtures")
+FIXTURES = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "fixtures")
 SOCHI = sys.argv[2] if len(sys.argv) > 2 else os.path.join(ROOT, "target", "debug", "sochi")
 SEEDS = os.path.join(ROOT, "fuzz", "seeds")
 

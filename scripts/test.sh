@@ -11,5 +11,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo build --workspace --all-targets --quiet
 export SOCHI_BIN=$PWD/target/debug/sochi
-cargo test --workspace --quiet 2>&1 | tee target/test-output.txt
+# Unit and conformance tests (the default members), then the end-to-end
+# suite against real services.
+cargo test --quiet 2>&1 | tee target/test-output.txt
+cargo test -p sochi-e2e --quiet 2>&1 | tee -a target/test-output.txt
 scripts/cli-e2e.sh "$SOCHI_BIN"

@@ -233,7 +233,7 @@ fn oracle_edgecase() {
 /// of it.
 #[test]
 fn reference_converted_image_is_refused_and_its_clean_layer_mounts() {
-    let fixtures = workspace_root().join("../shared/fixtures");
+    let fixtures = workspace_root().join("fixtures");
     // A private copy, so nothing here can touch the shared fixtures.
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("converted");

@@ -146,7 +146,7 @@ pub(crate) fn compare(expected: &Path, actual: &Path, strict: bool) -> usize {
 }
 
 fn mount_matches_tar(layer: &str) {
-    let fixtures = workspace_root().join("../shared/fixtures");
+    let fixtures = workspace_root().join("fixtures");
     let blob = fixtures.join(layer);
     let ztoc = fixtures.join(format!("{layer}.65536.ztoc"));
     let work = tempfile::TempDir::new().unwrap();
@@ -188,7 +188,7 @@ fn mount_gnu_mixed_matches_tar() {
 /// and nothing is mounted (issue 14).
 #[test]
 fn fixture_layers_with_an_invalid_capability_are_refused() {
-    let fixtures = workspace_root().join("../shared/fixtures");
+    let fixtures = workspace_root().join("fixtures");
     for layer in ["pax-mixed.tar.gz", "plain.tar"] {
         let work = tempfile::TempDir::new().unwrap();
         let mountpoint = work.path().join("mnt");

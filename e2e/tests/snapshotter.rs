@@ -543,7 +543,7 @@ fn image_without_index_still_runs() {
 /// logged and counted, and containerd's own unpack refuses it too.
 #[test]
 fn reference_converted_image_is_refused_with_the_reason_recorded() {
-    let fixtures = workspace_root().join("../shared/fixtures");
+    let fixtures = workspace_root().join("fixtures");
     // A private copy, so nothing here can touch the shared fixtures.
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("converted");

@@ -225,7 +225,7 @@ mod tests {
 
     const FIXTURE_V1: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/index-v1/index.json"
+        "/../../fixtures/index-v1/index.json"
     );
 
     #[test]

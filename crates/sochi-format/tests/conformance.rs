@@ -2,7 +2,7 @@
 //! it back byte for byte, decode it as the reference's own dump does, print
 //! the same `soci ztoc info`, and refuse damaged input without panicking.
 //!
-//! Fixtures live in `shared/fixtures` beside the checkout (see its README).
+//! Fixtures live in `fixtures/` at the top of the repository (see its README).
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,7 +24,7 @@ const LAYERS: [&str; 4] = [
 const SPAN_SIZES: [u64; 2] = [65536, 4194304];
 
 fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 fn read_fixture(name: &str) -> Vec<u8> {

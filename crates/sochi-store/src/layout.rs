@@ -387,7 +387,7 @@ mod tests {
     fn resolve_finds_tags() {
         let fixture = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/image"
+            "/../../fixtures/image"
         );
         let layout = OciLayout::open(fixture).unwrap();
         let d = layout.resolve(Some("latest")).unwrap();

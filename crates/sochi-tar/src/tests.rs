@@ -19,7 +19,7 @@ use super::{parse_header_at, TarEntry, TarError, TarReader};
 fn fixtures() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
+        "/../../fixtures"
     ))
 }
 

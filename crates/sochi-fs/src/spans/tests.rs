@@ -11,7 +11,7 @@ use sochi_format::Ztoc;
 
 use crate::{Error, FileKind, Ino, LayerMetrics, MemoryBlob, SpanManager};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/");
 const LAYERS: [&str; 2] = ["pax-mixed.tar.gz", "plain.tar"];
 
 /// A fixture layer: its zTOC, blob, uncompressed tar and regular files.

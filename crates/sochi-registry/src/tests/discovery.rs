@@ -10,7 +10,7 @@ use super::{client, oci_manifest};
 use crate::digest::sha256_of;
 use crate::{Client, DiscoveredIndex, DiscoveryOptions, Error, FoundBy, Reference};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 
 /// The original image manifest (no annotation), subject of the v1 index.
 const IMAGE: &str = "sha256:0e8cf36cb6f86f1bbe8d51c7628bdf1f5abf76a01c003560cb483ba9544c9f78";

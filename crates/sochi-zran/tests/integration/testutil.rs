@@ -194,7 +194,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The shared fixtures directory (read-only).
 pub fn fixtures_dir() -> std::path::PathBuf {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures").into()
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures").into()
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {

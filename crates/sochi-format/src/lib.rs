@@ -34,7 +34,7 @@ pub use soci_index::{
 };
 pub use zinfo::{CheckpointRef, GzipZinfo, GzipZinfoWriter, TarZinfo, Zinfo, WINDOW_SIZE};
 pub use ztoc::{
-    CompressionAlgorithm, CompressionInfo, EntryType, FileMetadata, SpanGeometry, Ztoc,
+    CompressionAlgorithm, CompressionInfo, EntryType, FileMetadata, SpanGeometry, SpanId, Ztoc,
     ZtocFileInfo, ZtocInfo, BUILD_TOOL_IDENTIFIER, ZTOC_VERSION,
 };
 

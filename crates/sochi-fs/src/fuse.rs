@@ -1,23 +1,23 @@
 //! A read-only FUSE filesystem over one lazy layer: the [`LayerTree`]
-//! answers metadata, the [`SpanManager`] reads file data on demand.
+//! answers metadata, the span store's [`SpanManager`] reads file data on
+//! demand. Mounting it is `mount.rs`'s.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use sochi_format::Ztoc;
 
-use crate::kept::KeptState;
-use crate::metrics::LayerMetrics;
-use crate::verify::Verified;
-use crate::{Attr, Error, FileKind, Ino, LayerTree, Result, SpanManager};
+use sochi_spans::{BlobErrorKind, HeaderCheck, LayerMetrics, SpanManager};
+
+use crate::layer::LayerConfig;
+use crate::{Attr, Error, FileKind, Ino, LayerTree, Result};
 
 /// How long the kernel may cache attributes and entries of the layer: a
 /// layer never changes, so as long as it likes (the reference's 1 s makes
@@ -35,11 +35,28 @@ fn ttl(ino: u64) -> &'static Duration {
     }
 }
 
-/// The errno a filesystem request fails with for `error`: every error of
-/// reading layer data is an I/O error (never wrong bytes).
+/// The errno a filesystem request fails with for `error`, in one place:
+/// a blob read that timed out is `ETIMEDOUT`, refused credentials are
+/// `EACCES`, everything else of reading layer data is `EIO` (never wrong
+/// bytes).
 pub fn errno_of(error: &Error) -> Errno {
     match error {
         Error::TooLarge { .. } => Errno::EFBIG,
+        Error::Spans(error) => data_errno(error),
+        _ => Errno::EIO,
+    }
+}
+
+/// [`errno_of`] for an error of reading layer data.
+fn data_errno(error: &sochi_spans::Error) -> Errno {
+    match error {
+        sochi_spans::Error::Blob { source, .. } => match source.kind() {
+            BlobErrorKind::Timeout => Errno::ETIMEDOUT,
+            BlobErrorKind::Denied => Errno::EACCES,
+            BlobErrorKind::NotFound | BlobErrorKind::ShortRead | BlobErrorKind::Transport => {
+                Errno::EIO
+            }
+        },
         _ => Errno::EIO,
     }
 }
@@ -51,48 +68,13 @@ const STATUS_FILE_INO: u64 = u64::MAX - 2;
 /// Name of the status directory.
 const STATUS_DIR: &[u8] = b".soci-snapshotter";
 
-/// What a mounted layer knows of itself beyond its zTOC.
-#[derive(Clone, Debug)]
-pub struct LayerOptions {
-    /// The layer digest, for the status file (no status dir without it).
-    pub layer_digest: Option<String>,
-    /// The compressed layer size, for the status file.
-    pub layer_size: u64,
-    /// Check each file's tar header against the zTOC before its first read
-    /// (spec §3.6; on by default in the reference and here).
-    pub verify: bool,
-    /// FUSE worker threads.
-    pub threads: usize,
-}
-
-impl LayerOptions {
-    /// Verification on, [`DEFAULT_FUSE_THREADS`] threads, no status file.
-    pub fn new() -> LayerOptions {
-        LayerOptions {
-            layer_digest: None,
-            layer_size: 0,
-            verify: true,
-            threads: DEFAULT_FUSE_THREADS,
-        }
-    }
-}
-
-impl Default for LayerOptions {
-    fn default() -> Self {
-        LayerOptions::new()
-    }
-}
-
-/// FUSE worker threads per layer by default.
-pub const DEFAULT_FUSE_THREADS: usize = 8;
-
 /// A read-only [`Filesystem`] serving one layer.
 pub struct LayerFs {
     tree: Arc<LayerTree>,
     spans: Arc<SpanManager>,
     ztoc: Arc<Ztoc>,
-    verified: Option<Arc<Verified>>,
-    options: LayerOptions,
+    verified: Option<Arc<HeaderCheck>>,
+    options: LayerConfig,
     /// `<layer digest>.json`, the status file's name.
     status_name: Vec<u8>,
     /// The status file's content as of its last `getattr`: reads serve
@@ -119,10 +101,10 @@ impl LayerFs {
         tree: Arc<LayerTree>,
         spans: Arc<SpanManager>,
         ztoc: Arc<Ztoc>,
-        options: LayerOptions,
+        options: LayerConfig,
     ) -> Result<LayerFs> {
         let verified = if options.verify {
-            Some(Arc::new(Verified::new(&ztoc)?))
+            Some(Arc::new(HeaderCheck::new(&ztoc)?))
         } else {
             None
         };
@@ -217,11 +199,11 @@ impl LayerFs {
         };
         if let (Some(verified), Some(entry)) = (&self.verified, self.tree.toc_index(ino)) {
             if let Err(error) = verified.check(&self.ztoc, &self.spans, entry) {
-                if matches!(error, Error::HeaderMismatch { .. }) {
+                if matches!(error, sochi_spans::Error::HeaderMismatch { .. }) {
                     LayerMetrics::add(&self.spans.metrics().verification_failures, 1);
                 }
                 tracing::error!(error = %error, "file verification failed");
-                return Err(errno_of(&error));
+                return Err(data_errno(&error));
             }
         }
         if offset >= len {
@@ -238,7 +220,7 @@ impl LayerFs {
                 Ok(n) => done += n,
                 Err(e) => {
                     tracing::warn!(error = %e, offset = at, "layer read failed");
-                    return Err(errno_of(&e));
+                    return Err(data_errno(&e));
                 }
             }
         }
@@ -580,134 +562,4 @@ impl Filesystem for LayerFs {
 /// `O_ACCMODE` bits that ask for writing (`O_WRONLY | O_RDWR`).
 const fn libc_accmode() -> i32 {
     0o3
-}
-
-/// A mounted layer; unmounts (and joins the session thread) on drop.
-pub struct MountHandle {
-    session: Option<fuser::BackgroundSession>,
-    /// Set for a mount whose connection the keeper holds.
-    kept: Option<KeptState>,
-}
-
-impl std::fmt::Debug for MountHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MountHandle")
-            .field("kept", &self.kept.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl MountHandle {
-    pub(crate) fn kept(session: fuser::BackgroundSession, state: KeptState) -> MountHandle {
-        MountHandle {
-            session: Some(session),
-            kept: Some(state),
-        }
-    }
-
-    /// Whether the keeper holds this mount's connection (it stays mounted
-    /// after [`MountHandle::leave`]).
-    pub fn is_kept(&self) -> bool {
-        self.kept.is_some()
-    }
-
-    /// Waits until the filesystem is unmounted from outside.
-    pub fn join(mut self) -> std::io::Result<()> {
-        match self.session.take() {
-            Some(session) => session.join(),
-            None => Ok(()),
-        }
-    }
-
-    /// Stops serving without unmounting when the keeper holds the
-    /// connection (the next daemon takes it over; meanwhile the kernel
-    /// queues requests); otherwise unmounts as a drop does.
-    pub fn leave(mut self) {
-        if self.kept.take().is_some() {
-            // The session threads end with the process.
-            drop(self.session.take());
-        }
-    }
-}
-
-impl Drop for MountHandle {
-    fn drop(&mut self) {
-        if let Some(kept) = self.kept.take() {
-            kept.end();
-            // Its threads end as the connection is aborted.
-            drop(self.session.take());
-            return;
-        }
-        if let Some(session) = self.session.take() {
-            // Nothing to report to from a drop; the session is gone either way.
-            let _ = session.umount_and_join();
-        }
-    }
-}
-
-/// Readahead of a layer mount, in KiB. Linux gives a FUSE mount 128 KiB,
-/// so a sequential read costs a round trip (and a span-cache read) per
-/// 128 KiB; 1 MiB is the most one FUSE read carries.
-const READAHEAD_KIB: u32 = 1024;
-
-/// Raises the readahead of the FUSE mount at `mountpoint` (its backing
-/// device info in sysfs, as root); best effort.
-pub(crate) fn raise_readahead(mountpoint: &Path) {
-    let Ok(stat) = rustix::fs::stat(mountpoint) else {
-        return;
-    };
-    let knob = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        rustix::fs::major(stat.st_dev),
-        rustix::fs::minor(stat.st_dev)
-    );
-    if let Err(error) = std::fs::write(&knob, READAHEAD_KIB.to_string()) {
-        tracing::debug!(%knob, %error, "cannot raise the layer's readahead");
-    }
-}
-
-/// Mounts the layer read-only at `mountpoint` (as root: pure-Rust mount).
-pub fn mount_layer(
-    tree: Arc<LayerTree>,
-    spans: Arc<SpanManager>,
-    ztoc: Arc<Ztoc>,
-    options: &LayerOptions,
-    mountpoint: &Path,
-) -> Result<MountHandle> {
-    // nosuid and nodev: a layer holds what strangers wrote (fuser's
-    // default too, said here so it stays). Containers stack layers in
-    // their own overlay, whose flags decide there.
-    let mount_options = vec![
-        MountOption::RO,
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::FSName("sochi".into()),
-        MountOption::Subtype("sochi".into()),
-        MountOption::DefaultPermissions,
-    ];
-    let mut last = None;
-    for acl in [SessionACL::All, SessionACL::Owner] {
-        let mut config = Config::default();
-        config.mount_options = mount_options.clone();
-        config.acl = acl;
-        // Reads block on the registry: enough threads that a few slow
-        // fetches do not stall lookups and cached reads.
-        config.n_threads = Some(options.threads.max(1));
-        config.clone_fd = true;
-        let fs = LayerFs::new(tree.clone(), spans.clone(), ztoc.clone(), options.clone())?;
-        match fuser::spawn_mount(fs, mountpoint, &config) {
-            Ok(session) => {
-                raise_readahead(mountpoint);
-                return Ok(MountHandle {
-                    session: Some(session),
-                    kept: None,
-                });
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(Error::Mount {
-        path: mountpoint.to_path_buf(),
-        source: last.unwrap_or_else(|| std::io::Error::other("mount failed")),
-    })
 }

@@ -3,7 +3,7 @@
 //! die or restart while the mounts (and the containers on them) stay. A
 //! FUSE connection ends when its last descriptor closes; while the keeper
 //! holds one, the kernel queues requests until a new daemon takes the
-//! descriptor back ([`crate::mount_layer_kept`]) and answers them. The
+//! descriptor back ([`crate::Layer::mount_kept`]) and answers them. The
 //! reference loses every running container's layers on a restart (soci
 //! #1648).
 //!
@@ -45,7 +45,7 @@ const FIRST_CLIENT_WAIT: Duration = Duration::from_secs(10);
 /// A FUSE connection as the kernel set it up: its `/dev/fuse` descriptor
 /// and the INIT request the kernel sent on it (a daemon that takes the
 /// connection over answers its own copy of it: see
-/// [`crate::mount_layer_kept`]).
+/// [`crate::Layer::mount_kept`]).
 #[derive(Debug)]
 pub struct FuseConnection {
     /// The `/dev/fuse` descriptor.

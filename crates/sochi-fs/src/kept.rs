@@ -22,13 +22,13 @@ use std::sync::Arc;
 use fuser::{Config, Session, SessionACL};
 use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
 use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-use sochi_format::Ztoc;
 
+use crate::fuse::LayerFs;
 use crate::keeper::{FuseConnection, Keeper};
 use crate::mountinfo::mount_type;
-use crate::{Error, LayerFs, LayerOptions, LayerTree, MountHandle, Result, SpanManager};
+use crate::{Error, Result};
 
-/// What [`mount_layer_kept`] did.
+/// What a kept mount ([`crate::Layer::mount_kept`]) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeptMount {
     /// A new mount; its connection is now kept.
@@ -170,24 +170,21 @@ fn serve(
     session.spawn()
 }
 
-/// Mounts the layer read-only at `mountpoint` with its FUSE connection
-/// kept by `keeper` under `key`, or, when the keeper already keeps a
-/// connection under `key` and `mountpoint` is still mounted, takes that
-/// connection over. As root.
-pub fn mount_layer_kept(
-    tree: Arc<LayerTree>,
-    spans: Arc<SpanManager>,
-    ztoc: Arc<Ztoc>,
-    options: &LayerOptions,
+/// Serves `fs` at `mountpoint` with its FUSE connection kept by `keeper`
+/// under `key`: a new mount whose connection is handed to the keeper, or,
+/// when the keeper already keeps a connection under `key` and
+/// `mountpoint` is still mounted, that connection taken over. As root.
+pub(crate) fn serve_kept(
+    fs: LayerFs,
+    threads: usize,
     mountpoint: &Path,
     keeper: Arc<Keeper>,
     key: &str,
-) -> Result<(MountHandle, KeptMount)> {
+) -> Result<(fuser::BackgroundSession, KeptState, KeptMount)> {
     let mount_error = |source: std::io::Error| Error::Mount {
         path: mountpoint.to_path_buf(),
         source,
     };
-    let fs = LayerFs::new(tree, spans, ztoc, options.clone())?;
     let kept = match keeper.get(key) {
         Ok(Some(connection)) if is_fuse_mount(mountpoint) => Some(connection),
         Ok(Some(_)) => {
@@ -210,7 +207,7 @@ pub fn mount_layer_kept(
         }
     };
     let fresh = how == KeptMount::Mounted;
-    let session = match serve(fs, &connection, fresh, options.threads) {
+    let session = match serve(fs, &connection, fresh, threads) {
         Ok(session) => session,
         Err(error) => {
             if fresh {
@@ -225,18 +222,14 @@ pub fn mount_layer_kept(
             tracing::warn!(key, %error, "the FUSE keeper did not take the connection");
         }
     }
-    crate::fuse::raise_readahead(mountpoint);
     let connection_id = rustix::fs::stat(mountpoint)
         .ok()
         .map(|stat| rustix::fs::minor(stat.st_dev));
-    let handle = MountHandle::kept(
-        session,
-        KeptState {
-            mountpoint: mountpoint.to_path_buf(),
-            keeper,
-            key: key.to_string(),
-            connection: connection_id,
-        },
-    );
-    Ok((handle, how))
+    let state = KeptState {
+        mountpoint: mountpoint.to_path_buf(),
+        keeper,
+        key: key.to_string(),
+        connection: connection_id,
+    };
+    Ok((session, state, how))
 }

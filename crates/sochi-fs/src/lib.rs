@@ -1,19 +1,19 @@
-//! sochi's lazy layers, first building blocks: the **layer tree**, the
-//! filesystem tree of one layer built from its zTOC the way the reference
-//! snapshotter builds it (spec §3.6), and the **span manager** that reads
-//! the layer's data lazily. Neither knows anything of FUSE; the tree does no
-//! I/O, and file data is located through the zTOC when a file is read.
+//! The filesystem of a lazy layer: the **layer tree** of its zTOC, built
+//! the way the reference snapshotter builds it (docs/format.md §3.6), and
+//! the read-only FUSE filesystem that serves it, its file data read through
+//! the span store (`sochi-spans`). The tree does no I/O; the span store
+//! knows nothing of FUSE.
+//!
+//! [`Layer::open`] is the entry point: a zTOC and a blob ([`sochi_spans::BlobReader`])
+//! give a [`Layer`], which [`Layer::mount`]s plain or [`Layer::mount_kept`]
+//! with its FUSE connection held by the [`Keeper`] (a mount that outlives
+//! the daemon, taken over by the next one).
 //!
 //! [`LayerTree::build`] turns a [`sochi_format::Ztoc`] into a [`LayerTree`]
 //! whose nodes are addressed by [`Ino`]; [`LayerTree::lookup`],
 //! [`LayerTree::attr`] (an [`Attr`]), [`LayerTree::readdir`],
 //! [`LayerTree::readlink`], [`LayerTree::xattrs`] and
 //! [`LayerTree::file_extent`] answer what a filesystem asks.
-//!
-//! File data comes from a [`SpanManager`]: it maps an uncompressed range to
-//! the zTOC's spans and fetches, verifies, inflates and caches whole spans
-//! through a [`BlobReader`] (spec §3.7, §6.6); [`MemoryBlob`] is the
-//! in-memory blob used by tests.
 //!
 //! The tree is laid out for small memory (the reference's users report
 //! gigabytes for big layers): nodes in one `Vec`, sorted child lists, names
@@ -65,31 +65,26 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub use background::BackgroundOptions;
-pub use blob::{BlobReader, FileBlob, MemoryBlob};
 pub use error::{Error, Result};
-pub use fuse::{errno_of, mount_layer, LayerFs, LayerOptions, MountHandle, DEFAULT_FUSE_THREADS};
+pub use fuse::errno_of;
 pub use keeper::{serve_keeper, FuseConnection, Keeper};
-pub use kept::{mount_layer_kept, KeptMount};
-pub use metrics::{Histogram, LayerMetrics};
+pub use kept::KeptMount;
+pub use layer::{Layer, LayerConfig, DEFAULT_FUSE_THREADS};
+pub use mount::MountHandle;
 pub use mountinfo::mount_type;
-pub use spans::{SpanManager, DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND};
 pub use tree::{Attr, FileKind, Ino, LayerTree};
 
-mod background;
-mod blob;
 mod build;
 mod error;
 mod fuse;
 mod keeper;
 mod kept;
-mod metrics;
+mod layer;
+mod mount;
 mod mountinfo;
 mod path;
 mod priority;
-mod spans;
 mod tree;
-mod verify;
 
 #[cfg(test)]
 mod tests;

@@ -441,7 +441,9 @@ fn memory_per_entry() {
 
 #[test]
 fn fuse_read_is_clamped_to_the_file_and_a_bad_blob_is_eio() {
-    use crate::{LayerFs, LayerOptions, MemoryBlob, SpanManager};
+    use crate::fuse::LayerFs;
+    use crate::LayerConfig;
+    use sochi_spans::{MemoryBlob, SpanManager};
     use std::sync::Arc;
     let ztoc = Arc::new(fixture("plain.tar.65536.ztoc"));
     let tree = Arc::new(fixture_tree(&ztoc));
@@ -453,7 +455,7 @@ fn fuse_read_is_clamped_to_the_file_and_a_bad_blob_is_eio() {
     let (start, size) = (start as usize, size as usize);
     let spans =
         Arc::new(SpanManager::new(&ztoc, Arc::new(MemoryBlob::new(data.clone())), None).unwrap());
-    let fs = LayerFs::new(tree.clone(), spans, ztoc.clone(), LayerOptions::new()).unwrap();
+    let fs = LayerFs::new(tree.clone(), spans, ztoc.clone(), LayerConfig::default()).unwrap();
     let all = fs.read_file(ino, 0, u32::MAX).unwrap();
     assert_eq!(all, data[start..start + size]);
     assert!(fs.read_file(ino, size as u64, 10).unwrap().is_empty());
@@ -461,7 +463,7 @@ fn fuse_read_is_clamped_to_the_file_and_a_bad_blob_is_eio() {
     assert_eq!(tail, data[start + size - 1..start + size]);
     let truncated = MemoryBlob::new(data[..start].to_vec());
     let spans = Arc::new(SpanManager::new(&ztoc, Arc::new(truncated), None).unwrap());
-    let fs = LayerFs::new(tree, spans, ztoc, LayerOptions::new()).unwrap();
+    let fs = LayerFs::new(tree, spans, ztoc, LayerConfig::default()).unwrap();
     assert_eq!(fs.read_file(ino, 0, 4096), Err(fuser::Errno::EIO));
 }
 
@@ -469,7 +471,9 @@ fn fuse_read_is_clamped_to_the_file_and_a_bad_blob_is_eio() {
 /// zTOC entry that disagrees with its tar header fails the read with EIO.
 #[test]
 fn first_read_verifies_tar_headers() {
-    use crate::{LayerFs, LayerOptions, MemoryBlob, SpanManager};
+    use crate::fuse::LayerFs;
+    use crate::LayerConfig;
+    use sochi_spans::{MemoryBlob, SpanManager};
     use std::sync::Arc;
     for (name, blob) in [
         ("pax-mixed.tar.gz.65536.ztoc", "pax-mixed.tar.gz"),
@@ -485,7 +489,7 @@ fn first_read_verifies_tar_headers() {
             tree.clone(),
             spans.clone(),
             ztoc.clone(),
-            LayerOptions::new(),
+            LayerConfig::default(),
         )
         .unwrap();
         let files: Vec<Ino> = (1..=tree.len() as u64)
@@ -512,7 +516,7 @@ fn first_read_verifies_tar_headers() {
         let tree = Arc::new(fixture_tree(&tampered));
         let spans =
             Arc::new(SpanManager::new(&tampered, Arc::new(MemoryBlob::new(data)), None).unwrap());
-        let fs = LayerFs::new(tree, spans.clone(), tampered, LayerOptions::new()).unwrap();
+        let fs = LayerFs::new(tree, spans.clone(), tampered, LayerConfig::default()).unwrap();
         assert_eq!(
             fs.read_file(files[files.len() / 2], 0, 1),
             Err(fuser::Errno::EIO),

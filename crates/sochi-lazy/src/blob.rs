@@ -1,4 +1,4 @@
-//! A layer blob in a registry as a [`BlobReader`]: the span manager's range
+//! A layer blob in a registry as a [`BlobReader`]: the span store's range
 //! reads become HTTP range requests.
 //!
 //! The span manager runs on FUSE threads and background threads, which are
@@ -7,12 +7,11 @@
 //! The client's own retries (backoff, re-authentication on 401, resumed
 //! bodies) happen inside that deadline.
 
-use std::io;
 use std::ops::Range;
 use std::time::Duration;
 
-use sochi_fs::BlobReader;
 use sochi_registry::{Client, Reference};
+use sochi_spans::{BlobError, BlobErrorKind, BlobReader};
 use tokio::runtime::Handle;
 
 /// Default bound of one range read, retries included.
@@ -40,7 +39,7 @@ impl std::fmt::Debug for RegistryBlob {
 
 impl RegistryBlob {
     /// Blob `digest` of `repository`, read through `client` on `runtime`;
-    /// each read fails with `TimedOut` after `timeout`.
+    /// each read fails as [`BlobErrorKind::Timeout`] after `timeout`.
     pub fn new(
         client: Client,
         repository: Reference,
@@ -59,8 +58,7 @@ impl RegistryBlob {
 }
 
 impl BlobReader for RegistryBlob {
-    fn read_range(&self, range: Range<u64>) -> io::Result<Vec<u8>> {
-        let (start, end) = (range.start, range.end);
+    fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
         let read = self
             .client
             .get_blob_range(&self.repository, &self.digest, range);
@@ -69,20 +67,29 @@ impl BlobReader for RegistryBlob {
             .block_on(async { tokio::time::timeout(self.timeout, read).await })
         {
             Ok(Ok(bytes)) => Ok(bytes.to_vec()),
-            Ok(Err(error)) => Err(io::Error::other(format!(
-                "{}@{} bytes {start}..{end}: {}",
-                self.repository.repository,
-                self.digest,
-                error_chain(&error)
-            ))),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "{}@{} bytes {start}..{end}: no answer within {:?}",
-                    self.repository.repository, self.digest, self.timeout
-                ),
+            Ok(Err(error)) => Err(BlobError::new(kind_of(&error), error)),
+            Err(_) => Err(BlobError::new(
+                BlobErrorKind::Timeout,
+                format!("no answer from the registry within {:?}", self.timeout),
             )),
         }
+    }
+}
+
+/// What kind of blob-read failure a registry error is: the one mapping
+/// from registry errors to what a filesystem answers (`ETIMEDOUT`,
+/// `EACCES`, `EIO`).
+fn kind_of(error: &sochi_registry::Error) -> BlobErrorKind {
+    use sochi_registry::Error;
+    match error {
+        Error::Status { status: 404, .. } => BlobErrorKind::NotFound,
+        Error::Status {
+            status: 401 | 403, ..
+        }
+        | Error::Unauthorized { .. } => BlobErrorKind::Denied,
+        Error::Timeout { .. } | Error::Stalled { .. } => BlobErrorKind::Timeout,
+        Error::SizeMismatch { .. } => BlobErrorKind::ShortRead,
+        _ => BlobErrorKind::Transport,
     }
 }
 

@@ -14,6 +14,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub use blob::{RegistryBlob, DEFAULT_FETCH_TIMEOUT};
+pub use daemon::{
+    daemon_alive, daemon_lock, is_mounted, process_start_time, serve_image_mount,
+    serve_local_layer, state_dir, unmount_image, ImageMountRequest, LayerInfo, MountState,
+    Unmounted,
+};
 pub use local_state::{
     private_dir, root_dir, sweep_layer_state, FileLock, SweepReport, PRIVATE_DIR_MODE,
 };
@@ -23,6 +28,7 @@ pub use overlay::{mount_overlay, unmount};
 pub use plan::{plan_image, plan_image_manifest, ImagePlan, IndexSource, PlannedLayer};
 
 mod blob;
+mod daemon;
 mod local_state;
 mod metrics_server;
 mod mount;

@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sochi_format::{Descriptor, LayerCompression, Ztoc};
-use sochi_fs::{
-    BackgroundOptions, Keeper, KeptMount, LayerMetrics, LayerOptions, LayerTree, MountHandle,
-    SpanManager,
-};
+use sochi_fs::{Keeper, KeptMount, Layer, LayerConfig, MountHandle};
 use sochi_registry::{Client, Reference};
+use sochi_spans::{BackgroundOptions, LayerMetrics, SpanManager, SpanStoreConfig};
 use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
 
@@ -283,15 +281,20 @@ impl ImageMount {
             runtime.clone(),
             self.options.fetch_timeout,
         );
-        let mut spans = SpanManager::new(ztoc, Arc::new(blob), Some(state.path().join("spans")))
-            .context("opening the span cache")?
-            .with_memory_limit(self.options.memory_cache_limit)
-            .with_wait_bound(self.options.fetch_timeout * 2);
-        if let Some(limit) = self.options.span_cache_limit {
-            spans = spans.with_disk_limit(limit);
-        }
-        let spans = Arc::new(spans);
-        let tree = Arc::new(LayerTree::build(ztoc).context("building the layer tree")?);
+        let config = LayerConfig {
+            layer_digest: Some(digest.clone()),
+            layer_size: u64::try_from(layer.descriptor.size).unwrap_or(0),
+            verify: self.options.verify,
+            threads: self.options.fuse_threads,
+            spans: SpanStoreConfig {
+                cache_dir: Some(state.path().join("spans")),
+                memory_limit: self.options.memory_cache_limit,
+                disk_limit: self.options.span_cache_limit,
+                wait_bound: self.options.fetch_timeout * 2,
+            },
+        };
+        let opened =
+            Layer::open(Arc::clone(ztoc), Arc::new(blob), config).context("opening the layer")?;
         let mountpoint = match direct {
             Some(path) => path.to_path_buf(),
             None => {
@@ -300,36 +303,18 @@ impl ImageMount {
                 path
             }
         };
-        let layer_options = LayerOptions {
-            layer_digest: Some(digest.clone()),
-            layer_size: u64::try_from(layer.descriptor.size).unwrap_or(0),
-            verify: self.options.verify,
-            threads: self.options.fuse_threads,
-        };
         let handle = match (&self.options.keeper, direct) {
             (Some(keeper), Some(_)) => {
-                let (handle, how) = sochi_fs::mount_layer_kept(
-                    tree,
-                    Arc::clone(&spans),
-                    Arc::clone(ztoc) as Arc<Ztoc>,
-                    &layer_options,
-                    &mountpoint,
-                    Arc::clone(keeper),
-                    &self.options.mount_id,
-                )?;
+                let (handle, how) =
+                    opened.mount_kept(&mountpoint, Arc::clone(keeper), &self.options.mount_id)?;
                 if how == KeptMount::TakenOver {
                     tracing::info!(layer = %digest, mountpoint = %mountpoint.display(), "took over the kept FUSE connection of a live mount");
                 }
                 handle
             }
-            _ => sochi_fs::mount_layer(
-                tree,
-                Arc::clone(&spans),
-                Arc::clone(ztoc) as Arc<Ztoc>,
-                &layer_options,
-                &mountpoint,
-            )?,
+            _ => opened.mount(&mountpoint)?,
         };
+        let spans = Arc::clone(opened.spans());
         tracing::info!(layer = %digest, mountpoint = %mountpoint.display(), spans = spans.span_count(), kept = handle.is_kept(), "layer mounted lazily");
         Ok(LayerState::Lazy {
             mountpoint,
@@ -443,7 +428,7 @@ impl ImageMount {
                         let started = Instant::now();
                         match spans.fetch_all(digest, *size, &options, &stop) {
                             Ok(()) => tracing::info!(layer = %digest, seconds = started.elapsed().as_secs_f64(), "layer fetched and verified"),
-                            Err(sochi_fs::Error::Stopped) => return,
+                            Err(sochi_spans::Error::Stopped) => return,
                             Err(error) => {
                                 LayerMetrics::add(&spans.metrics().background_failures, 1);
                                 tracing::error!(layer = %digest, error = %error_chain(&error), "background fetch failed");

@@ -123,7 +123,7 @@ pub async fn serve(daemon: Daemon) -> Result<()> {
         let (snapshotter, remote) = (Arc::clone(&snapshotter), Arc::clone(&remote));
         let render = Arc::new(move || {
             let mut out = String::new();
-            sochi_fs::LayerMetrics::render_help(&mut out);
+            sochi_spans::LayerMetrics::render_help(&mut out);
             remote.render_metrics(&mut out);
             render_counters(&snapshotter.counters, &mut out);
             out

@@ -175,12 +175,12 @@ impl RemoteLayers {
             mount_id: mount_id(id),
             verify: !self.config.fuse.disable_verification,
             background: (!self.config.background_fetch.disable).then(|| {
-                sochi_fs::BackgroundOptions {
+                sochi_spans::BackgroundOptions {
                     idle: Duration::from_millis(self.config.background_fetch.idle_msec),
                     start_delay: Duration::from_millis(
                         self.config.background_fetch.silence_period_msec,
                     ),
-                    ..sochi_fs::BackgroundOptions::default()
+                    ..sochi_spans::BackgroundOptions::default()
                 }
             }),
             background_jobs: 1,

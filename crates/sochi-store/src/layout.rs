@@ -385,10 +385,7 @@ mod tests {
 
     #[test]
     fn resolve_finds_tags() {
-        let fixture = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../fixtures/image"
-        );
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/image");
         let layout = OciLayout::open(fixture).unwrap();
         let d = layout.resolve(Some("latest")).unwrap();
         assert_eq!(d.size, 714);

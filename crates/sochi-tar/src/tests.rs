@@ -17,10 +17,7 @@ use super::testutil::{
 use super::{parse_header_at, TarEntry, TarError, TarReader};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
 }
 
 /// Reads every entry and the end position.

@@ -7,7 +7,7 @@ mod spans;
 mod write;
 
 pub use info::{ZtocFileInfo, ZtocInfo};
-pub use spans::SpanGeometry;
+pub use spans::{SpanGeometry, SpanId};
 
 // The bounded FlatBuffers reader, shared with the TarZinfo decoder.
 pub(crate) use read::{vtable_offset, FlatBuffer};

@@ -18,6 +18,35 @@ use crate::zinfo::{CheckpointRef, Zinfo};
 
 use super::{CompressionAlgorithm, Ztoc};
 
+/// A span of a layer: its index `0..span_count()` in the zTOC. A type of
+/// its own so that a span is never mixed up with an offset or a count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SpanId(pub usize);
+
+impl SpanId {
+    /// The index, for a vector of per-span values.
+    pub fn index(self) -> usize {
+        self.0
+    }
+
+    /// The next span.
+    pub fn next(self) -> SpanId {
+        SpanId(self.0.saturating_add(1))
+    }
+}
+
+impl std::fmt::Display for SpanId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<usize> for SpanId {
+    fn from(index: usize) -> SpanId {
+        SpanId(index)
+    }
+}
+
 /// Start and end offsets of every span of one layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpanGeometry<'a> {

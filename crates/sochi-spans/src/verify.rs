@@ -20,20 +20,22 @@ use crate::SpanManager;
 /// allocation.
 const MAX_HEADER_BYTES: u64 = 16 << 20;
 
-/// Which TOC entries passed verification: one bit per entry.
+/// First-read verification of a layer's files: which TOC entries passed,
+/// one bit per entry.
 #[derive(Debug)]
-pub(crate) struct Verified {
+pub struct HeaderCheck {
     bits: Vec<AtomicU64>,
     header_offsets: Vec<u64>,
 }
 
-impl Verified {
-    pub(crate) fn new(ztoc: &Ztoc) -> Result<Verified> {
+impl HeaderCheck {
+    /// Nothing verified yet for the entries of `ztoc`.
+    pub fn new(ztoc: &Ztoc) -> Result<HeaderCheck> {
         let header_offsets = ztoc.tar_header_offsets()?;
         let bits = (0..header_offsets.len().div_ceil(64))
             .map(|_| AtomicU64::new(0))
             .collect();
-        Ok(Verified {
+        Ok(HeaderCheck {
             bits,
             header_offsets,
         })
@@ -53,7 +55,7 @@ impl Verified {
 
     /// Checks TOC entry `entry` once; later calls for it return at once.
     /// Concurrent first reads may both check; both get the same answer.
-    pub(crate) fn check(&self, ztoc: &Ztoc, spans: &SpanManager, entry: usize) -> Result<()> {
+    pub fn check(&self, ztoc: &Ztoc, spans: &SpanManager, entry: usize) -> Result<()> {
         if self.is_set(entry) {
             return Ok(());
         }

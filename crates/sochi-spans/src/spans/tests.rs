@@ -7,9 +7,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use sochi_format::Ztoc;
+use sochi_format::{EntryType, Ztoc};
 
-use crate::{Error, FileKind, Ino, LayerMetrics, MemoryBlob, SpanManager};
+use crate::{BlobError, BlobErrorKind, Error, LayerMetrics, MemoryBlob, SpanManager};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/");
 const LAYERS: [&str; 2] = ["pax-mixed.tar.gz", "plain.tar"];
@@ -39,11 +39,16 @@ fn layer(name: &str) -> Layer {
     } else {
         blob.clone()
     };
-    let tree = crate::tests::fixture_tree(&ztoc);
-    let files = (1..=tree.len() as u64)
-        .map(Ino)
-        .filter(|&ino| tree.attr(ino).is_some_and(|a| a.kind == FileKind::Regular))
-        .filter_map(|ino| tree.file_extent(&ztoc, ino))
+    let files = ztoc
+        .toc
+        .iter()
+        .filter(|entry| entry.entry_type == EntryType::Regular)
+        .map(|entry| {
+            (
+                entry.uncompressed_offset as u64,
+                entry.uncompressed_size as u64,
+            )
+        })
         .collect::<Vec<_>>();
     assert!(files.len() > 10, "{name}: {} files", files.len());
     Layer {
@@ -171,7 +176,7 @@ fn corrupt_blob_byte_is_a_digest_mismatch_never_wrong_bytes() {
                 expected,
                 actual,
             }) => {
-                assert_eq!(bad, span);
+                assert_eq!(bad, crate::SpanId(span));
                 assert_eq!(expected, layer.ztoc.compression.span_digests[span]);
                 assert_ne!(actual, expected);
             }
@@ -625,12 +630,12 @@ fn cache_file(dir: &Path, prefix: &str) -> std::path::PathBuf {
 fn waiting_for_another_readers_fetch_is_bounded() {
     struct Stuck(std::sync::Mutex<bool>, std::sync::Condvar);
     impl crate::BlobReader for Stuck {
-        fn read_range(&self, _: std::ops::Range<u64>) -> std::io::Result<Vec<u8>> {
+        fn read_range(&self, _: std::ops::Range<u64>) -> Result<Vec<u8>, BlobError> {
             let guard = self.0.lock().unwrap();
             let _unused = self
                 .1
                 .wait_timeout(guard, std::time::Duration::from_secs(2));
-            Err(std::io::Error::other("timed out"))
+            Err(BlobError::of_kind(BlobErrorKind::Timeout))
         }
     }
     let layer = layer("plain.tar");

@@ -8,6 +8,10 @@
 //! any byte is used (one retry on mismatch), then inflated from its
 //! checkpoint (gzip) or taken as is (tar).
 //!
+//! Inside this module a span is its index in `spans` (`usize`, what the
+//! vectors and runs of spans are indexed by); what leaves it, errors and
+//! metrics, names a [`SpanId`].
+//!
 //! Invariants:
 //! - `spans.len() >= 1`; `spans[i]` holds span `i`'s geometry and digest,
 //!   copied from the zTOC.
@@ -36,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use sochi_format::{CheckpointRef, CompressionAlgorithm, Sha256Digest, Zinfo, Ztoc};
+use sochi_format::{CheckpointRef, CompressionAlgorithm, Sha256Digest, SpanId, Zinfo, Ztoc};
 
 use crate::blob::BlobReader;
 use crate::error::{Error, Result};
@@ -149,14 +153,14 @@ impl Flight {
                 Some(Ok(data)) => return Ok(Arc::clone(data)),
                 Some(Err(message)) => {
                     return Err(Error::SharedFetch {
-                        span,
+                        span: SpanId(span),
                         message: message.clone(),
                     })
                 }
                 None => {
                     if self.done.wait_until(&mut slot, deadline).timed_out() && slot.is_none() {
                         return Err(Error::WaitTimeout {
-                            span,
+                            span: SpanId(span),
                             waited: bound,
                         });
                     }
@@ -252,7 +256,49 @@ pub struct SpanManager {
     advised: Mutex<Range<u64>>,
 }
 
+/// Where and how much a [`SpanManager`] caches, and how long its readers
+/// wait for each other.
+#[derive(Clone, Debug)]
+pub struct SpanStoreConfig {
+    /// The on-disk cache of the layer (created if missing); `None` for
+    /// memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Bound of the in-memory cache, in uncompressed bytes.
+    pub memory_limit: u64,
+    /// Bound of the on-disk cache, in uncompressed bytes (`None`:
+    /// unbounded).
+    pub disk_limit: Option<u64>,
+    /// Bound of a reader's wait for a span another reader is fetching.
+    pub wait_bound: Duration,
+}
+
+impl Default for SpanStoreConfig {
+    fn default() -> Self {
+        SpanStoreConfig {
+            cache_dir: None,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            disk_limit: None,
+            wait_bound: DEFAULT_WAIT_BOUND,
+        }
+    }
+}
+
 impl SpanManager {
+    /// [`SpanManager::new`] with the caches and bounds of `config`.
+    pub fn open(
+        ztoc: &Ztoc,
+        blob: Arc<dyn BlobReader>,
+        config: &SpanStoreConfig,
+    ) -> Result<SpanManager> {
+        let mut spans = SpanManager::new(ztoc, blob, config.cache_dir.clone())?
+            .with_memory_limit(config.memory_limit)
+            .with_wait_bound(config.wait_bound);
+        if let Some(limit) = config.disk_limit {
+            spans = spans.with_disk_limit(limit);
+        }
+        Ok(spans)
+    }
+
     /// A span manager for the layer `ztoc` describes, reading the layer
     /// from `blob` and keeping spans in memory and, if given, as files in
     /// `cache_dir` (created if missing; spans already there from an earlier
@@ -750,7 +796,7 @@ impl SpanManager {
             let expected = self.span(span)?.digest;
             if actual != expected {
                 return Err(Error::SpanDigestMismatch {
-                    span,
+                    span: SpanId(span),
                     expected,
                     actual,
                 });
@@ -777,8 +823,12 @@ impl SpanManager {
                 let checkpoint: CheckpointRef<'_> =
                     gzip.checkpoint(span).ok_or_else(|| self.corrupt(span))?;
                 let mut out = vec![0; len];
-                sochi_zran::inflate_span(checkpoint, compressed, 0, &mut out)
-                    .map_err(|source| Error::Inflate { span, source })?;
+                sochi_zran::inflate_span(checkpoint, compressed, 0, &mut out).map_err(
+                    |source| Error::Inflate {
+                        span: SpanId(span),
+                        source,
+                    },
+                )?;
                 Ok(Arc::from(out))
             }
         }

@@ -14,7 +14,7 @@
         (/proc/vmstat drop_pagecache; other benchmarks on a shared machine)
   metrics ADDR   the snapshotter's counters, summed over layers
   ztoc-spans ZTOC  the compressed span ranges of a gzip zTOC: `START END`
-        per span (spec §2.4), from the zTOC's own bytes
+        per span (docs/format.md §2.4), from the zTOC's own bytes
   opened TRACE ROOTFS  the files a traced run opened: reads an `strace -f -y`
         log, keeps what the first process that exec'd python3 (and its
         children) opened from then on, plus what it exec'd; prints each
@@ -171,7 +171,7 @@ def cmd_timed(argv):
         print(k, f"{v:.4f}" if isinstance(v, float) else v)
 
 
-# --- zTOC span geometry (spec §1.1, §2.2, §2.4) --------------------------------
+# --- zTOC span geometry (docs/format.md §1.1, §2.2, §2.4) --------------------------------
 
 
 def ztoc_spans(buf):
@@ -476,7 +476,7 @@ def cmd_floor(argv):
 
 def span_of(layer, offset):
     """The span holding uncompressed OFFSET: the last one starting at or
-    before it (spec §2.4 SpanOf)."""
+    before it (docs/format.md §2.4 SpanOf)."""
     import bisect
     starts = layer.setdefault("_starts", [s[2] for s in layer["spans"]])
     return max(0, bisect.bisect_right(starts, offset) - 1)

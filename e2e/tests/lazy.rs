@@ -730,7 +730,12 @@ fn fault_registry_down_mid_use_times_out_then_recovers() {
     let err = result.expect_err("a read with the registry down succeeded");
     // The read gave up at its deadline: a timeout is ETIMEDOUT (the blob
     // port's error kinds map to errnos in one place, sochi_fs::errno_of).
-    assert_eq!(err.raw_os_error(), Some(ETIMEDOUT), "{}: {err}", second.name);
+    assert_eq!(
+        err.raw_os_error(),
+        Some(ETIMEDOUT),
+        "{}: {err}",
+        second.name
+    );
     assert!(
         took < Duration::from_secs(20),
         "ETIMEDOUT took {took:?} with --fetch-timeout 3"

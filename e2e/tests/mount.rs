@@ -106,7 +106,7 @@ fn names(dir: &Path) -> BTreeSet<String> {
 /// `actual`; `strict` listings when tar created every entry.
 pub(crate) fn compare(expected: &Path, actual: &Path, strict: bool) -> usize {
     let mut checked = 0;
-    // The layer tree turns whiteouts into overlayfs form (spec §3.6): the
+    // The layer tree turns whiteouts into overlayfs form (docs/format.md §3.6): the
     // opaque marker becomes an xattr, `.wh.NAME` a 0/0 device `NAME`.
     let want_raw = names(expected);
     let want: BTreeSet<String> = want_raw

@@ -78,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
 /// or fifo whose header claims a size keeps that size in the zTOC (Go reads
 /// no data for it), so the derived header offset of the next entry is
 /// wrong and the reader refuses the zTOC as the reference's does
-/// (`ErrInvalidTOCEntry`, spec §1.2).
+/// (`ErrInvalidTOCEntry`, docs/format.md §1.2).
 fn check_readable(built: &LayerZtoc) {
     match Ztoc::from_bytes(&built.bytes) {
         Ok(parsed) => assert_eq!(parsed, built.ztoc),
@@ -118,7 +118,7 @@ fn extract_all(built: &LayerZtoc, blob: &[u8], tar: &[u8]) {
 /// Every entry and its data; offsets stay inside the input, each entry's
 /// data is exactly `uncompressed_size` bytes (none for non-regular
 /// entries), and its header blocks parse alone to the same entry, as the
-/// snapshotter checks on first read (spec §3.6). `None` on an error.
+/// snapshotter checks on first read (docs/format.md §3.6). `None` on an error.
 fn walk(data: &[u8]) -> Option<Vec<FileMetadata>> {
     let mut reader = TarReader::new(data);
     let mut buf = [0u8; 700];

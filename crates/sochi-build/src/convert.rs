@@ -1,4 +1,4 @@
-//! An image → a SOCI-enabled image (SOCI index manifest v2, spec §4.6):
+//! An image → a SOCI-enabled image (SOCI index manifest v2, docs/format.md §4.6):
 //! the image's index gains one SOCI index descriptor per platform, and each
 //! indexed image manifest carries `com.amazon.soci.index-digest`.
 //!
@@ -98,7 +98,7 @@ pub fn convert(
         new_blobs.push((built.descriptor.clone(), built.bytes.clone()));
     }
 
-    // Rewrite every image manifest we have (spec §4.6 step 3).
+    // Rewrite every image manifest we have (docs/format.md §4.6 step 3).
     let mut manifests = index.manifests.take().unwrap_or_default();
     for descriptor in manifests.iter_mut() {
         let is_soci = matches!(

@@ -1,5 +1,5 @@
 //! An image manifest → its SOCI index: one zTOC per indexable layer, built
-//! concurrently, descriptors kept in layer order (spec §3.1, §4.2).
+//! concurrently, descriptors kept in layer order (docs/format.md §3.1, §4.2).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,7 +116,7 @@ impl BuiltIndex {
     }
 }
 
-/// The descriptor of a zTOC as the index lists it (spec §4.2).
+/// The descriptor of a zTOC as the index lists it (docs/format.md §4.2).
 pub fn ztoc_descriptor(
     layer: &Descriptor,
     ztoc: &LayerZtoc,

@@ -24,7 +24,7 @@ use sochi_tar::{TarError, TarReader};
 /// The reference's default span size (4 MiB).
 pub const DEFAULT_SPAN_SIZE: u64 = 4 << 20;
 
-/// What to do with a layer, decided from its media type (spec §3.1).
+/// What to do with a layer, decided from its media type (docs/format.md §3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerKind {
     /// Index it with this compression.
@@ -70,7 +70,7 @@ pub struct LayerZtoc {
     /// Size of the layer blob read.
     pub layer_size: u64,
     /// Whether any entry carries an xattr or opaque marker (for the
-    /// `disable-xattrs` optimization, spec §4.2).
+    /// `disable-xattrs` optimization, docs/format.md §4.2).
     pub has_xattrs: bool,
 }
 
@@ -156,7 +156,7 @@ pub fn build_layer_ztoc(
 }
 
 /// Whether any entry carries an xattr or an opaque-directory marker: a
-/// layer without either may be marked `disable-xattrs` (spec §4.2).
+/// layer without either may be marked `disable-xattrs` (docs/format.md §4.2).
 pub fn has_xattrs(toc: &[FileMetadata]) -> bool {
     toc.iter().any(|e| {
         e.name.ends_with(b".wh..wh..opq")

@@ -2,7 +2,7 @@
 //! consumes it.
 //!
 //! Spans of a tar layer are fixed slices `[i × span_size, (i+1) × span_size)`
-//! of the blob, the last one running to the end (spec §2.4), so hashing is a
+//! of the blob, the last one running to the end (docs/format.md §2.4), so hashing is a
 //! matter of cutting the consumed bytes at multiples of the span size.
 
 use std::io::{self, BufRead, Read};

@@ -1,5 +1,5 @@
 //! containerd's label names and the values a pull gives them: the
-//! remote-snapshot labels a snapshotter reads on `Prepare` (spec §6.2), the
+//! remote-snapshot labels a snapshotter reads on `Prepare` (docs/format.md §6.2), the
 //! garbage-collection references between image content and snapshots, and
 //! chain IDs.
 

@@ -12,7 +12,7 @@
 //!   lease); cheap to clone.
 //! - [`pull`] with [`PullOptions`]: resolve, store manifest and config,
 //!   offer each layer to the snapshotter as a remote snapshot (labels of
-//!   spec §6.2), unpack the layers it declines, record the image; returns
+//!   docs/format.md §6.2), unpack the layers it declines, record the image; returns
 //!   a [`PullReport`] with a [`LayerOutcome`] per layer.
 //! - [`chain_ids`] and the `LABEL_*` names: the contract with the
 //!   snapshotter.

@@ -1,7 +1,7 @@
 //! The lazy pull (`sochi pull`): an image from a registry into containerd,
 //! with every layer offered to the snapshotter as a remote snapshot first.
 //!
-//! The steps (environment.md §4, "Remote snapshotter"; spec §6.1–6.3):
+//! The steps (environment.md §4, "Remote snapshotter"; docs/format.md §6.1–6.3):
 //!
 //! 1. Resolve the platform's image manifest (never the SOCI index manifest
 //!    beside it in an image index) and fetch its config.

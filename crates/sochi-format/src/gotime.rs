@@ -4,8 +4,8 @@
 //! RFC 3339 with up to nine fractional digits, trailing zeros trimmed
 //! (layout `2006-01-02T15:04:05.999999999Z07:00`), and refuses years outside
 //! `0..=9999`; the reference ignores that error and stores an empty string
-//! (spec §1.1, notes on `mod_time`). We always write UTC (`Z`), as the
-//! reference does when it runs with `TZ` unset (spec hazard 8).
+//! (docs/format.md §1.1, notes on `mod_time`). We always write UTC (`Z`), as the
+//! reference does when it runs with `TZ` unset (docs/format.md §0, hazard 8).
 //!
 //! Calendar arithmetic is the proleptic Gregorian calendar, done with
 //! Howard Hinnant's days-from-civil algorithms, like Go's own `time` package.
@@ -25,7 +25,7 @@ const MAX_YEAR: i64 = 9999;
 /// `nanos` of one second or more carry into the seconds, as in Go's
 /// `time.Unix`. A time whose year falls outside `0..=9999` yields the empty
 /// string: Go's `MarshalText` fails there and the reference stores `""`
-/// (spec §1.1).
+/// (docs/format.md §1.1).
 ///
 /// ```
 /// use sochi_format::format_mod_time;

@@ -1,4 +1,4 @@
-//! Go-canonical JSON output (spec §4.4).
+//! Go-canonical JSON output (docs/format.md §4.4).
 //!
 //! The reference snapshotter decodes every SOCI index it fetches and
 //! re-encodes it with Go's `encoding/json` before storing it under the digest

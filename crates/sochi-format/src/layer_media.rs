@@ -3,7 +3,7 @@
 //! unpack all read it, so they agree on what a layer is.
 //!
 //! It follows containerd's `images.IsLayerType` and `DiffCompression`
-//! (which the reference uses, spec §3.1): a layer type is an OCI
+//! (which the reference uses, docs/format.md §3.1): a layer type is an OCI
 //! `application/vnd.oci.image.layer.*` or a Docker rootfs diff type; its
 //! compression is the `+gzip`/`+zstd` suffix of an OCI type (the
 //! non-distributable ones included), `.gzip` of a Docker type (foreign ones

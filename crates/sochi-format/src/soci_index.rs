@@ -1,4 +1,4 @@
-//! The SOCI index manifest (spec §4) and the prefetch artifact (spec §3.8).
+//! The SOCI index manifest (docs/format.md §4) and the prefetch artifact (docs/format.md §3.8).
 
 use std::collections::BTreeMap;
 
@@ -9,7 +9,7 @@ use crate::json::JsonWriter;
 use crate::oci::{media_types, Descriptor, ImageManifest};
 use crate::ztoc::BUILD_TOOL_IDENTIFIER;
 
-/// Annotation keys of SOCI artifacts (spec §4.1).
+/// Annotation keys of SOCI artifacts (docs/format.md §4.1).
 pub mod annotations {
     /// On a zTOC / prefetch descriptor: the layer it indexes.
     pub const LAYER_DIGEST: &str = "com.amazon.soci.image-layer-digest";
@@ -89,7 +89,7 @@ impl SociIndex {
         Descriptor::of(self.version.media_type(), EMPTY_CONFIG)
     }
 
-    /// The manifest as the reference encodes it (spec §4.2, §4.3).
+    /// The manifest as the reference encodes it (docs/format.md §4.2, §4.3).
     pub fn to_manifest(&self) -> ImageManifest {
         ImageManifest {
             schema_version: 2,
@@ -161,7 +161,7 @@ pub struct PrefetchSpan {
     pub priority: i64,
 }
 
-/// The prefetch artifact of one layer (spec §3.8).
+/// The prefetch artifact of one layer (docs/format.md §3.8).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct PrefetchArtifact {
     /// Always `"1.0"`.

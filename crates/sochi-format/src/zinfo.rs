@@ -1,5 +1,5 @@
 //! The zinfo blob: the checkpoints stored in a zTOC's
-//! `CompressionInfo.checkpoints` (spec §2).
+//! `CompressionInfo.checkpoints` (docs/format.md §2).
 //!
 //! - Gzip layers ([`GzipZinfo`]): a little-endian header (checkpoint count,
 //!   span size) followed by one 32,785-byte record per checkpoint (§2.2).
@@ -36,14 +36,14 @@ const WINDOW_AT: usize = 17;
 /// (zlib `data_type & 7`).
 const MAX_BITS: u8 = 7;
 /// A v1 blob does not store checkpoint 0; it is implied just after a
-/// minimal 10-byte gzip header (spec §2.2).
+/// minimal 10-byte gzip header (docs/format.md §2.2).
 const V1_FIRST_COMPRESSED_OFFSET: u64 = 10;
 /// The window of the implied v1 checkpoint 0, which has no history.
 static ZERO_WINDOW: [u8; WINDOW_SIZE] = [0; WINDOW_SIZE];
 
 /// TarZinfo version written by the reference (and by sochi).
 const TAR_ZINFO_VERSION: i32 = 2;
-/// TarZinfo FlatBuffers slots (spec §2.6).
+/// TarZinfo FlatBuffers slots (docs/format.md §2.6).
 const TAR_SLOT_VERSION: u16 = 0;
 const TAR_SLOT_SPAN_SIZE: u16 = 1;
 const TAR_SLOT_SIZE: u16 = 2;
@@ -97,7 +97,7 @@ impl<'a> Zinfo<'a> {
 }
 
 /// One checkpoint of a gzip layer: where span *i* starts and the history
-/// needed to inflate from there (spec §2.3).
+/// needed to inflate from there (docs/format.md §2.3).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointRef<'a> {
     /// Offset in the layer blob of the first whole byte of the span
@@ -153,7 +153,7 @@ impl fmt::Debug for GzipZinfo<'_> {
 }
 
 impl<'a> GzipZinfo<'a> {
-    /// Decodes and checks a gzip zinfo blob (v1 or v2, spec §2.2).
+    /// Decodes and checks a gzip zinfo blob (v1 or v2, docs/format.md §2.2).
     pub fn parse(blob: &'a [u8]) -> Result<Self> {
         let corrupt = |offset: usize, detail: String| Error::Corrupt {
             what: "zinfo",
@@ -341,7 +341,7 @@ impl<'a> GzipZinfo<'a> {
     }
 }
 
-/// Builds a v2 gzip zinfo blob, one checkpoint at a time (spec §2.2, §3.4).
+/// Builds a v2 gzip zinfo blob, one checkpoint at a time (docs/format.md §2.2, §3.4).
 ///
 /// Refuses what [`GzipZinfo::parse`] would refuse, so a finished blob
 /// always parses (given at least one checkpoint).
@@ -449,7 +449,7 @@ impl GzipZinfoWriter {
 }
 
 /// The zinfo of an uncompressed layer: spans are fixed-size slices of the
-/// layer file (spec §2.6).
+/// layer file (docs/format.md §2.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TarZinfo {
     /// Span size in bytes; positive.

@@ -1,4 +1,4 @@
-//! Building a [`LayerTree`] from a zTOC (spec §3.6).
+//! Building a [`LayerTree`] from a zTOC (docs/format.md §3.6).
 //!
 //! One pass over the TOC in archive order creates nodes, synthesizing
 //! missing parents; whiteouts and opaque markers are collected and applied
@@ -65,7 +65,7 @@ fn to_u32(value: usize, what: &'static str) -> Result<u32> {
 }
 
 /// The `mod_time` as Unix seconds and nanoseconds; text that does not parse
-/// gives the epoch (the reference gives Go's zero time, spec §1.2 step 3).
+/// gives the epoch (the reference gives Go's zero time, docs/format.md §1.2 step 3).
 fn mtime(entry: &FileMetadata) -> (i64, u32) {
     parse_mod_time(&entry.mod_time).unwrap_or((0, 0))
 }
@@ -203,7 +203,7 @@ impl Builder {
     }
 
     /// Walks `components` from the root, synthesizing missing directories
-    /// (0755, spec §3.6), and returns the last one's inode and dir index.
+    /// (0755, docs/format.md §3.6), and returns the last one's inode and dir index.
     fn ensure_dirs(
         &mut self,
         index: usize,
@@ -264,7 +264,7 @@ impl Builder {
             to_u32(self.tree.xattr_sets.len(), "xattr sets")?
         };
         Ok(Common {
-            // Permission bits plus setuid, setgid and sticky (spec §3.6).
+            // Permission bits plus setuid, setgid and sticky (docs/format.md §3.6).
             perm: (entry.mode & 0o7777) as u16,
             uid: entry.uid,
             gid: entry.gid,
@@ -340,7 +340,7 @@ impl Builder {
                 if let Some(existing) = self.child(dir, last) {
                     if self.dir_of(existing.ino).is_some() {
                         // A later entry for an existing directory overwrites
-                        // its attributes and keeps its children (spec §3.6).
+                        // its attributes and keeps its children (docs/format.md §3.6).
                         self.set_attrs(existing.ino, &common);
                         return Ok(());
                     }
@@ -395,7 +395,7 @@ impl Builder {
 
     fn finish(mut self) -> Result<LayerTree> {
         // Whiteouts: `.wh.<x>` is a 0/0 character device `<x>` unless the
-        // layer has a real `<x>` (spec §3.6).
+        // layer has a real `<x>` (docs/format.md §3.6).
         for whiteout in std::mem::take(&mut self.whiteouts) {
             if self.child(whiteout.dir, &whiteout.name).is_some() {
                 continue;

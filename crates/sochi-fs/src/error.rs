@@ -12,7 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A hardlink names a target that no earlier entry of the layer created
-    /// (the reference fails the whole layer, spec §3.6).
+    /// (the reference fails the whole layer, docs/format.md §3.6).
     #[error(
         "layer tree: toc entry {entry} hardlink {:?} points to {:?}, which is not in the layer",
         String::from_utf8_lossy(.name),

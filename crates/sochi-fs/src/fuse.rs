@@ -61,7 +61,7 @@ fn data_errno(error: &sochi_spans::Error) -> Errno {
     }
 }
 
-/// Inode of the hidden status directory `/.soci-snapshotter` (spec §3.6).
+/// Inode of the hidden status directory `/.soci-snapshotter` (docs/format.md §3.6).
 const STATUS_DIR_INO: u64 = u64::MAX - 1;
 /// Inode of the status file `<layer digest>.json` in it.
 const STATUS_FILE_INO: u64 = u64::MAX - 2;
@@ -149,7 +149,7 @@ impl LayerFs {
         }
     }
 
-    /// The status file's content (spec §3.6) and the compressed bytes it
+    /// The status file's content (docs/format.md §3.6) and the compressed bytes it
     /// reports fetched.
     fn status_json(&self) -> (Vec<u8>, u64) {
         let size = self.options.layer_size;

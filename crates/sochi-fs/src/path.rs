@@ -1,4 +1,4 @@
-//! Name cleaning, as the reference does it (spec §3.6).
+//! Name cleaning, as the reference does it (docs/format.md §3.6).
 
 /// The components of `Clean("/" + name)` with the leading `/` stripped: empty
 /// and `.` components are dropped, `..` removes the previous component and

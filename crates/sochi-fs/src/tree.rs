@@ -139,7 +139,7 @@ pub(crate) struct Dir {
     pub(crate) children: Vec<Child>,
 }
 
-/// The filesystem tree of one layer, built from its zTOC (spec §3.6).
+/// The filesystem tree of one layer, built from its zTOC (docs/format.md §3.6).
 ///
 /// Build it with [`LayerTree::build`]; it is immutable afterwards.
 #[derive(Clone, Debug)]
@@ -195,7 +195,7 @@ impl LayerTree {
     }
 
     /// The child `name` of directory `parent`. Names starting with `.wh.`
-    /// find nothing (whiteouts are hidden, spec §3.6).
+    /// find nothing (whiteouts are hidden, docs/format.md §3.6).
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
         if name.starts_with(b".wh.") {
             return None;

@@ -1,7 +1,7 @@
 //! Lazy images: an image in a registry, mounted without pulling it.
 //!
 //! - [`plan_image`] resolves an image for a platform, finds its SOCI index
-//!   (v2 annotation, then v1 referrers or fallback tag; spec §5.2) and
+//!   (v2 annotation, then v1 referrers or fallback tag; docs/format.md §5.2) and
 //!   fetches the zTOC of each indexed layer.
 //! - [`ImageMount::mount`] mounts each layer with a zTOC over FUSE, reading
 //!   its spans from the registry through a [`RegistryBlob`] (bounded range

@@ -3,7 +3,7 @@
 //! unpacked, and a read-only overlay stacks them at the mountpoint.
 //!
 //! Local state lives under a root directory ([`crate::local_state`]): the
-//! span cache of each lazy layer (spec §6.6) and each unpacked layer,
+//! span cache of each lazy layer (docs/format.md §6.6) and each unpacked layer,
 //! shared by the mounts that use it and released by the last of them.
 //! The layer mountpoints themselves live in the caller's state directory.
 
@@ -39,7 +39,7 @@ pub struct MountOptions {
     /// layers it uses record it, and the FUSE keeper names connections by
     /// it.
     pub mount_id: String,
-    /// Check each file's tar header on first read (spec §3.6).
+    /// Check each file's tar header on first read (docs/format.md §3.6).
     pub verify: bool,
     /// Fetch the rest of each lazy layer in the background; `None` to
     /// fetch only what is read.

@@ -1,7 +1,7 @@
 //! What mounting an image takes, worked out before anything is mounted:
 //! the image manifest for the platform, its SOCI index (found the way the
-//! reference snapshotter finds it, spec §5.2) and the zTOC of each layer
-//! that has one (spec §5.3).
+//! reference snapshotter finds it, docs/format.md §5.2) and the zTOC of each layer
+//! that has one (docs/format.md §5.3).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -312,7 +312,7 @@ fn store_cached(dir: &Path, digest: &str, bytes: &[u8]) {
 }
 
 /// A zTOC must describe a layer of the layer's size and a compression the
-/// layer has (spec §1.3); anything else is a zTOC for another layer.
+/// layer has (docs/format.md §1.3); anything else is a zTOC for another layer.
 fn check_ztoc_fits_layer(ztoc: &Ztoc, layer: &Descriptor) -> Result<()> {
     if ztoc.compressed_archive_size != layer.size {
         bail!(

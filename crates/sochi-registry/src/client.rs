@@ -632,7 +632,7 @@ impl Client {
             .manifests()
             .iter()
             // A SOCI-enabled image lists its SOCI index with the same
-            // platform, after the image (spec §4.6): never pick an artifact.
+            // platform, after the image (docs/format.md §4.6): never pick an artifact.
             .filter(|m| m.artifact_type.as_deref().is_none_or(str::is_empty))
             .find(|m| m.platform.as_ref().is_some_and(|p| platform.matches(p)));
         let Some(chosen) = chosen else {

@@ -1,5 +1,5 @@
 //! Finding the SOCI index of an image manifest in a registry, as the
-//! reference snapshotter does at pull time (`soci-spec.md` §5.2, §5.3).
+//! reference snapshotter does at pull time (docs/format.md §5.2, §5.3).
 //!
 //! In order, stopping at the first that applies:
 //!

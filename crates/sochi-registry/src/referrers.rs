@@ -1,6 +1,6 @@
 //! Referrers: the OCI 1.1 referrers API and its tag-schema fallback
 //! (distribution spec "Listing Referrers" and "Referrers Tag Schema"; our
-//! `soci-spec.md` §5.1 and §5.2).
+//! docs/format.md §5.1 and §5.2).
 //!
 //! Listing: `GET /v2/<name>/referrers/<digest>?artifactType=…` → `200` with
 //! an OCI index (filtered here unless `OCI-Filters-Applied: artifactType`,

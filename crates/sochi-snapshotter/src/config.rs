@@ -1,5 +1,5 @@
 //! The snapshotter's TOML configuration. Keys follow the reference's
-//! (`/etc/soci-snapshotter-grpc/config.toml`, spec §6.11) where it has
+//! (`/etc/soci-snapshotter-grpc/config.toml`, docs/format.md §6.11) where it has
 //! them; a missing key takes its default, and a missing default file means
 //! all defaults (a missing explicit `--config` is an error).
 
@@ -74,7 +74,7 @@ impl Default for Enable {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Fuse {
-    /// Skip the first-read tar header check (spec §3.6).
+    /// Skip the first-read tar header check (docs/format.md §3.6).
     pub disable_verification: bool,
     /// FUSE threads per layer.
     pub threads: usize,

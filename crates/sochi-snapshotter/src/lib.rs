@@ -1,5 +1,5 @@
 //! sochi's containerd remote snapshotter: containerd's Snapshots gRPC
-//! service on a unix socket (spec §6). Layers of images with a SOCI index
+//! service on a unix socket (docs/format.md §6). Layers of images with a SOCI index
 //! are mounted lazily over FUSE ([`sochi_lazy`]), layers without a zTOC are
 //! fetched and unpacked by sochi, and images without an index are handed
 //! back to containerd. Snapshot metadata survives restarts, and the layers

@@ -1,6 +1,6 @@
 //! Layers sochi provides itself: found through the image's SOCI index and
 //! mounted lazily over FUSE, or (no zTOC for that layer) fetched whole and
-//! unpacked by sochi (spec §6.3, steps 2 and 3).
+//! unpacked by sochi (docs/format.md §6.3, steps 2 and 3).
 //!
 //! Image plans (index and zTOCs) are cached per image manifest; a lookup
 //! that found no index is forgotten after `no_index_ttl`, so an index
@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 
 use crate::config::Config;
 
-/// The labels containerd passes for a layer (spec §6.2).
+/// The labels containerd passes for a layer (docs/format.md §6.2).
 #[derive(Clone, Debug)]
 pub struct LayerRequest {
     /// `containerd.io/snapshot/cri.image-ref`.

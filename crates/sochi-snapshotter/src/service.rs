@@ -1,4 +1,4 @@
-//! containerd's Snapshots service over sochi's snapshot store (spec §6).
+//! containerd's Snapshots service over sochi's snapshot store (docs/format.md §6).
 //!
 //! A `Prepare` that carries `containerd.io/snapshot.ref` is a layer being
 //! pulled: sochi tries to provide it (lazily over FUSE, or unpacked by
@@ -26,7 +26,7 @@ use crate::filter::Filter;
 use crate::metadata::{now_nanos, Kind, MetaStore, RemoteLayer, Snapshot};
 use crate::remote::{LayerRequest, Outcome, RemoteLayers};
 
-/// Labels containerd passes (spec §6.2) and sochi writes.
+/// Labels containerd passes (docs/format.md §6.2) and sochi writes.
 pub mod labels {
     /// The name a layer snapshot is to be committed as.
     pub const TARGET: &str = "containerd.io/snapshot.ref";

@@ -1,5 +1,5 @@
 //! The background fetch: after a mount, the rest of the layer streams in
-//! behind the reads (spec §6.7, done differently).
+//! behind the reads (docs/format.md §6.7, done differently).
 //!
 //! The reference fetches one span per 500 ms across all layers. Here each
 //! layer is read front to back in range requests of about

@@ -1,5 +1,5 @@
 //! The span manager: serves uncompressed bytes of one layer by fetching,
-//! verifying, decompressing and caching whole spans (spec §3.7, §6.6).
+//! verifying, decompressing and caching whole spans (docs/format.md §3.7, §6.6).
 //!
 //! A read maps its uncompressed range to spans; each span comes from the
 //! in-memory cache, else from the on-disk cache, else from the layer blob:
@@ -70,7 +70,7 @@ const SEQUENTIAL_STREAK: u64 = 8 << 20;
 /// How far ahead of a sequential reader disk-cached spans are read.
 const DISK_READ_AHEAD: u64 = 16 << 20;
 
-/// One span's geometry (spec §2.4) and digest.
+/// One span's geometry (docs/format.md §2.4) and digest.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Span {
     pub(crate) start_compressed: u64,

@@ -1,4 +1,4 @@
-//! First-read verification of a file's tar header (spec §3.6): before any
+//! First-read verification of a file's tar header (docs/format.md §3.6): before any
 //! byte of a file is served, the header bytes in front of its data are read
 //! through the span manager, parsed with Go `archive/tar` semantics, and
 //! compared with the file's zTOC entry. A zTOC that does not describe its

@@ -1,5 +1,5 @@
 //! The artifacts database: which SOCI indexes and zTOCs the local store
-//! holds, what they were built from, and when (spec §4.7).
+//! holds, what they were built from, and when (docs/format.md §4.7).
 //!
 //! The reference keeps this in bbolt; nothing outside its CLI reads it, so
 //! sochi keeps a JSON file (`<root>/artifacts.json`) rewritten atomically

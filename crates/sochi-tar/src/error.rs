@@ -20,7 +20,7 @@ pub enum TarError {
         /// What was wrong.
         detail: String,
     },
-    /// The archive uses an entry kind the zTOC cannot describe (spec §3.5):
+    /// The archive uses an entry kind the zTOC cannot describe (docs/format.md §3.5):
     /// PAX global headers, GNU sparse files (old or PAX), contiguous files,
     /// volume headers or any unknown typeflag.
     #[error("tar: unsupported {what} at offset {offset}")]

@@ -1,5 +1,5 @@
 //! One 512-byte tar header block, parsed the way Go's `archive/tar`
-//! `Reader.readHeader` does (spec §3.5).
+//! `Reader.readHeader` does (docs/format.md §3.5).
 //!
 //! Go first checks the checksum, then guesses the format from the magic
 //! bytes, and the format decides which fields exist:

@@ -1,4 +1,4 @@
-//! Reading tar layers exactly as Go's `archive/tar` does (spec §3.5), and
+//! Reading tar layers exactly as Go's `archive/tar` does (docs/format.md §3.5), and
 //! what a layer's entries may carry.
 //!
 //! sochi-tar reads tar streams and slices and returns values; it knows
@@ -8,7 +8,7 @@
 //! accept and refuse the same layers.
 //!
 //! The zTOC must agree with the reference's reading of the layer, which is
-//! Go's tar reader fed by a byte-counting stream (spec hazards 3 and 6):
+//! Go's tar reader fed by a byte-counting stream (docs/format.md §0, hazards 3 and 6):
 //! the snapshotter re-parses each file's header on first read and refuses
 //! the file if any field differs (§3.6). So this module reproduces Go's
 //! behaviour, quirks included, rather than any tar standard:
@@ -20,7 +20,7 @@
 //!   override those; all PAX records of the entry are kept (`pax`);
 //! - numbers are octal or GNU base-256; names are cut at the first NUL and
 //!   never normalized (`../x`, `/abs`, `./x`, trailing `/` stay as they are:
-//!   consumers clean them, spec §3.6);
+//!   consumers clean them, docs/format.md §3.6);
 //! - a legacy NUL typeflag is a directory when the name ends in `/`;
 //!   links, directories, devices and fifos have no data whatever their
 //!   size says;
@@ -64,7 +64,7 @@ use sochi_format::FileMetadata;
 ///
 /// Returns the entry's metadata, with `uncompressed_offset` relative to the
 /// start of `bytes`, and the number of bytes the headers took, which is the
-/// same number. The snapshotter's first-read check (spec §3.6) passes the
+/// same number. The snapshotter's first-read check (docs/format.md §3.6) passes the
 /// bytes `[tar_header_offset, uncompressed_offset)` of a zTOC entry and
 /// requires that all of them were consumed.
 ///

@@ -1,6 +1,6 @@
 //! PAX extended header records (`x` entries), parsed and applied the way
 //! Go's `archive/tar` does (`parsePAX`, `parsePAXRecord`, `mergePAX`,
-//! `parsePAXTime`; spec §3.5).
+//! `parsePAXTime`; docs/format.md §3.5).
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
 //! The streaming tar reader: Go `archive/tar` `Reader.Next` over a
-//! [`BufRead`], counting every byte it consumes (spec §3.5).
+//! [`BufRead`], counting every byte it consumes (docs/format.md §3.5).
 //!
 //! Invariants, between calls:
 //! - `position` is the number of bytes consumed from `inner` since `new`;
@@ -32,9 +32,9 @@ pub struct TarEntry {
     ///
     /// This is where the previous entry's data and padding really ended.
     /// The reference does not store it but derives it from the previous
-    /// zTOC entry (spec §1.2 step 4); the two agree unless the previous
+    /// zTOC entry (docs/format.md §1.2 step 4); the two agree unless the previous
     /// entry was a link, directory, device or fifo whose header claimed a
-    /// non-zero size (Go reads no data for those, spec §3.5).
+    /// non-zero size (Go reads no data for those, docs/format.md §3.5).
     pub header_offset: u64,
     /// The zTOC record for the entry. `uncompressed_offset` is the offset
     /// of its first data byte: the position right after its header blocks.
@@ -101,7 +101,7 @@ impl<R: BufRead> TarReader<R> {
     /// Bytes consumed from the stream so far.
     ///
     /// After [`next_entry`](Self::next_entry) returns `Ok(None)` this is the
-    /// zTOC's `uncompressed_archive_size` (spec hazard 6, §3.5): the end of
+    /// zTOC's `uncompressed_archive_size` (docs/format.md §0, hazard 6, §3.5): the end of
     /// the second zero block, or the end of the stream if it ended cleanly
     /// after an entry's data (or inside its padding) or after one zero
     /// block. Padding after the two zero blocks is not consumed.
@@ -136,7 +136,7 @@ impl<R: BufRead> TarReader<R> {
     ///
     /// Whatever would make Go's `Next` fail (bad checksum, unparsable
     /// number, malformed PAX record, negative size, truncation) is
-    /// [`TarError::Corrupt`]; an entry type the zTOC cannot hold (spec §3.5)
+    /// [`TarError::Corrupt`]; an entry type the zTOC cannot hold (docs/format.md §3.5)
     /// is [`TarError::Unsupported`]; an oversized PAX header or long name is
     /// [`TarError::TooLarge`]. After an error every call fails.
     pub fn next_entry(&mut self) -> Result<Option<TarEntry>, TarError> {
@@ -205,7 +205,7 @@ impl<R: BufRead> TarReader<R> {
         loop {
             // Go discards the rest of the previous data (EOF there is an
             // error), then its padding, where EOF ends the archive cleanly
-            // (`tryReadFull`; spec §3.5).
+            // (`tryReadFull`; docs/format.md §3.5).
             self.skip_data()?;
             if !self.skip_padding()? {
                 return Ok(None);
@@ -254,7 +254,7 @@ impl<R: BufRead> TarReader<R> {
                     // Go returns a global header as an entry of its own,
                     // with the records of any `x` header before it; the
                     // reference's zTOC builder then refuses the layer
-                    // (spec §3.5), while containerd (and GNU tar) skip the
+                    // (docs/format.md §3.5), while containerd (and GNU tar) skip the
                     // entry and apply nothing of it. We skip it as
                     // containerd does: its records must parse (Go fails
                     // the layer otherwise), and what came before it is
@@ -278,7 +278,7 @@ impl<R: BufRead> TarReader<R> {
     }
 
     /// Applies PAX records, then GNU long names, to the entry's own header,
-    /// in Go's order (`mergePAX`, then the long names win; spec §3.5).
+    /// in Go's order (`mergePAX`, then the long names win; docs/format.md §3.5).
     fn finish_entry(
         &mut self,
         raw: RawHeader,
@@ -360,7 +360,7 @@ impl<R: BufRead> TarReader<R> {
 
         if pax::is_gnu_sparse(&records) {
             // Go would present the logical (expanded) size, which does not
-            // match the bytes in the archive (spec §3.5).
+            // match the bytes in the archive (docs/format.md §3.5).
             return Err(TarError::Unsupported {
                 offset: block_offset,
                 what: format!("gnu sparse file in pax format in entry {}", quote(&name)),

@@ -125,7 +125,7 @@ fn plain_tar_matches_the_reference_toc() {
     assert_matches_dump(&entries, end, "plain.tar.65536.dump.json");
     assert_matches_dump(&entries, end, "plain.tar.4194304.dump.json");
     // The file has record padding past the end-of-archive marker, which is
-    // not counted (spec hazard 6).
+    // not counted (docs/format.md §0, hazard 6).
     assert!(
         end < std::fs::metadata(fixtures().join("plain.tar"))
             .unwrap()
@@ -200,7 +200,7 @@ fn file_data_reads_back_from_both_layers() {
 
 #[test]
 fn every_fixture_header_reparses_from_its_own_bytes() {
-    // The snapshotter's first-read check (spec §3.6): the bytes
+    // The snapshotter's first-read check (docs/format.md §3.6): the bytes
     // [tar_header_offset, uncompressed_offset) parse to the same entry.
     for bytes in [
         std::fs::read(fixtures().join("plain.tar")).unwrap(),
@@ -219,7 +219,7 @@ fn every_fixture_header_reparses_from_its_own_bytes() {
     }
 }
 
-// --- Names, formats and field precedence (spec §3.5). ---
+// --- Names, formats and field precedence (docs/format.md §3.5). ---
 
 #[test]
 fn ustar_prefix_is_joined_to_the_name() {
@@ -531,7 +531,7 @@ fn negative_or_overflowing_header_numbers_are_errors() {
 
 #[test]
 fn header_only_types_with_a_size_have_no_data() {
-    // Go reads no data for links, dirs, devices and fifos (spec §3.5); the
+    // Go reads no data for links, dirs, devices and fifos (docs/format.md §3.5); the
     // size is still reported.
     let bytes = archive(&[
         &Header::ustar(b"dir/", b'5', 1000).build(),
@@ -588,7 +588,7 @@ fn every_supported_typeflag_maps_to_its_ztoc_type() {
 #[test]
 fn hostile_names_are_recorded_raw() {
     // The zTOC must agree with Go, which does not clean names (by default);
-    // consumers clean them (spec §3.6).
+    // consumers clean them (docs/format.md §3.6).
     for name in [
         &b"../../etc/passwd"[..],
         b"/abs/path",
@@ -604,7 +604,7 @@ fn hostile_names_are_recorded_raw() {
     }
 }
 
-// --- End of archive (spec §3.5, hazard 6). ---
+// --- End of archive (docs/format.md §3.5, hazard 6). ---
 
 #[test]
 fn end_of_archive_variants() {
@@ -652,7 +652,7 @@ fn the_end_is_sticky_and_the_position_stays() {
     assert_eq!(reader.position(), 1024);
 }
 
-// --- Unsupported entries (spec §3.5). ---
+// --- Unsupported entries (docs/format.md §3.5). ---
 
 #[test]
 fn unsupported_entry_types_are_refused_with_their_offset() {

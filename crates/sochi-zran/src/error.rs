@@ -31,7 +31,7 @@ pub enum Error {
         offset: u64,
     },
     /// Bytes follow the last gzip member that are not another member. The
-    /// reference refuses such layers too (spec §3.2).
+    /// reference refuses such layers too (docs/format.md §3.2).
     #[error("gzip: trailing data at compressed offset {offset} after the last gzip member")]
     TrailingData {
         /// Compressed offset of the first trailing byte.

@@ -9,11 +9,11 @@
 //! - [`CheckpointingReader`] yields a layer's uncompressed bytes (it is a
 //!   [`Read`](std::io::Read) and [`BufRead`](std::io::BufRead), so a tar
 //!   reader can sit on top) while placing checkpoints exactly where the
-//!   reference does (spec §3.2) and hashing each span's compressed bytes
-//!   (spec §2.4). [`CheckpointingReader::finish`] returns a
+//!   reference does (docs/format.md §3.2) and hashing each span's compressed bytes
+//!   (docs/format.md §2.4). [`CheckpointingReader::finish`] returns a
 //!   [`GzipLayerIndex`]: the zinfo blob of the zTOC plus the span digests.
 //! - [`inflate_span`] decompresses bytes of one span from its checkpoint and
-//!   the span's compressed bytes (spec §2.5), as the snapshotter does on a
+//!   the span's compressed bytes (docs/format.md §2.5), as the snapshotter does on a
 //!   lazy read.
 //!
 //! ```

@@ -1,6 +1,6 @@
 //! [`CheckpointingReader`]: one pass over a gzip layer that yields the
-//! uncompressed stream and, on the side, places zran checkpoints (spec §3.2)
-//! and computes span digests (spec §2.4, §3.3).
+//! uncompressed stream and, on the side, places zran checkpoints (docs/format.md §3.2)
+//! and computes span digests (docs/format.md §2.4, §3.3).
 //!
 //! Buffers (all fixed-size, so memory stays bounded whatever the layer size;
 //! only the zinfo blob grows, by 32,785 bytes per checkpoint):
@@ -36,16 +36,16 @@ const OUTPUT_SIZE: usize = 1024 * 1024;
 /// The result of indexing one gzip layer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct GzipLayerIndex {
-    /// The v2 zinfo blob (spec §2.2): span size, then every checkpoint with
+    /// The v2 zinfo blob (docs/format.md §2.2): span size, then every checkpoint with
     /// its 32 KiB window. This is the zTOC's `checkpoints` vector.
     pub zinfo: Vec<u8>,
-    /// SHA-256 of each span's compressed bytes, span 0 first (spec §2.4).
+    /// SHA-256 of each span's compressed bytes, span 0 first (docs/format.md §2.4).
     pub span_digests: Vec<Sha256Digest>,
     /// Length of the gzip blob in bytes (`compressed_archive_size`).
     pub compressed_size: u64,
     /// Length of the whole uncompressed stream in bytes. (The zTOC's
     /// `uncompressed_archive_size` is where the tar reader stopped instead;
-    /// spec §3.5.)
+    /// docs/format.md §3.5.)
     pub uncompressed_size: u64,
     /// Number of checkpoints, equal to `span_digests.len()`.
     pub checkpoint_count: usize,
@@ -78,7 +78,7 @@ enum State {
 /// Reads a gzip (or zlib) stream, yields its uncompressed bytes through
 /// [`Read`] and [`BufRead`], and builds the layer's zran index on the way.
 ///
-/// Checkpoints follow the reference exactly (spec §3.2): inflate with
+/// Checkpoints follow the reference exactly (docs/format.md §3.2): inflate with
 /// `windowBits` 47 and `Z_BLOCK`, and after each call place a checkpoint if
 /// zlib stopped at a block boundary (or right after a header) that does not
 /// end the last block, and either no output has been produced yet or more
@@ -333,7 +333,7 @@ impl<R: Read> CheckpointingReader<R> {
     }
 
     /// After a member: finds out whether another follows (then resets the
-    /// inflater, spec §3.2 "multi-member") or the stream is done. Returns
+    /// inflater, docs/format.md §3.2 "multi-member") or the stream is done. Returns
     /// whether inflating continues.
     fn next_member(&mut self) -> Result<bool> {
         if self.input_consumed == self.input_filled && !self.inner_eof {

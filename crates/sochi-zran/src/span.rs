@@ -1,4 +1,4 @@
-//! Inflating one span from its checkpoint (spec §2.5).
+//! Inflating one span from its checkpoint (docs/format.md §2.5).
 
 use sochi_format::{CheckpointRef, WINDOW_SIZE};
 
@@ -16,7 +16,7 @@ const SKIP_SCRATCH_SIZE: usize = 32 * 1024;
 /// Inflates uncompressed bytes of one span, starting at `checkpoint`.
 ///
 /// `compressed` is the span's compressed bytes `[StartCompressed,
-/// EndCompressed)` (spec §2.4): when `checkpoint.bits != 0` it starts with the
+/// EndCompressed)` (docs/format.md §2.4): when `checkpoint.bits != 0` it starts with the
 /// partial byte `compressed_offset - 1`. The first `skip` uncompressed bytes
 /// of the span are discarded, then `out` is filled exactly.
 ///

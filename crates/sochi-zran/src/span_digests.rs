@@ -1,4 +1,4 @@
-//! Span digests, computed while the compressed bytes stream past (spec §2.4,
+//! Span digests, computed while the compressed bytes stream past (docs/format.md §2.4,
 //! §3.3).
 //!
 //! Span `i` covers compressed bytes `[in[i] - (bits[i] != 0), in[i+1])`, the

@@ -153,7 +153,7 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
 }
 
 /// A zTOC already in the store for this layer and span size, as the index
-/// should list it (spec §3.1 step 5).
+/// should list it (docs/format.md §3.1 step 5).
 fn reuse_ztoc(
     store: &Store,
     layer: &Descriptor,

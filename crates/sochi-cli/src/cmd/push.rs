@@ -1,6 +1,6 @@
 //! `sochi push REF`: publish the v1 SOCI index of an image (config `{}`,
 //! zTOCs, index manifest) into the image's repository, found through the
-//! referrers API or its fallback tag (spec §5.1).
+//! referrers API or its fallback tag (docs/format.md §5.1).
 //!
 //! Blobs go first and the index manifest last, so a registry never holds an
 //! index that points at missing blobs.

@@ -1,4 +1,4 @@
-//! What `soci ztoc info` prints about a zTOC (spec §7.2, §3.7).
+//! What `soci ztoc info` prints about a zTOC (docs/format.md §7.2, §3.7).
 //!
 //! Field names and order are the reference's JSON keys. Like the reference,
 //! entries are listed sorted by `uncompressed_offset` (its reader sorts them

@@ -1,5 +1,5 @@
 //! The zTOC: one per indexed layer, a FlatBuffers table holding the layer's
-//! file table (TOC) and its checkpoints (spec §1).
+//! file table (TOC) and its checkpoints (docs/format.md §1).
 
 mod info;
 mod read;
@@ -30,7 +30,7 @@ pub struct Ztoc {
     pub build_tool_identifier: String,
     /// Size in bytes of the layer blob as stored in the registry.
     pub compressed_archive_size: i64,
-    /// Position where Go's tar reader reported end-of-archive (spec §3.5).
+    /// Position where Go's tar reader reported end-of-archive (docs/format.md §3.5).
     pub uncompressed_archive_size: i64,
     /// One entry per tar entry, in archive order.
     pub toc: Vec<FileMetadata>,
@@ -86,7 +86,7 @@ impl EntryType {
     }
 }
 
-/// One tar entry as the zTOC records it (spec §1.1, `FileMetadata`).
+/// One tar entry as the zTOC records it (docs/format.md §1.1, `FileMetadata`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileMetadata {
     /// Entry name exactly as Go's tar reader reports it (no normalization).
@@ -119,7 +119,7 @@ pub struct FileMetadata {
     pub pax_records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// How the layer blob is compressed (FlatBuffers enum, spec §1.1).
+/// How the layer blob is compressed (FlatBuffers enum, docs/format.md §1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompressionAlgorithm {
     /// `Gzip = 1`
@@ -138,7 +138,7 @@ impl CompressionAlgorithm {
     }
 }
 
-/// Checkpoints and span digests (spec §1.1, `CompressionInfo`).
+/// Checkpoints and span digests (docs/format.md §1.1, `CompressionInfo`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompressionInfo {
     /// Gzip or uncompressed.

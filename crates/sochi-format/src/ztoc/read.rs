@@ -1,5 +1,5 @@
 //! Reading a zTOC: a small, bounded FlatBuffers reader and the decoder built
-//! on it (spec §1.1–§1.3).
+//! on it (docs/format.md §1.1–§1.3).
 //!
 //! The reader never trusts a number from the buffer: every offset, length
 //! and vtable entry is checked against the buffer before use, arithmetic is
@@ -392,7 +392,7 @@ impl Budget {
     }
 }
 
-// Slots of the schema (spec §1.1); vtable offset = 4 + 2 × slot.
+// Slots of the schema (docs/format.md §1.1); vtable offset = 4 + 2 × slot.
 mod slot {
     pub(crate) mod ztoc {
         pub(crate) const VERSION: u16 = 0;
@@ -444,7 +444,7 @@ impl Ztoc {
     /// Decodes and validates a zTOC blob.
     ///
     /// Beyond decoding, this applies the checks the reference snapshotter
-    /// makes before it uses a zTOC (spec §1.2, §1.3): the zinfo decodes and
+    /// makes before it uses a zTOC (docs/format.md §1.2, §1.3): the zinfo decodes and
     /// has `max_span_id + 1` checkpoints, there is one span digest per span,
     /// checkpoint offsets strictly increase, entries have known types and
     /// non-negative offsets and sizes, and the tar header offsets derived
@@ -521,7 +521,7 @@ impl Ztoc {
     }
 
     /// The offset of each entry's tar header in the uncompressed layer, in
-    /// TOC order (spec §1.2 step 4). The zTOC does not store it: entries are
+    /// TOC order (docs/format.md §1.2 step 4). The zTOC does not store it: entries are
     /// sorted by `uncompressed_offset`; the first header is at 0, and each
     /// next one starts where the previous entry's data ends, rounded up to a
     /// 512-byte block.

@@ -1,5 +1,5 @@
 //! Span geometry: where each span starts and ends in the layer blob and in
-//! the uncompressed tar, and which span holds a given offset (spec §2.4).
+//! the uncompressed tar, and which span holds a given offset (docs/format.md §2.4).
 //!
 //! Span ids are plain `usize` indexes `0..span_count()`. Invariants, checked
 //! by [`SpanGeometry::new`]: `span_count() >= 1`; it equals the number of
@@ -75,7 +75,7 @@ impl Ztoc {
 
 impl<'a> SpanGeometry<'a> {
     /// Checks `zinfo` against a zTOC's `max_span_id` and archive sizes
-    /// (spec §1.3) and returns the geometry.
+    /// (docs/format.md §1.3) and returns the geometry.
     pub fn new(
         zinfo: Zinfo<'a>,
         max_span_id: i32,

@@ -1,4 +1,4 @@
-//! Writing a zTOC byte for byte as the reference does (spec §1.4).
+//! Writing a zTOC byte for byte as the reference does (docs/format.md §1.4).
 //!
 //! The reference builds with the Go FlatBuffers builder; the Rust builder
 //! lays out data the same way (back to front, same alignment, trailing

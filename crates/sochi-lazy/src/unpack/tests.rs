@@ -276,7 +276,7 @@ fn bad_whiteouts_are_refused() {
     }
 }
 
-/// The same entry types `create` refuses (spec §3.5), with the same words:
+/// The same entry types `create` refuses (docs/format.md §3.5), with the same words:
 /// the entry's name and offset, not "numeric field was not a number".
 #[test]
 fn entry_types_no_layer_may_hold_are_refused_naming_entry_and_offset() {

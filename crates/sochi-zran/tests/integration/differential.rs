@@ -147,7 +147,7 @@ fn fixture_layers() {
 // Found with the checkpoint_builder fuzz target (fuzz/, README "Fuzzing"):
 // When no output precedes a block boundary (an empty first member, or an
 // empty stored block from a sync flush before any data), the reference's
-// rule (`totout == 0 || totout - last > span`, spec §3.2) fires twice at
+// rule (`totout == 0 || totout - last > span`, docs/format.md §3.2) fires twice at
 // uncompressed offset 0 and its zTOC has an empty span 0 that its own
 // snapshotter refuses (§1.3). sochi keeps the first checkpoint only, so
 // these valid streams index and every span inflates correctly.

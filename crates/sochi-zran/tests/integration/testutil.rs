@@ -134,13 +134,13 @@ impl Checkpoint {
         }
     }
 
-    /// `StartCompressed` of spec §2.4.
+    /// `StartCompressed` of docs/format.md §2.4.
     pub fn start_compressed(&self) -> u64 {
         self.compressed_offset - u64::from(self.bits != 0)
     }
 }
 
-/// Parses a v2 gzip zinfo (spec §2.2) independently of sochi-format.
+/// Parses a v2 gzip zinfo (docs/format.md §2.2) independently of sochi-format.
 pub fn parse_zinfo(zinfo: &[u8]) -> (i64, Vec<Checkpoint>) {
     const RECORD: usize = 17 + WINDOW;
     let count = i32::from_le_bytes(zinfo[0..4].try_into().unwrap()) as usize;
@@ -180,7 +180,7 @@ pub fn span_ranges(
         .collect()
 }
 
-/// The 32 KiB before `out` in `plain`, zeros below 0 (spec §2.2).
+/// The 32 KiB before `out` in `plain`, zeros below 0 (docs/format.md §2.2).
 pub fn expected_window(plain: &[u8], out: usize) -> Vec<u8> {
     let mut window = vec![0u8; WINDOW];
     let available = out.min(WINDOW);

@@ -8,8 +8,8 @@
 //! OCI layout or a registry.
 
 use sochi_format::{
-    annotations, is_index_media_type, media_types, Descriptor, ImageIndex, ImageManifest,
-    IndexVersion, EMPTY_CONFIG,
+    annotations, is_image_index, is_index_media_type, media_types, Descriptor, ImageIndex,
+    ImageManifest, IndexVersion, EMPTY_CONFIG,
 };
 
 use crate::error::{Error, Result};
@@ -41,25 +41,23 @@ pub fn convert(
 ) -> Result<ConvertOutput> {
     let image_bytes = read_blob(source, image, "image")?;
     let wanted = select_manifests(source, image, selection)?;
-    let mut index =
-        if is_index_media_type(&image.media_type) || wanted.len() > 1 || is_index(&image_bytes) {
-            let mut index =
-                ImageIndex::from_json(&image_bytes).map_err(|source| Error::Format {
-                    context: format!("image index {}", image.digest),
-                    source,
-                })?;
-            index.media_type = media_types::OCI_INDEX.to_string();
-            index
-        } else {
-            let mut descriptor = image.clone();
-            descriptor.platform = wanted.first().map(|w| w.platform.clone());
-            ImageIndex {
-                schema_version: 2,
-                media_type: media_types::OCI_INDEX.to_string(),
-                manifests: Some(vec![descriptor]),
-                ..ImageIndex::default()
-            }
-        };
+    let mut index = if wanted.len() > 1 || is_image_index(&image.media_type, &image_bytes) {
+        let mut index = ImageIndex::from_json(&image_bytes).map_err(|source| Error::Format {
+            context: format!("image index {}", image.digest),
+            source,
+        })?;
+        index.media_type = media_types::OCI_INDEX.to_string();
+        index
+    } else {
+        let mut descriptor = image.clone();
+        descriptor.platform = wanted.first().map(|w| w.platform.clone());
+        ImageIndex {
+            schema_version: 2,
+            media_type: media_types::OCI_INDEX.to_string(),
+            manifests: Some(vec![descriptor]),
+            ..ImageIndex::default()
+        }
+    };
 
     let mut indexes = Vec::new();
     for platform_manifest in &wanted {
@@ -178,13 +176,5 @@ pub fn convert(
         new_blobs,
         source_blobs,
         indexes,
-    })
-}
-
-fn is_index(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| {
-        v.get("mediaType")
-            .and_then(|m| m.as_str())
-            .map_or(v.get("manifests").is_some(), is_index_media_type)
     })
 }

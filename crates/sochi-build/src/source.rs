@@ -3,7 +3,9 @@
 
 use std::io::Read;
 
-use sochi_format::{is_index_media_type, Descriptor, ImageIndex, ImageManifest, Platform};
+use sochi_format::{
+    is_image_index, is_index_media_type, Descriptor, ImageIndex, ImageManifest, Platform,
+};
 
 use crate::error::{Error, Result, SourceError};
 
@@ -77,7 +79,7 @@ pub fn select_manifests(
     selection: &PlatformSelection,
 ) -> Result<Vec<PlatformManifest>> {
     let bytes = read_blob(source, image, "image")?;
-    if !is_index_media_type(&image.media_type) && !looks_like_index(&bytes) {
+    if !is_image_index(&image.media_type, &bytes) {
         let manifest = ImageManifest::from_json(&bytes)
             .map_err(format_err(format!("image manifest {}", image.digest)))?;
         let platform = manifest_platform(source, &manifest)?;
@@ -136,16 +138,4 @@ pub fn select_manifests(
         )));
     }
     Ok(out)
-}
-
-/// A manifest list or index whose descriptor did not say so (an OCI layout
-/// may omit the media type): decided by its own `mediaType` or `manifests`.
-fn looks_like_index(bytes: &[u8]) -> bool {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return false;
-    };
-    match value.get("mediaType").and_then(|m| m.as_str()) {
-        Some(m) => is_index_media_type(m),
-        None => value.get("manifests").is_some() && value.get("layers").is_none(),
-    }
 }

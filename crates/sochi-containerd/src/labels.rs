@@ -1,5 +1,6 @@
 //! containerd's label names and the values a pull gives them: the
-//! remote-snapshot labels a snapshotter reads on `Prepare` (docs/format.md §6.2), the
+//! remote-snapshot labels a snapshotter reads on `Prepare` (defined once,
+//! in `sochi_format::snapshot_labels`, docs/format.md §6.2), the
 //! garbage-collection references between image content and snapshots, and
 //! chain IDs.
 
@@ -7,21 +8,7 @@ use std::collections::HashMap;
 
 use sochi_format::{Descriptor, Sha256Digest};
 
-/// The committed name a layer snapshot should get (its chain ID). With it,
-/// `Prepare` is a remote-snapshot attempt: a snapshotter that can mount the
-/// layer itself commits it under this name and answers `AlreadyExists`.
-pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
-/// The image reference (containerd `pkg/snapshotters/annotations.go`).
-pub const LABEL_CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
-/// The image manifest digest.
-pub const LABEL_CRI_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
-/// The layer (compressed) digest.
-pub const LABEL_CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-/// The digests of this layer and the layers above it, comma-separated, cut
-/// to fit containerd's label size limit.
-pub const LABEL_CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
-/// The layer's compressed size (SOCI's own label).
-pub const LABEL_SOCI_LAYER_SIZE: &str = "containerd.io/snapshot/remote/soci.size";
+use sochi_format::snapshot_labels as labels;
 
 /// When containerd's garbage collector may drop a lease (RFC 3339).
 pub(crate) const GC_EXPIRE: &str = "containerd.io/gc.expire";
@@ -34,10 +21,6 @@ pub(crate) const GC_REF_SNAPSHOT_PREFIX: &str = "containerd.io/gc.ref.snapshot."
 /// On a layer blob: its uncompressed digest (diff ID), as containerd's
 /// unpacker sets it.
 pub(crate) const UNCOMPRESSED: &str = "containerd.io/uncompressed";
-
-/// containerd refuses a label whose key and value together are longer
-/// than this (`labels.Validate`, `maxSize`).
-pub const MAX_LABEL_SIZE: usize = 4096;
 
 /// The chain IDs of layers with these diff IDs, bottom first (OCI image
 /// spec, "Layer ChainID"): `chain[0] = diff[0]`, `chain[i] =
@@ -61,15 +44,15 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     chain
 }
 
-/// The value of [`LABEL_CRI_IMAGE_LAYERS`] for the first of `layers` (pass
+/// The value of [`labels::IMAGE_LAYERS`] for the first of `layers` (pass
 /// the layer and those above it): their digests, comma-separated, as many
-/// as fit in [`MAX_LABEL_SIZE`] with the key, as containerd's `getLayers`
+/// as fit in [`labels::MAX_LABEL_SIZE`] with the key, as containerd's `getLayers`
 /// cuts it.
 pub fn image_layers_label(layers: &[Descriptor]) -> String {
     let mut value = String::new();
     for layer in layers {
         let extra = usize::from(!value.is_empty()) + layer.digest.len();
-        if LABEL_CRI_IMAGE_LAYERS.len() + value.len() + extra > MAX_LABEL_SIZE {
+        if labels::IMAGE_LAYERS.len() + value.len() + extra > labels::MAX_LABEL_SIZE {
             break;
         }
         if !value.is_empty() {
@@ -90,18 +73,18 @@ pub(crate) fn snapshot_labels(
 ) -> HashMap<String, String> {
     let layer = &layers[index];
     HashMap::from([
-        (LABEL_SNAPSHOT_REF.to_string(), chain_id.to_string()),
-        (LABEL_CRI_IMAGE_REF.to_string(), image_ref.to_string()),
+        (labels::TARGET.to_string(), chain_id.to_string()),
+        (labels::IMAGE_REF.to_string(), image_ref.to_string()),
         (
-            LABEL_CRI_MANIFEST_DIGEST.to_string(),
+            labels::MANIFEST_DIGEST.to_string(),
             manifest_digest.to_string(),
         ),
-        (LABEL_CRI_LAYER_DIGEST.to_string(), layer.digest.clone()),
+        (labels::LAYER_DIGEST.to_string(), layer.digest.clone()),
         (
-            LABEL_CRI_IMAGE_LAYERS.to_string(),
+            labels::IMAGE_LAYERS.to_string(),
             image_layers_label(&layers[index..]),
         ),
-        (LABEL_SOCI_LAYER_SIZE.to_string(), layer.size.to_string()),
+        (labels::SOCI_LAYER_SIZE.to_string(), layer.size.to_string()),
     ])
 }
 
@@ -140,24 +123,24 @@ mod tests {
         let layers: Vec<Descriptor> = (0..3).map(layer).collect();
         let labels = snapshot_labels("r/x:1", "sha256:m", &layers, 1, "sha256:c");
         assert_eq!(
-            labels[LABEL_CRI_IMAGE_LAYERS],
+            labels[labels::IMAGE_LAYERS],
             format!("{},{}", layers[1].digest, layers[2].digest)
         );
-        assert_eq!(labels[LABEL_CRI_LAYER_DIGEST], layers[1].digest);
-        assert_eq!(labels[LABEL_SNAPSHOT_REF], "sha256:c");
-        assert_eq!(labels[LABEL_SOCI_LAYER_SIZE], layers[1].size.to_string());
+        assert_eq!(labels[labels::LAYER_DIGEST], layers[1].digest);
+        assert_eq!(labels[labels::TARGET], "sha256:c");
+        assert_eq!(labels[labels::SOCI_LAYER_SIZE], layers[1].size.to_string());
     }
 
     #[test]
     fn image_layers_label_is_cut_to_the_label_size_limit() {
         let layers: Vec<Descriptor> = (0..100).map(layer).collect();
         let value = image_layers_label(&layers);
-        assert!(LABEL_CRI_IMAGE_LAYERS.len() + value.len() <= MAX_LABEL_SIZE);
+        assert!(labels::IMAGE_LAYERS.len() + value.len() <= labels::MAX_LABEL_SIZE);
         // 71 bytes per digest with its comma: (4096 - 39 + 1) / 72 = 56.
         let listed = value.split(',').count();
         assert_eq!(
             listed,
-            (MAX_LABEL_SIZE - LABEL_CRI_IMAGE_LAYERS.len() + 1) / 72
+            (labels::MAX_LABEL_SIZE - labels::IMAGE_LAYERS.len() + 1) / 72
         );
         assert!(value.split(',').zip(&layers).all(|(d, l)| d == l.digest));
     }

@@ -13,8 +13,8 @@
 //! - [`pull`] with [`PullOptions`]: resolve, store manifest and config,
 //!   offer each layer to the snapshotter as a remote snapshot (labels of
 //!   docs/format.md §6.2), unpack the layers it declines, record the image; returns
-//!   a [`PullReport`] with a [`LayerOutcome`] per layer.
-//! - [`chain_ids`] and the `LABEL_*` names: the contract with the
+//!   a [`PullReport`] with a [`PullOutcome`] per layer.
+//! - [`chain_ids`] and the snapshot labels (`sochi_format::snapshot_labels`): the contract with the
 //!   snapshotter.
 //!
 //! ```no_run
@@ -39,12 +39,8 @@
 
 pub use client::Containerd;
 pub use error::{Error, Result};
-pub use labels::{
-    chain_ids, image_layers_label, LABEL_CRI_IMAGE_LAYERS, LABEL_CRI_IMAGE_REF,
-    LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST, LABEL_SNAPSHOT_REF, LABEL_SOCI_LAYER_SIZE,
-    MAX_LABEL_SIZE,
-};
-pub use pull::{pull, LayerOutcome, LayerReport, PullOptions, PullReport, DEFAULT_LEASE_EXPIRY};
+pub use labels::{chain_ids, image_layers_label};
+pub use pull::{pull, PullOutcome, LayerReport, PullOptions, PullReport, DEFAULT_LEASE_EXPIRY};
 
 mod client;
 mod content;

@@ -34,7 +34,7 @@ use crate::client::Containerd;
 use crate::error::{Error, Result};
 use crate::labels::{
     chain_ids, snapshot_labels, GC_REF_CONTENT_CONFIG, GC_REF_CONTENT_LAYER_PREFIX,
-    GC_REF_SNAPSHOT_PREFIX, LABEL_SNAPSHOT_REF, UNCOMPRESSED,
+    GC_REF_SNAPSHOT_PREFIX, UNCOMPRESSED,
 };
 use crate::snapshots::Prepared;
 
@@ -72,7 +72,7 @@ impl PullOptions {
 /// What happened to one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LayerOutcome {
+pub enum PullOutcome {
     /// Its snapshot was committed already (an earlier pull, another image).
     Present,
     /// The snapshotter mounted it remotely (`Prepare` answered
@@ -83,13 +83,13 @@ pub enum LayerOutcome {
     Pulled,
 }
 
-impl LayerOutcome {
+impl PullOutcome {
     /// `present`, `lazy` or `pulled`.
     pub fn as_str(self) -> &'static str {
         match self {
-            LayerOutcome::Present => "present",
-            LayerOutcome::Lazy => "lazy",
-            LayerOutcome::Pulled => "pulled",
+            PullOutcome::Present => "present",
+            PullOutcome::Lazy => "lazy",
+            PullOutcome::Pulled => "pulled",
         }
     }
 }
@@ -111,7 +111,7 @@ pub struct LayerReport {
     /// Chain ID: the committed snapshot's name.
     pub chain_id: String,
     /// What happened.
-    pub outcome: LayerOutcome,
+    pub outcome: PullOutcome,
     /// Time spent on this layer.
     pub seconds: f64,
 }
@@ -239,9 +239,9 @@ pub async fn pull(
         snapshotter: options.snapshotter.clone(),
         namespace: containerd.namespace().to_string(),
         chain_id: image_pull.chain.last().cloned().unwrap_or_default(),
-        lazy: count(LayerOutcome::Lazy),
-        pulled: count(LayerOutcome::Pulled),
-        present: count(LayerOutcome::Present),
+        lazy: count(PullOutcome::Lazy),
+        pulled: count(PullOutcome::Pulled),
+        present: count(PullOutcome::Present),
         layers,
         image_created,
         seconds: started.elapsed().as_secs_f64(),
@@ -343,7 +343,7 @@ impl ImagePull<'_> {
     }
 
     /// Makes the snapshot of layer `index`.
-    async fn layer(&self, index: usize) -> Result<LayerOutcome> {
+    async fn layer(&self, index: usize) -> Result<PullOutcome> {
         let layers = self.manifest.layers();
         let chain_id = &self.chain[index];
         if self
@@ -351,7 +351,7 @@ impl ImagePull<'_> {
             .snapshot_kept(self.snapshotter, chain_id)
             .await?
         {
-            return Ok(LayerOutcome::Present);
+            return Ok(PullOutcome::Present);
         }
         let parent = match index {
             0 => "",
@@ -384,11 +384,11 @@ impl ImagePull<'_> {
                         ),
                     });
                 }
-                Ok(LayerOutcome::Lazy)
+                Ok(PullOutcome::Lazy)
             }
             Prepared::Mounts(mounts) => {
                 let result = self.unpack(index, &key, mounts).await;
-                if !matches!(result, Ok(LayerOutcome::Pulled)) {
+                if !matches!(result, Ok(PullOutcome::Pulled)) {
                     if let Err(error) = self
                         .containerd
                         .remove_snapshot(self.snapshotter, &key)
@@ -412,7 +412,10 @@ impl ImagePull<'_> {
         parent: &str,
         labels: std::collections::HashMap<String, String>,
     ) -> Result<(String, Prepared)> {
-        let chain_id = labels.get(LABEL_SNAPSHOT_REF).cloned().unwrap_or_default();
+        let chain_id = labels
+            .get(sochi_format::snapshot_labels::TARGET)
+            .cloned()
+            .unwrap_or_default();
         let mut attempt = 1;
         loop {
             // containerd's unpacker names its active snapshots the same way.
@@ -441,7 +444,7 @@ impl ImagePull<'_> {
         index: usize,
         key: &str,
         mounts: Vec<containerd_client::types::Mount>,
-    ) -> Result<LayerOutcome> {
+    ) -> Result<PullOutcome> {
         let layer = &self.manifest.layers()[index];
         let diff_id = &self.diff_ids[index];
         let chain_id = &self.chain[index];
@@ -474,15 +477,19 @@ impl ImagePull<'_> {
                 actual: applied,
             });
         }
-        let labels = [(LABEL_SNAPSHOT_REF.to_string(), chain_id.clone())].into();
+        let labels = [(
+            sochi_format::snapshot_labels::TARGET.to_string(),
+            chain_id.clone(),
+        )]
+        .into();
         if self
             .containerd
             .commit_snapshot(self.snapshotter, chain_id, key, labels)
             .await?
         {
-            Ok(LayerOutcome::Pulled)
+            Ok(PullOutcome::Pulled)
         } else {
-            Ok(LayerOutcome::Present)
+            Ok(PullOutcome::Present)
         }
     }
 }
@@ -538,9 +545,9 @@ mod tests {
     #[test]
     fn outcomes_serialize_lowercase() {
         assert_eq!(
-            serde_json::to_string(&LayerOutcome::Lazy).unwrap(),
+            serde_json::to_string(&PullOutcome::Lazy).unwrap(),
             r#""lazy""#
         );
-        assert_eq!(LayerOutcome::Pulled.as_str(), "pulled");
+        assert_eq!(PullOutcome::Pulled.as_str(), "pulled");
     }
 }

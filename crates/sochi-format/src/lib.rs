@@ -26,8 +26,8 @@ pub use error::{Error, Result};
 pub use gotime::{format_mod_time, parse_mod_time};
 pub use layer_media::{is_layer_media_type, LayerCompression};
 pub use oci::{
-    image_diff_ids, is_index_media_type, media_types, Descriptor, ImageIndex, ImageManifest,
-    Platform,
+    image_diff_ids, is_image_index, is_index_media_type, media_types, Descriptor, ImageIndex,
+    ImageManifest, Platform,
 };
 pub use soci_index::{
     annotations, IndexVersion, PrefetchArtifact, PrefetchSpan, SociIndex, EMPTY_CONFIG,
@@ -44,6 +44,7 @@ mod gotime;
 pub mod json;
 mod layer_media;
 mod oci;
+pub mod snapshot_labels;
 mod soci_index;
 mod zinfo;
 mod ztoc;

@@ -419,6 +419,24 @@ pub fn is_index_media_type(media_type: &str) -> bool {
     media_type == media_types::OCI_INDEX || media_type == media_types::DOCKER_MANIFEST_LIST
 }
 
+/// Whether the image a descriptor of `media_type` names, with these
+/// `bytes`, is an index (or manifest list) rather than one manifest: the
+/// one answer for every caller. The descriptor's media type decides; an
+/// OCI layout may omit it, and then the document's own `mediaType`, or
+/// else having `manifests` and no `layers`.
+pub fn is_image_index(media_type: &str, bytes: &[u8]) -> bool {
+    if is_index_media_type(media_type) {
+        return true;
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return false;
+    };
+    match value.get("mediaType").and_then(|m| m.as_str()) {
+        Some(m) => is_index_media_type(m),
+        None => value.get("manifests").is_some() && value.get("layers").is_none(),
+    }
+}
+
 /// The uncompressed digests (`diff_ids`) an image config gives its layers,
 /// bottom first: what an unpack checks each layer's tar stream against.
 pub fn image_diff_ids(config: &[u8]) -> Result<Vec<Sha256Digest>> {
@@ -449,6 +467,20 @@ pub fn image_diff_ids(config: &[u8]) -> Result<Vec<Sha256Digest>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_answer_to_is_this_an_image_index() {
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        let typed = br#"{"mediaType":"application/vnd.oci.image.index.v1+json"}"#;
+        assert!(is_image_index(media_types::OCI_INDEX, b"not even json"));
+        assert!(is_image_index(media_types::DOCKER_MANIFEST_LIST, manifest));
+        assert!(is_image_index("", index));
+        assert!(is_image_index(media_types::OCI_MANIFEST, typed));
+        assert!(!is_image_index("", manifest));
+        assert!(!is_image_index("", br#"{"manifests":[],"layers":[]}"#));
+        assert!(!is_image_index(media_types::OCI_MANIFEST, b"not json"));
+    }
 
     #[test]
     fn manifest_reencodes_byte_identically() {

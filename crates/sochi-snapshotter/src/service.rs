@@ -25,26 +25,7 @@ use crate::api::containerd::types::Mount;
 use crate::filter::Filter;
 use crate::metadata::{now_nanos, Kind, MetaStore, RemoteLayer, Snapshot};
 use crate::remote::{LayerRequest, Outcome, RemoteLayers};
-
-/// Labels containerd passes (docs/format.md §6.2) and sochi writes.
-pub mod labels {
-    /// The name a layer snapshot is to be committed as.
-    pub const TARGET: &str = "containerd.io/snapshot.ref";
-    /// Image reference.
-    pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
-    /// Image manifest digest.
-    pub const MANIFEST: &str = "containerd.io/snapshot/cri.manifest-digest";
-    /// Layer digest.
-    pub const LAYER: &str = "containerd.io/snapshot/cri.layer-digest";
-    /// An explicit SOCI index digest.
-    pub const INDEX: &str = "containerd.io/snapshot/remote/soci.index.digest";
-    /// Written on lazily mounted layers.
-    pub const REMOTE: &str = "containerd.io/snapshot/remote";
-    /// Written on every layer sochi provided (lazy or unpacked).
-    pub const HAS_INDEX: &str = "containerd.io/snapshot/remote/has.soci.index.digest";
-    /// How sochi provided the layer: `lazy` or `unpacked`.
-    pub const MODE: &str = "containerd.io/snapshot/remote/sochi.mode";
-}
+use sochi_format::snapshot_labels as labels;
 
 /// Whether sochi provided a layer: the answer to send, or why not.
 enum Provided {
@@ -268,8 +249,8 @@ impl Snapshotter {
                 if mode == "lazy" {
                     labels.insert(labels::REMOTE.into(), "remote snapshot".into());
                 }
-                labels.insert(labels::HAS_INDEX.into(), "true".into());
-                labels.insert(labels::MODE.into(), mode.into());
+                labels.insert(labels::HAS_SOCI_INDEX.into(), "true".into());
+                labels.insert(labels::SOCHI_MODE.into(), mode.into());
                 let now = now_nanos();
                 let snapshot = Snapshot {
                     id,
@@ -476,9 +457,9 @@ impl Snapshotter {
 fn layer_request(labels: &BTreeMap<String, String>) -> Option<LayerRequest> {
     Some(LayerRequest {
         image_ref: labels.get(labels::IMAGE_REF)?.clone(),
-        manifest: labels.get(labels::MANIFEST)?.clone(),
-        layer: labels.get(labels::LAYER)?.clone(),
-        index: labels.get(labels::INDEX).cloned(),
+        manifest: labels.get(labels::MANIFEST_DIGEST)?.clone(),
+        layer: labels.get(labels::LAYER_DIGEST)?.clone(),
+        index: labels.get(labels::SOCI_INDEX_DIGEST).cloned(),
     })
 }
 

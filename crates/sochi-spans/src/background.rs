@@ -153,7 +153,7 @@ impl SpanManager {
         let mut pause = options.backoff;
         let mut attempt = 1;
         loop {
-            let outcome = self.read_blob(range.clone(), true).and_then(|bytes| {
+            let outcome = self.fetch_range(range.clone(), true).and_then(|bytes| {
                 self.verify(spans.clone(), range.start, &bytes)
                     .map(|()| bytes)
             });

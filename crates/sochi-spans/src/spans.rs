@@ -721,7 +721,7 @@ impl SpanManager {
         let (start, end) = (first.start_compressed, last.end_compressed);
         let mut retried = false;
         let bytes = loop {
-            let bytes = self.read_blob(start..end, background)?;
+            let bytes = self.fetch_range(start..end, background)?;
             match self.verify(run.clone(), start, &bytes) {
                 Ok(()) => break bytes,
                 Err(error) => {
@@ -748,7 +748,7 @@ impl SpanManager {
     }
 
     /// Exactly `range` of the blob, counted as a demand or background read.
-    pub(crate) fn read_blob(&self, range: Range<u64>, background: bool) -> Result<Vec<u8>> {
+    pub(crate) fn fetch_range(&self, range: Range<u64>, background: bool) -> Result<Vec<u8>> {
         let (start, end) = (range.start, range.end);
         let (requests, bytes_counter) = if background {
             (

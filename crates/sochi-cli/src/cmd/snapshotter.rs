@@ -104,7 +104,7 @@ fn load(path: Option<&PathBuf>) -> Result<Config> {
 
 /// `sochi snapshotter layers`.
 fn layers(global: &Global, image: Option<&str>, json: bool) -> Result<ExitCode> {
-    use sochi_snapshotter::service::labels;
+    use sochi_format::snapshot_labels as labels;
     let path = global.root.join("snapshotter").join("metadata.json");
     if !path.exists() {
         anyhow::bail!("no snapshotter metadata at {}", path.display());
@@ -113,7 +113,10 @@ fn layers(global: &Global, image: Option<&str>, json: bool) -> Result<ExitCode> 
     for (name, snapshot) in store.iter() {
         // Layer snapshots: those containerd's labels name, and those a
         // client prepared without labels (recorded as a fallback).
-        let layer = match (snapshot.labels.get(labels::LAYER), &snapshot.fallback) {
+        let layer = match (
+            snapshot.labels.get(labels::LAYER_DIGEST),
+            &snapshot.fallback,
+        ) {
             (Some(layer), _) => layer.as_str(),
             (None, Some(_)) => "-",
             (None, None) => continue,

@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use sochi_format::{annotations, media_types, Descriptor, IndexVersion, SociIndex};
 
 use crate::error::{Error, Result};
-use crate::layer::{build_layer_ztoc, LayerKind, LayerOptions, LayerZtoc, DEFAULT_SPAN_SIZE};
+use crate::layer::{
+    build_layer_ztoc, has_xattrs, LayerKind, LayerOptions, LayerZtoc, DEFAULT_SPAN_SIZE,
+};
 use crate::source::{ImageSource, PlatformManifest};
 
 /// The reference's default minimum layer size (10 MiB, compressed).
@@ -123,6 +125,45 @@ pub fn ztoc_descriptor(
     span_size: u64,
     optimize_xattrs: bool,
 ) -> Descriptor {
+    annotated_ztoc(
+        layer,
+        &ztoc.bytes,
+        span_size,
+        optimize_xattrs && !ztoc.has_xattrs,
+    )
+}
+
+/// The descriptor an index lists for a zTOC built earlier and kept (the
+/// reuse of docs/format.md §3.1 step 5): the same annotations
+/// [`ztoc_descriptor`] gives a new one.
+///
+/// # Errors
+///
+/// The bytes are not a zTOC (only read when `optimize_xattrs` asks).
+pub fn stored_ztoc_descriptor(
+    layer: &Descriptor,
+    ztoc_bytes: &[u8],
+    span_size: u64,
+    optimize_xattrs: bool,
+) -> Result<Descriptor> {
+    let disable_xattrs = if optimize_xattrs {
+        let ztoc = sochi_format::Ztoc::from_bytes(ztoc_bytes).map_err(|source| Error::Format {
+            context: format!("the stored zTOC of layer {}", layer.digest),
+            source,
+        })?;
+        !has_xattrs(&ztoc.toc)
+    } else {
+        false
+    };
+    Ok(annotated_ztoc(layer, ztoc_bytes, span_size, disable_xattrs))
+}
+
+fn annotated_ztoc(
+    layer: &Descriptor,
+    ztoc_bytes: &[u8],
+    span_size: u64,
+    disable_xattrs: bool,
+) -> Descriptor {
     let mut annotations = BTreeMap::new();
     annotations.insert(annotations::LAYER_DIGEST.to_string(), layer.digest.clone());
     annotations.insert(
@@ -130,12 +171,12 @@ pub fn ztoc_descriptor(
         layer.media_type.clone(),
     );
     annotations.insert(annotations::SPAN_SIZE.to_string(), span_size.to_string());
-    if optimize_xattrs && !ztoc.has_xattrs {
+    if disable_xattrs {
         annotations.insert(annotations::DISABLE_XATTRS.to_string(), "true".to_string());
     }
     Descriptor {
         annotations,
-        ..Descriptor::of(media_types::ZTOC, &ztoc.bytes)
+        ..Descriptor::of(media_types::ZTOC, ztoc_bytes)
     }
 }
 

@@ -40,8 +40,8 @@ pub use convert::{convert, ConvertOutput};
 pub use error::{Error, Result, SourceError};
 pub use extract::{clean_name, extract_file, find_entry};
 pub use index::{
-    build_index, ztoc_descriptor, BuildEvent, BuildOptions, BuiltIndex, LayerOutcome, ReuseLookup,
-    DEFAULT_MIN_LAYER_SIZE,
+    build_index, stored_ztoc_descriptor, ztoc_descriptor, BuildEvent, BuildOptions, BuiltIndex,
+    LayerOutcome, ReuseLookup, DEFAULT_MIN_LAYER_SIZE,
 };
 pub use layer::{
     build_layer_ztoc, has_xattrs, LayerCompression, LayerKind, LayerOptions, LayerZtoc,

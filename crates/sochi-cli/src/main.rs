@@ -1,4 +1,7 @@
-//! `sochi`: build, inspect and (later) run Seekable OCI indexes.
+//! `sochi`: build, push and inspect Seekable OCI indexes, mount images
+//! lazily, and serve containerd as its snapshotter. Each command parses its
+//! flags, calls the libraries (mostly `sochi-image` and `sochi-lazy`) and
+//! prints what they report.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error.
 
@@ -12,13 +15,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
-mod image_ref;
-mod layout_source;
 mod output;
 mod progress;
-mod registry;
-mod tee_source;
-mod tee_upload;
 
 /// Seekable OCI (SOCI) in Rust: build SOCI indexes for container images and
 /// inspect them.

@@ -40,7 +40,7 @@
 pub use client::Containerd;
 pub use error::{Error, Result};
 pub use labels::{chain_ids, image_layers_label};
-pub use pull::{pull, PullOutcome, LayerReport, PullOptions, PullReport, DEFAULT_LEASE_EXPIRY};
+pub use pull::{pull, LayerReport, PullOptions, PullOutcome, PullReport, DEFAULT_LEASE_EXPIRY};
 
 mod client;
 mod content;

@@ -379,8 +379,14 @@ pub fn unmount_image(root: &Path, mountpoint: &Path, timeout: Duration) -> Resul
     };
     let mount: MountState =
         serde_json::from_str(&text).with_context(|| format!("reading {}", state_file.display()))?;
+    let deadline = Instant::now() + timeout;
     if !daemon_alive(&state) {
-        // The daemon is gone (killed, crashed): take down what it left.
+        // The daemon is gone (killed, crashed), or on its way out (the
+        // kernel drops its lock as it starts to exit): let it finish, then
+        // take down what it left.
+        while process_running(mount.pid, mount.start_time) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         tracing::warn!(
             pid = mount.pid,
             "mount daemon not running; cleaning up its mounts"
@@ -403,7 +409,6 @@ pub fn unmount_image(root: &Path, mountpoint: &Path, timeout: Duration) -> Resul
     }
     let pid = Pid::from_raw(i32::try_from(mount.pid).context("pid out of range")?);
     kill(pid, Signal::SIGTERM).context("signalling the mount daemon")?;
-    let deadline = Instant::now() + timeout;
     // The daemon lets go of its lock when it removes its state, a moment
     // before it exits: wait for both, so that a caller that goes on sees
     // it gone.

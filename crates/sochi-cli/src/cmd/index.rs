@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 use sochi_format::{Platform, Sha256Digest};
+use sochi_image::{list_indexes, IndexFilter};
 use sochi_store::ArtifactKind;
 
 use super::Global;
@@ -67,46 +67,13 @@ pub fn run(global: &Global, command: Command) -> Result<ExitCode> {
     }
 }
 
-#[derive(Serialize)]
-struct IndexRow {
-    digest: String,
-    size: i64,
-    image_ref: String,
-    platform: String,
-    media_type: String,
-    manifest_version: &'static str,
-    created_at: u64,
-}
-
 fn list(global: &Global, args: ListArgs) -> Result<ExitCode> {
     let store = global.store()?;
-    let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
-    let mut rows: Vec<IndexRow> = store
-        .artifacts()
-        .list()?
-        .into_iter()
-        .filter(|e| e.kind == ArtifactKind::SociIndex)
-        .filter(|e| args.image_ref.as_ref().is_none_or(|r| &e.image_ref == r))
-        .filter(|e| {
-            platform
-                .as_ref()
-                .is_none_or(|p| Platform::parse(&e.platform).is_ok_and(|q| p.matches(&q)))
-        })
-        .map(|e| IndexRow {
-            manifest_version: if e.artifact_type == sochi_format::media_types::SOCI_INDEX_V2 {
-                "v2"
-            } else {
-                "v1"
-            },
-            digest: e.digest,
-            size: e.size,
-            image_ref: e.image_ref,
-            platform: e.platform,
-            media_type: e.media_type,
-            created_at: e.created_at,
-        })
-        .collect();
-    rows.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    let filter = IndexFilter {
+        image_ref: args.image_ref.clone(),
+        platform: args.platform.as_deref().map(Platform::parse).transpose()?,
+    };
+    let rows = list_indexes(&store, &filter)?;
     if args.json {
         for row in &rows {
             print_json_line(row)?;

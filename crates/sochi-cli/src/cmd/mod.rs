@@ -51,13 +51,8 @@ pub struct RegistryArgs {
 }
 
 impl Global {
-    /// A registry client configured from the global flags.
-    pub fn registry(&self) -> Result<crate::registry::Registry> {
-        self.registry_with_threads(2)
-    }
-
-    /// [`Global::registry`] on a runtime of `threads` workers.
-    pub fn registry_with_threads(&self, threads: usize) -> Result<crate::registry::Registry> {
+    /// The registry client configuration the global flags give.
+    pub fn client_config(&self) -> Result<sochi_registry::ClientConfig> {
         let flags = &self.registry;
         let user = match &flags.user {
             Some(text) => {
@@ -68,24 +63,27 @@ impl Global {
             }
             None => None,
         };
-        let config = sochi_registry::ClientConfig {
+        Ok(sochi_registry::ClientConfig {
             plain_http: flags.plain_http,
             insecure: flags.insecure,
             ca_file: flags.ca_file.clone(),
             user,
             user_agent: format!("sochi/{}", env!("CARGO_PKG_VERSION")),
             ..sochi_registry::ClientConfig::default()
-        };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        let client = {
-            let _guard = runtime.enter();
-            sochi_registry::Client::new(config).context("configuring the registry client")?
-        };
-        Ok(crate::registry::Registry { runtime, client })
+        })
+    }
+
+    /// A registry client configured from the global flags.
+    pub fn registry(&self) -> Result<sochi_image::Registry> {
+        self.registry_with_threads(sochi_image::REGISTRY_THREADS)
+    }
+
+    /// [`Global::registry`] on a runtime of `threads` workers.
+    pub fn registry_with_threads(&self, threads: usize) -> Result<sochi_image::Registry> {
+        Ok(sochi_image::Registry::connect(
+            self.client_config()?,
+            threads,
+        )?)
     }
 
     /// Opens (creating if needed) the local store.
@@ -152,56 +150,5 @@ impl BuildArgs {
             )
         };
         Ok((options, selection))
-    }
-}
-
-/// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// An image opened for reading, from a layout or a registry.
-pub struct OpenedImage {
-    /// Where its blobs come from.
-    pub source: Box<dyn sochi_build::ImageSource>,
-    /// The image (manifest or index) descriptor.
-    pub image: sochi_format::Descriptor,
-    /// Where its layers can be read later (a layout dir), if local.
-    pub layer_source: String,
-    /// The registry client, when the image is in a registry (keeps its
-    /// runtime alive as long as the source).
-    pub registry: Option<std::sync::Arc<crate::registry::Registry>>,
-}
-
-/// Opens an image named on the command line.
-pub fn open_image(global: &Global, image_ref: &crate::image_ref::ImageRef) -> Result<OpenedImage> {
-    use crate::image_ref::ImageRef;
-    match image_ref {
-        ImageRef::Layout { path, tag } => {
-            let layout = sochi_store::OciLayout::open(path)?;
-            let image = layout.resolve(tag.as_deref())?;
-            Ok(OpenedImage {
-                source: Box::new(crate::layout_source::LayoutSource(layout)),
-                image,
-                layer_source: path
-                    .canonicalize()
-                    .unwrap_or(path.clone())
-                    .display()
-                    .to_string(),
-                registry: None,
-            })
-        }
-        ImageRef::Registry(reference) => {
-            let registry = std::sync::Arc::new(global.registry()?);
-            let (image, _) = registry.resolve(reference)?;
-            Ok(OpenedImage {
-                source: Box::new(registry.source(reference)),
-                image,
-                layer_source: String::new(),
-                registry: Some(registry),
-            })
-        }
     }
 }

@@ -4,22 +4,43 @@
 
 use std::io::Read;
 
-use anyhow::{Context, Result};
 use sochi_build::{ImageSource, SourceError};
 use sochi_format::{is_index_media_type, media_types, Descriptor};
-use sochi_registry::{BlobStream, Client, Reference};
+use sochi_registry::{BlobStream, Client, ClientConfig, Reference};
 use tokio::io::AsyncReadExt;
 use tokio::runtime::{Handle, Runtime};
 
+use crate::error::{Context as _, Result};
+
 /// A registry client and the runtime it runs on.
 pub struct Registry {
-    /// Runs the client's futures; the CLI itself stays synchronous.
+    /// Runs the client's futures; callers stay synchronous.
     pub runtime: Runtime,
     /// The client.
     pub client: Client,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
 impl Registry {
+    /// A client configured by `config` on a runtime of `threads` workers.
+    pub fn connect(config: ClientConfig, threads: usize) -> Result<Registry> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let client = {
+            let _guard = runtime.enter();
+            Client::new(config).context("configuring the registry client")?
+        };
+        Ok(Registry { runtime, client })
+    }
+
     /// Runs a future to completion.
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)

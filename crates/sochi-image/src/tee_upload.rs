@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::io::StreamReader;
 
+use crate::error::{Context as _, Result};
 use crate::registry::Registry;
 
 type Upload = JoinHandle<sochi_registry::Result<PushBlob>>;
@@ -36,13 +37,14 @@ pub struct TeeToRegistry<'a> {
 
 impl TeeToRegistry<'_> {
     /// Waits for every upload; the first failure is the result.
-    pub fn finish_uploads(&self) -> anyhow::Result<()> {
+    pub fn finish_uploads(&self) -> Result<()> {
         let uploads = std::mem::take(&mut *self.uploads.lock());
         for (digest, upload) in uploads {
             self.registry
                 .block_on(upload)
-                .map_err(|e| anyhow::anyhow!("uploading {digest}: {e}"))?
-                .map_err(|e| anyhow::anyhow!("uploading {digest}: {e}"))?;
+                .map_err(std::io::Error::other)
+                .with_context(|| format!("uploading {digest}"))?
+                .with_context(|| format!("uploading {digest}"))?;
         }
         Ok(())
     }

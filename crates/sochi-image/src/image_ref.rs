@@ -1,13 +1,14 @@
-//! Image references as the CLI takes them: an OCI image layout directory in
+//! Image names as sochi takes them: an OCI image layout directory in
 //! skopeo's notation `oci:PATH[:TAG]`, or a registry reference
 //! (`registry/repo:tag`, `repo@sha256:…`, `docker.io` defaults).
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
 use sochi_registry::Reference;
 
-/// An image named on the command line.
+use crate::error::{Error, Result};
+
+/// An image, in a layout or a registry.
 #[derive(Debug, Clone)]
 pub enum ImageRef {
     /// An OCI image layout directory and an optional tag.
@@ -25,10 +26,18 @@ impl ImageRef {
     /// Parses `oci:PATH[:TAG]` or a registry reference.
     pub fn parse(text: &str) -> Result<ImageRef> {
         let Some(rest) = text.strip_prefix("oci:") else {
-            return Ok(ImageRef::Registry(Reference::parse(text)?));
+            return Reference::parse(text)
+                .map(ImageRef::Registry)
+                .map_err(|error| Error::Reference {
+                    text: text.to_string(),
+                    reason: error.to_string(),
+                });
         };
         if rest.is_empty() {
-            bail!("{text:?}: missing the layout path after oci:");
+            return Err(Error::Reference {
+                text: text.to_string(),
+                reason: "missing the layout path after oci:".into(),
+            });
         }
         // A tag has no '/', so the last ':' separates it only if what follows
         // is not part of a path.
@@ -59,6 +68,7 @@ impl std::fmt::Display for ImageRef {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,0 +1,184 @@
+//! `create`: the v1 SOCI index of each selected platform of an image, kept
+//! with its zTOCs in the local store and recorded in the artifacts
+//! database (what `push` and `ztoc get-file` find later). zTOCs the store
+//! already has for a layer and span size are reused.
+
+use serde::Serialize;
+use sochi_build::{
+    build_index, select_manifests, stored_ztoc_descriptor, BuildEvent, BuildOptions, LayerOutcome,
+    PlatformSelection, ReuseLookup,
+};
+use sochi_format::{media_types, Descriptor, IndexVersion, Sha256Digest, EMPTY_CONFIG};
+use sochi_store::{ArtifactEntry, ArtifactKind, Store};
+
+use crate::error::{Context as _, Result};
+use crate::image_ref::ImageRef;
+use crate::open::OpenedImage;
+
+/// What `create` does.
+#[derive(Debug)]
+pub struct CreateRequest<'a> {
+    /// The image as named (recorded with the artifacts).
+    pub image_ref: &'a ImageRef,
+    /// Index build options.
+    pub options: BuildOptions,
+    /// Which platforms.
+    pub selection: PlatformSelection,
+    /// Rebuild zTOCs the store has already.
+    pub force: bool,
+}
+
+/// One index `create` built. Serialized as `sochi create --json` prints
+/// it: `{"index","size","platform","manifest","layers":[…]}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexReport {
+    /// The SOCI index manifest digest.
+    pub index: String,
+    /// Its size.
+    pub size: i64,
+    /// The platform (`os/arch[/variant]`).
+    pub platform: String,
+    /// The image manifest it indexes.
+    pub manifest: String,
+    /// Each layer, bottom first.
+    pub layers: Vec<LayerReport>,
+}
+
+/// What became of one layer. Serialized as
+/// `{"layer","ztoc","skipped","reused"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    /// The layer digest.
+    pub layer: String,
+    /// Its zTOC's digest, if it has one.
+    pub ztoc: Option<String>,
+    /// Why it has none.
+    pub skipped: Option<String>,
+    /// Whether the zTOC was already in the store.
+    pub reused: bool,
+}
+
+/// Seconds since the Unix epoch (the artifacts database's clock).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Builds the v1 SOCI index of each selected platform of `opened` and
+/// keeps it in `store`; `events` sees the progress of every layer.
+pub fn create_indexes(
+    store: &Store,
+    opened: &OpenedImage,
+    request: &CreateRequest<'_>,
+    events: &(dyn Fn(BuildEvent<'_>) + Sync),
+) -> Result<Vec<IndexReport>> {
+    let (source, image) = (opened.source.as_ref(), &opened.image);
+    let image_ref = request.image_ref;
+    let options = &request.options;
+    let manifests = select_manifests(source, image, &request.selection)
+        .with_context(|| format!("selecting the platforms of {image_ref}"))?;
+    let reuse_fn = |layer: &Descriptor, span_size: u64| {
+        reuse_ztoc(store, layer, span_size, options.optimize_xattrs)
+    };
+    let reuse: Option<ReuseLookup<'_>> = (!request.force).then_some(&reuse_fn);
+    let mut reports = Vec::with_capacity(manifests.len());
+    for manifest in &manifests {
+        let built = build_index(source, manifest, IndexVersion::V1, options, reuse, events)
+            .with_context(|| format!("building the SOCI index of {image_ref}"))?;
+        let created_at = now();
+        let platform = built.image.platform.to_spec_string();
+        let mut entries = Vec::new();
+        for (layer, descriptor, ztoc) in built.built_ztocs() {
+            store
+                .content()
+                .write_blob(&ztoc.bytes)
+                .with_context(|| format!("storing the zTOC of layer {}", layer.digest))?;
+            entries.push(ArtifactEntry {
+                digest: descriptor.digest.clone(),
+                size: descriptor.size,
+                original_digest: layer.digest.clone(),
+                image_digest: image.digest.clone(),
+                image_ref: image_ref.to_string(),
+                platform: platform.clone(),
+                kind: ArtifactKind::SociLayer,
+                media_type: media_types::ZTOC.to_string(),
+                artifact_type: String::new(),
+                created_at,
+                span_size: options.span_size,
+                layer_media_type: layer.media_type.clone(),
+                layer_source: opened.layer_source.clone(),
+            });
+        }
+        let stored = store
+            .content()
+            .write_blob(EMPTY_CONFIG)
+            .and_then(|_| store.content().write_blob(&built.bytes));
+        stored.with_context(|| format!("storing the SOCI index {}", built.descriptor.digest))?;
+        entries.push(ArtifactEntry {
+            digest: built.descriptor.digest.clone(),
+            size: built.descriptor.size,
+            original_digest: built.image.descriptor.digest.clone(),
+            image_digest: image.digest.clone(),
+            image_ref: image_ref.to_string(),
+            platform: platform.clone(),
+            kind: ArtifactKind::SociIndex,
+            media_type: media_types::OCI_MANIFEST.to_string(),
+            artifact_type: media_types::SOCI_INDEX_V1.to_string(),
+            created_at,
+            span_size: options.span_size,
+            layer_media_type: String::new(),
+            layer_source: String::new(),
+        });
+        store
+            .artifacts()
+            .put(entries)
+            .context("recording the artifacts")?;
+        reports.push(IndexReport {
+            index: built.descriptor.digest.clone(),
+            size: built.descriptor.size,
+            platform,
+            manifest: built.image.descriptor.digest.clone(),
+            layers: built
+                .layers
+                .iter()
+                .map(|(layer, outcome)| layer_report(layer, outcome))
+                .collect(),
+        });
+    }
+    Ok(reports)
+}
+
+fn layer_report(layer: &Descriptor, outcome: &LayerOutcome) -> LayerReport {
+    let (ztoc, skipped, reused) = match outcome {
+        LayerOutcome::Built { descriptor, .. } => (Some(descriptor.digest.clone()), None, false),
+        LayerOutcome::Reused { descriptor } => (Some(descriptor.digest.clone()), None, true),
+        LayerOutcome::Skipped { reason } => (None, Some(reason.clone()), false),
+    };
+    LayerReport {
+        layer: layer.digest.clone(),
+        ztoc,
+        skipped,
+        reused,
+    }
+}
+
+/// A zTOC already in the store for this layer and span size, as the index
+/// should list it (docs/format.md §3.1 step 5). Anything unreadable is a
+/// miss: the layer is indexed again.
+fn reuse_ztoc(
+    store: &Store,
+    layer: &Descriptor,
+    span_size: u64,
+    optimize_xattrs: bool,
+) -> Option<Descriptor> {
+    let entries = store.artifacts().list().ok()?;
+    let entry = entries.iter().rev().find(|e| {
+        e.kind == ArtifactKind::SociLayer
+            && e.original_digest == layer.digest
+            && e.span_size == span_size
+    })?;
+    let digest = Sha256Digest::parse(&entry.digest).ok()?;
+    let bytes = store.content().read_blob(&digest).ok()?;
+    stored_ztoc_descriptor(layer, &bytes, span_size, optimize_xattrs).ok()
+}

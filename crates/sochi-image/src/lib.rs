@@ -10,7 +10,9 @@
 //!   zTOCs the store has; [`push_indexes`] publishes them;
 //!   [`convert_image`] makes the SOCI-enabled (v2) image, from and to
 //!   registries and layouts in any mix, reading each layer once.
-//! - [`list_indexes`] answers `index list`.
+//! - [`list_indexes`] and [`list_ztocs`] answer `index list` and `ztoc
+//!   list`; [`build_ztoc_file`] is `ztoc build`; [`stored_layer_of`]
+//!   finds the layer blob of a stored zTOC.
 //!
 //! Each returns a report for the caller to print; nothing here prints.
 
@@ -25,6 +27,9 @@ pub use indexes::{list_indexes, IndexFilter, IndexRow};
 pub use open::{open_image, OpenedImage, REGISTRY_THREADS};
 pub use push::{push_indexes, ExistingIndex, PushReport, PushRequest};
 pub use registry::{is_manifest, Registry, RegistrySource};
+pub use ztocs::{
+    build_ztoc_file, list_ztocs, stored_layer_of, ZtocBuildReport, ZtocFilter, ZtocRow,
+};
 
 mod convert;
 mod create;
@@ -37,3 +42,4 @@ mod push;
 mod registry;
 mod tee_source;
 mod tee_upload;
+mod ztocs;

@@ -211,3 +211,64 @@ mod tests {
         assert_eq!(store.next_id(), 3);
     }
 }
+
+/// How one layer snapshot was provided, for `sochi snapshotter layers`.
+/// Serialized as its `--json` prints it:
+/// `{"snapshot","image","layer","mode","reason"}`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerRecord {
+    /// The snapshot's name.
+    pub snapshot: String,
+    /// The image reference containerd gave (empty if none).
+    pub image: String,
+    /// The layer digest, `-` for a snapshot prepared without labels.
+    pub layer: String,
+    /// `lazy`, `unpacked`, or `containerd` (handed back).
+    pub mode: String,
+    /// Why it is not lazy, where known.
+    pub reason: Option<String>,
+}
+
+/// The layer snapshots in the metadata under `root`: those containerd's
+/// labels name, and those a client prepared without labels (recorded as a
+/// fallback); only those of `image` when given.
+pub fn layer_records(root: &Path, image: Option<&str>) -> Result<Vec<LayerRecord>> {
+    use sochi_format::snapshot_labels as labels;
+    let path = root.join("snapshotter").join("metadata.json");
+    if !path.exists() {
+        anyhow::bail!("no snapshotter metadata at {}", path.display());
+    }
+    let store = MetaStore::open(&path)?;
+    let mut records = Vec::new();
+    for (name, snapshot) in store.iter() {
+        let layer = match (
+            snapshot.labels.get(labels::LAYER_DIGEST),
+            &snapshot.fallback,
+        ) {
+            (Some(layer), _) => layer.clone(),
+            (None, Some(_)) => "-".to_string(),
+            (None, None) => continue,
+        };
+        let image_ref = snapshot
+            .labels
+            .get(labels::IMAGE_REF)
+            .cloned()
+            .unwrap_or_default();
+        if image.is_some_and(|wanted| wanted != image_ref) {
+            continue;
+        }
+        let (mode, reason) = match (&snapshot.remote, &snapshot.fallback) {
+            (Some(remote), _) => (remote.mode.clone(), remote.reason.clone()),
+            (None, Some(why)) => ("containerd".to_string(), Some(why.clone())),
+            (None, None) => ("containerd".to_string(), None),
+        };
+        records.push(LayerRecord {
+            snapshot: name.clone(),
+            image: image_ref,
+            layer,
+            mode,
+            reason,
+        });
+    }
+    Ok(records)
+}

@@ -104,49 +104,16 @@ fn load(path: Option<&PathBuf>) -> Result<Config> {
 
 /// `sochi snapshotter layers`.
 fn layers(global: &Global, image: Option<&str>, json: bool) -> Result<ExitCode> {
-    use sochi_format::snapshot_labels as labels;
-    let path = global.root.join("snapshotter").join("metadata.json");
-    if !path.exists() {
-        anyhow::bail!("no snapshotter metadata at {}", path.display());
-    }
-    let store = sochi_snapshotter::metadata::MetaStore::open(&path)?;
-    for (name, snapshot) in store.iter() {
-        // Layer snapshots: those containerd's labels name, and those a
-        // client prepared without labels (recorded as a fallback).
-        let layer = match (
-            snapshot.labels.get(labels::LAYER_DIGEST),
-            &snapshot.fallback,
-        ) {
-            (Some(layer), _) => layer.as_str(),
-            (None, Some(_)) => "-",
-            (None, None) => continue,
-        };
-        let image_ref = snapshot
-            .labels
-            .get(labels::IMAGE_REF)
-            .map(String::as_str)
-            .unwrap_or("");
-        if image.is_some_and(|wanted| wanted != image_ref) {
-            continue;
-        }
-        let (mode, reason) = match (&snapshot.remote, &snapshot.fallback) {
-            (Some(remote), _) => (remote.mode.as_str(), remote.reason.clone()),
-            (None, Some(why)) => ("containerd", Some(why.clone())),
-            (None, None) => ("containerd", None),
-        };
+    for record in sochi_snapshotter::metadata::layer_records(&global.root, image)? {
         if json {
-            let line = serde_json::json!({
-                "snapshot": name,
-                "image": image_ref,
-                "layer": layer,
-                "mode": mode,
-                "reason": reason,
-            });
-            println!("{line}");
+            println!("{}", serde_json::to_string(&record)?);
         } else {
             println!(
-                "{image_ref}\t{layer}\t{mode}\t{}",
-                reason.unwrap_or_default()
+                "{}\t{}\t{}\t{}",
+                record.image,
+                record.layer,
+                record.mode,
+                record.reason.unwrap_or_default()
             );
         }
     }

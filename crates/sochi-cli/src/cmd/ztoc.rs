@@ -1,17 +1,15 @@
 //! `sochi ztoc build|info|get-file|list`.
 
 use std::fs::{self, File};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use serde::Serialize;
-use sochi_build::{
-    build_layer_ztoc, extract_file, find_entry, LayerCompression, LayerOptions, DEFAULT_SPAN_SIZE,
-};
+use anyhow::{Context, Result};
+use sochi_build::{extract_file, find_entry, LayerCompression, DEFAULT_SPAN_SIZE};
 use sochi_format::{Sha256Digest, Ztoc, ZtocInfo};
-use sochi_store::{ArtifactKind, OciLayout, Store};
+use sochi_image::{build_ztoc_file, list_ztocs, stored_layer_of, ZtocFilter};
+use sochi_store::Store;
 
 use super::Global;
 use crate::output::{print_go_pretty_json, print_json_line};
@@ -98,45 +96,13 @@ pub fn run(global: &Global, command: Command) -> Result<ExitCode> {
     }
 }
 
-#[derive(Serialize)]
-struct BuildReport {
-    digest: String,
-    size: usize,
-    layer_size: u64,
-    spans: usize,
-    files: usize,
-    output: String,
-}
-
 fn build(args: BuildArgs) -> Result<ExitCode> {
-    let open =
-        || File::open(&args.layer).with_context(|| format!("opening {}", args.layer.display()));
     let compression = match args.algorithm.as_deref() {
-        Some("gzip") => LayerCompression::Gzip,
-        Some(_) => LayerCompression::Uncompressed,
-        None => {
-            let mut magic = [0u8; 2];
-            let n = open()?.read(&mut magic)?;
-            LayerCompression::sniff(&magic[..n])
-        }
+        Some("gzip") => Some(LayerCompression::Gzip),
+        Some(_) => Some(LayerCompression::Uncompressed),
+        None => None,
     };
-    let options = LayerOptions {
-        span_size: args.span_size,
-        compression,
-        expect: None,
-        source_verifies_digest: false,
-    };
-    let name = args.layer.display().to_string();
-    let built = build_layer_ztoc(open()?, &options, &name, &|_| {})?;
-    sochi_store::write_atomic(&args.output, &built.bytes)?;
-    let report = BuildReport {
-        digest: built.digest.to_string(),
-        size: built.bytes.len(),
-        layer_size: built.layer_size,
-        spans: built.ztoc.compression.span_digests.len(),
-        files: built.ztoc.toc.len(),
-        output: args.output.display().to_string(),
-    };
+    let report = build_ztoc_file(&args.layer, &args.output, args.span_size, compression)?;
     if args.json {
         print_json_line(&report)?;
     } else {
@@ -202,8 +168,6 @@ fn get_file(global: &Global, args: GetFileArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The layer blob of a stored zTOC: in the content store, or in the OCI
-/// layout the index was built from.
 fn find_layer(
     global: &Global,
     store: Option<Store>,
@@ -213,56 +177,16 @@ fn find_layer(
         Some(s) => s,
         None => global.store()?,
     };
-    let entries = store.artifacts().list()?;
-    let Some(entry) = entries
-        .iter()
-        .rev()
-        .find(|e| e.kind == ArtifactKind::SociLayer && e.digest == ztoc_digest.to_string())
-    else {
-        bail!(
-            "zTOC {ztoc_digest} is not in the local store's database: name the layer with --layer"
-        );
-    };
-    let layer = Sha256Digest::parse(&entry.original_digest)?;
-    if store.content().contains(&layer) {
-        return Ok(store.content().blob_path(&layer));
-    }
-    if !entry.layer_source.is_empty() {
-        if let Ok(source) = OciLayout::open(&entry.layer_source) {
-            if source.contains(&layer) {
-                return Ok(source.blob_path(&layer));
-            }
-        }
-    }
-    bail!("layer {layer} of zTOC {ztoc_digest} is not available locally: name it with --layer")
-}
-
-#[derive(Serialize)]
-struct ZtocRow {
-    digest: String,
-    size: i64,
-    layer_digest: String,
-    span_size: u64,
+    Ok(stored_layer_of(&store, ztoc_digest)?)
 }
 
 fn list(global: &Global, args: ListArgs) -> Result<ExitCode> {
     let store = global.store()?;
-    let mut seen = std::collections::HashSet::new();
-    let rows: Vec<ZtocRow> = store
-        .artifacts()
-        .list()?
-        .into_iter()
-        .filter(|e| e.kind == ArtifactKind::SociLayer)
-        .filter(|e| args.ztoc_digest.as_ref().is_none_or(|d| &e.digest == d))
-        .filter(|e| args.image_ref.as_ref().is_none_or(|r| &e.image_ref == r))
-        .filter(|e| seen.insert(e.digest.clone()))
-        .map(|e| ZtocRow {
-            digest: e.digest,
-            size: e.size,
-            layer_digest: e.original_digest,
-            span_size: e.span_size,
-        })
-        .collect();
+    let filter = ZtocFilter {
+        ztoc_digest: args.ztoc_digest.clone(),
+        image_ref: args.image_ref.clone(),
+    };
+    let rows = list_ztocs(&store, &filter)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         drop(out);

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 pub mod config;
+pub mod decision;
 mod filter;
 pub mod metadata;
 pub mod remote;

@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 use crate::config::Config;
 
 /// The labels containerd passes for a layer (docs/format.md §6.2).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerRequest {
     /// `containerd.io/snapshot/cri.image-ref`.
     pub image_ref: String,
@@ -138,6 +138,33 @@ impl RemoteLayers {
             Some(&cache),
         ));
         plan.map(Arc::new).map_err(|e| format!("{e:#}"))
+    }
+
+    /// What the image of `request` offers for its layer (the plan is
+    /// fetched once and cached). Blocking.
+    pub fn offer(&self, request: &LayerRequest) -> crate::decision::Offer {
+        use crate::decision::Offer;
+        let plan = match self.plan(request) {
+            Ok(plan) => plan,
+            Err(error) => return Offer::PlanFailed(error),
+        };
+        if plan.index.is_none() {
+            return Offer::NoIndex;
+        }
+        match plan
+            .layers
+            .iter()
+            .find(|l| l.descriptor.digest == request.layer)
+        {
+            None => Offer::LayerNotInImage,
+            Some(layer) if layer.ztoc.is_some() => Offer::Ztoc,
+            Some(layer) => Offer::NoZtoc(
+                layer
+                    .no_ztoc_reason
+                    .clone()
+                    .unwrap_or_else(|| "no zTOC".into()),
+            ),
+        }
     }
 
     /// Provides layer `request` for snapshot `id` at `fs_dir`. Blocking.

@@ -24,6 +24,7 @@ use crate::api::containerd::services::snapshots::v1 as pb;
 use crate::api::containerd::types::Mount;
 use crate::filter::Filter;
 use crate::metadata::{now_nanos, Kind, MetaStore, RemoteLayer, Snapshot};
+use crate::decision::{decide, Decision, Fallback};
 use crate::remote::{LayerRequest, Outcome, RemoteLayers};
 use sochi_format::snapshot_labels as labels;
 
@@ -184,27 +185,27 @@ impl Snapshotter {
                 }
             }
         }
-        let mut fallback = None;
-        if kind == Kind::Active {
-            if let Some(target) = labels.get(labels::TARGET) {
-                if self.store.lock().get(target).is_some() {
-                    return Err(Status::already_exists(format!(
-                        "target snapshot {target:?} already exists"
-                    )));
-                }
-                match layer_request(&labels) {
-                    Some(request) => match self.try_provide(target, &parent, &labels, &request)? {
-                        Provided::Yes(status) => return Err(status),
-                        Provided::No(reason) => fallback = Some(reason),
-                    },
-                    None => {
-                        fallback =
-                            Some("no image labels (the client passed no cri.* labels)".into());
-                        self.counters.no_labels.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+        let decision = decide(
+            kind,
+            &labels,
+            |target| self.store.lock().get(target).is_some(),
+            |request| self.remote.offer(request),
+        );
+        let fallback = match decision {
+            Decision::Ordinary => None,
+            Decision::TargetExists(target) => {
+                return Err(Status::already_exists(format!(
+                    "target snapshot {target:?} already exists"
+                )))
             }
-        }
+            Decision::Provide {
+                target, request, ..
+            } => match self.try_provide(&target, &parent, &labels, &request)? {
+                Provided::Yes(status) => return Err(status),
+                Provided::No(reason) => Some(reason),
+            },
+            Decision::HandBack(fallback) => Some(self.hand_back(&labels, &fallback)),
+        };
         let id = self.store.lock().next_id();
         let dir = self.snapshot_dir(id);
         std::fs::create_dir_all(dir.join("fs")).map_err(internal)?;
@@ -225,6 +226,29 @@ impl Snapshotter {
         let mut store = self.store.lock();
         store.put(&key, snapshot).map_err(internal)?;
         mounts_of(&store, &self.root, &key)
+    }
+
+    /// Counts and logs a layer going back to containerd; returns the
+    /// reason to record.
+    fn hand_back(&self, labels: &BTreeMap<String, String>, fallback: &Fallback) -> String {
+        let counter = match fallback {
+            Fallback::NoLabels => &self.counters.no_labels,
+            Fallback::NoIndex => &self.counters.no_index,
+            Fallback::Failed(_) => &self.counters.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let layer = labels
+            .get(labels::LAYER_DIGEST)
+            .map(String::as_str)
+            .unwrap_or("-");
+        let reason = fallback.reason();
+        match fallback {
+            Fallback::Failed(why) => {
+                tracing::error!(%layer, error = %why, "cannot provide the layer: containerd pulls it")
+            }
+            _ => tracing::warn!(%layer, %reason, "containerd pulls the layer"),
+        }
+        reason
     }
 
     /// Tries to provide a layer.
@@ -287,17 +311,13 @@ impl Snapshotter {
                 ))))
             }
             Outcome::NoIndex => {
-                self.counters.no_index.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(layer = %request.layer, image = %request.image_ref, "no SOCI index: containerd pulls the layer");
                 let _ = std::fs::remove_dir_all(&dir);
-                Ok(Provided::No("the image has no SOCI index".into()))
+                Ok(Provided::No(self.hand_back(labels, &Fallback::NoIndex)))
             }
             Outcome::Failed(why) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(layer = %request.layer, error = %why, "cannot provide the layer: containerd pulls it");
                 let _ = sochi_lazy::unmount(&fs_dir);
                 let _ = std::fs::remove_dir_all(&dir);
-                Ok(Provided::No(format!("sochi could not provide it: {why}")))
+                Ok(Provided::No(self.hand_back(labels, &Fallback::Failed(why))))
             }
         }
     }
@@ -451,16 +471,6 @@ impl Snapshotter {
     pub fn shutdown(&self) {
         self.remote.unmount_all();
     }
-}
-
-/// The layer labels of a Prepare, if complete.
-fn layer_request(labels: &BTreeMap<String, String>) -> Option<LayerRequest> {
-    Some(LayerRequest {
-        image_ref: labels.get(labels::IMAGE_REF)?.clone(),
-        manifest: labels.get(labels::MANIFEST_DIGEST)?.clone(),
-        layer: labels.get(labels::LAYER_DIGEST)?.clone(),
-        index: labels.get(labels::SOCI_INDEX_DIGEST).cloned(),
-    })
 }
 
 fn timestamp(nanos: u128) -> prost_types::Timestamp {

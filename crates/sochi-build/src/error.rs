@@ -7,7 +7,7 @@ pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The layer's tar stream is malformed or uses an unsupported entry.
-    #[error("layer {layer}: {source}")]
+    #[error("layer {layer}")]
     Tar {
         /// The layer (digest or file name).
         layer: String,
@@ -16,7 +16,7 @@ pub enum Error {
         source: sochi_tar::TarError,
     },
     /// The layer's gzip stream is malformed.
-    #[error("layer {layer}: {source}")]
+    #[error("layer {layer}")]
     Gzip {
         /// The layer (digest or file name).
         layer: String,
@@ -33,7 +33,7 @@ pub enum Error {
         detail: String,
     },
     /// A SOCI format could not be read or written.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Format {
         /// What was being read or written.
         context: String,
@@ -42,7 +42,7 @@ pub enum Error {
         source: sochi_format::Error,
     },
     /// The image source failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Source {
         /// What was being read.
         context: String,
@@ -51,7 +51,7 @@ pub enum Error {
         source: SourceError,
     },
     /// An I/O error while reading a layer or writing output.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,

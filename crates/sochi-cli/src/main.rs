@@ -95,27 +95,12 @@ fn main() -> ExitCode {
             if is_broken_pipe(&error) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("sochi: error: {}", error_chain(&error));
+            // Every error states its own fact, its causes follow: `{:#}` joins
+            // them on one line.
+            eprintln!("sochi: error: {error:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line. Library errors often carry their
-/// source's text too, so a cause already said is not said again.
-fn error_chain(error: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

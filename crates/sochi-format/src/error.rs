@@ -25,7 +25,7 @@ pub enum Error {
         detail: String,
     },
     /// A JSON document could not be decoded.
-    #[error("{what}: invalid json: {source}")]
+    #[error("{what}: invalid json")]
     Json {
         /// The document kind, e.g. "image manifest".
         what: &'static str,
@@ -53,3 +53,17 @@ pub enum Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `error` and its causes on one line, `outer: inner: innermost`. Every
+/// sochi error states its own fact and leaves its cause to the chain, so
+/// nothing is said twice.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

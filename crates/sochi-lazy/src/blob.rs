@@ -92,18 +92,3 @@ fn kind_of(error: &sochi_registry::Error) -> BlobErrorKind {
         _ => BlobErrorKind::Transport,
     }
 }
-
-/// `error` with its sources, one line.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
-}

@@ -22,7 +22,7 @@ use sochi_spans::{BackgroundOptions, LayerMetrics, SpanManager, SpanStoreConfig}
 use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
 
-use crate::blob::{error_chain, RegistryBlob};
+use crate::blob::RegistryBlob;
 use crate::local_state::{private_dir, LayerDir};
 use crate::plan::{ImagePlan, PlannedLayer};
 use crate::unpack::{unpack_layer, ExpectedDigests};
@@ -431,7 +431,7 @@ impl ImageMount {
                             Err(sochi_spans::Error::Stopped) => return,
                             Err(error) => {
                                 LayerMetrics::add(&spans.metrics().background_failures, 1);
-                                tracing::error!(layer = %digest, error = %error_chain(&error), "background fetch failed");
+                                tracing::error!(layer = %digest, error = %sochi_format::error_chain(&error), "background fetch failed");
                             }
                         }
                     }

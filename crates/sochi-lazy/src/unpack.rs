@@ -119,7 +119,7 @@ pub enum UnpackError {
     /// The tar stream is malformed, or holds an entry type no layer may
     /// (the message of [`TarError`] names the entry and its uncompressed
     /// offset).
-    #[error("layer: {source}{}", compressed_note(*.compressed_read))]
+    #[error("layer{}", compressed_note(*.compressed_read))]
     Tar {
         /// Compressed bytes read when it was found, for a compressed layer.
         compressed_read: Option<u64>,
@@ -128,7 +128,7 @@ pub enum UnpackError {
     },
     /// The compressed stream is corrupt (the message of
     /// [`sochi_zran::Error`] names the compressed offset).
-    #[error("layer: {source} (uncompressed offset {uncompressed_offset} reached)")]
+    #[error("layer (uncompressed offset {uncompressed_offset} reached)")]
     Gzip {
         /// Uncompressed bytes the tar reader had taken.
         uncompressed_offset: u64,

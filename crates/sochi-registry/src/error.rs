@@ -131,7 +131,7 @@ pub enum Error {
         detail: String,
     },
     /// A JSON document from the registry could not be decoded.
-    #[error("{what} from {url}: invalid json: {source}")]
+    #[error("{what} from {url}: invalid json")]
     Json {
         /// The document kind.
         what: &'static str,
@@ -142,7 +142,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// A document from the registry broke an OCI rule.
-    #[error("{url}: {source}")]
+    #[error("{url}")]
     Format {
         /// Where it came from (redacted).
         url: String,
@@ -154,7 +154,7 @@ pub enum Error {
     // --- the network ---
     /// The request could not be sent or its answer not read (connection
     /// refused or reset, TLS failure, DNS) after all retries.
-    #[error("connection to {url} failed: {source}")]
+    #[error("connection to {url} failed")]
     Connection {
         /// The URL (redacted).
         url: String,
@@ -164,7 +164,7 @@ pub enum Error {
     },
     /// The connection could not be opened in the connect timeout, after all
     /// retries.
-    #[error("timed out talking to {url}: {source}")]
+    #[error("timed out talking to {url}")]
     Timeout {
         /// The URL (redacted).
         url: String,
@@ -185,7 +185,7 @@ pub enum Error {
 
     // --- the local machine ---
     /// Reading a local file failed.
-    #[error("reading {path}: {source}", path = path.display())]
+    #[error("reading {path}", path = path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -194,7 +194,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Reading the stream of a blob to push failed.
-    #[error("reading the content of blob {digest}: {source}")]
+    #[error("reading the content of blob {digest}")]
     Read {
         /// The blob being pushed.
         digest: String,
@@ -221,7 +221,7 @@ pub enum Error {
         detail: String,
     },
     /// The HTTP client could not be built (e.g. a bad CA certificate).
-    #[error("building the http client: {source}")]
+    #[error("building the http client")]
     Client {
         /// The HTTP client's error.
         #[source]

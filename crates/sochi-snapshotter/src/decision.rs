@@ -180,8 +180,25 @@ mod tests {
         let mut no_target = full.clone();
         no_target.remove(labels::TARGET);
         let failed = |why: &str| Decision::HandBack(Fallback::Failed(why.to_string()));
-        let cases: Vec<(&str, Kind, &BTreeMap<String, String>, bool, Offer, Decision)> = vec![
-            ("a view", Kind::View, &full, false, Offer::Ztoc, Decision::Ordinary),
+        /// What, the snapshot kind, its labels, whether the target exists,
+        /// what the image offers, and the decision expected.
+        type Case<'a> = (
+            &'a str,
+            Kind,
+            &'a BTreeMap<String, String>,
+            bool,
+            Offer,
+            Decision,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "a view",
+                Kind::View,
+                &full,
+                false,
+                Offer::Ztoc,
+                Decision::Ordinary,
+            ),
             (
                 "a committed kind",
                 Kind::Committed,
@@ -190,7 +207,14 @@ mod tests {
                 Offer::Ztoc,
                 Decision::Ordinary,
             ),
-            ("no target label", Kind::Active, &no_target, false, Offer::Ztoc, Decision::Ordinary),
+            (
+                "no target label",
+                Kind::Active,
+                &no_target,
+                false,
+                Offer::Ztoc,
+                Decision::Ordinary,
+            ),
             (
                 "target committed already",
                 Kind::Active,
@@ -275,7 +299,12 @@ mod tests {
         ] {
             decide(kind, &labels, |_| false, |_| panic!("asked the image"));
         }
-        decide(Kind::Active, &layer_labels(), |_| true, |_| panic!("asked the image"));
+        decide(
+            Kind::Active,
+            &layer_labels(),
+            |_| true,
+            |_| panic!("asked the image"),
+        );
     }
 
     #[test]
@@ -293,7 +322,11 @@ mod tests {
     #[test]
     fn fallbacks_say_why_and_count_where() {
         for (fallback, outcome, words) in [
-            (Fallback::NoLabels, "containerd_no_labels", "no image labels"),
+            (
+                Fallback::NoLabels,
+                "containerd_no_labels",
+                "no image labels",
+            ),
             (Fallback::NoIndex, "containerd_no_index", "no SOCI index"),
             (
                 Fallback::Failed("boom".into()),

@@ -22,9 +22,9 @@ use tonic::{Request, Response, Status};
 
 use crate::api::containerd::services::snapshots::v1 as pb;
 use crate::api::containerd::types::Mount;
+use crate::decision::{decide, Decision, Fallback};
 use crate::filter::Filter;
 use crate::metadata::{now_nanos, Kind, MetaStore, RemoteLayer, Snapshot};
-use crate::decision::{decide, Decision, Fallback};
 use crate::remote::{LayerRequest, Outcome, RemoteLayers};
 use sochi_format::snapshot_labels as labels;
 

@@ -189,7 +189,7 @@ impl Claim<'_> {
     }
 
     fn fail(mut self, error: &Error) {
-        let message = error_chain(error);
+        let message = sochi_format::error_chain(error);
         for flight in &self.flights {
             flight.finish(Err(message.clone()));
         }
@@ -209,18 +209,6 @@ impl Drop for Claim<'_> {
             flights.remove(&span);
         }
     }
-}
-
-/// `error` and its sources, for readers that share a failed fetch.
-fn error_chain(error: &Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 /// Reads a layer's uncompressed bytes lazily, span by span, through a
@@ -653,7 +641,7 @@ impl SpanManager {
                 for (id, data) in claim.run.clone().zip(&run) {
                     // A failed disk write still leaves the span in memory.
                     if let Err(error) = self.store(id, data, true) {
-                        tracing::warn!(span = id, error = %error_chain(&error), "span cache write failed");
+                        tracing::warn!(span = id, error = %sochi_format::error_chain(&error), "span cache write failed");
                     }
                 }
                 claim.publish(&run);

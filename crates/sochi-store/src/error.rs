@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         /// What we were doing, e.g. "reading".
         action: &'static str,
@@ -51,7 +51,7 @@ pub enum Error {
         detail: String,
     },
     /// A document inside the layout could not be decoded.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Format {
         /// The file.
         path: PathBuf,

@@ -71,14 +71,14 @@ pub enum Error {
         detail: &'static str,
     },
     /// Reading the compressed stream failed.
-    #[error("reading the compressed stream: {source}")]
+    #[error("reading the compressed stream")]
     Io {
         /// The error of the underlying reader.
         #[source]
         source: io::Error,
     },
     /// The zinfo writer refused a checkpoint.
-    #[error("zinfo: {source}")]
+    #[error("zinfo")]
     Zinfo {
         /// The writer's error.
         #[source]

@@ -298,7 +298,7 @@ fn entry_types_no_layer_may_hold_are_refused_naming_entry_and_offset() {
         else {
             panic!("{result:?}")
         };
-        let message = error.to_string();
+        let message = sochi_format::error_chain(&error);
         assert!(
             message.contains(words) && message.contains("\"odd/entry\""),
             "{message}"
@@ -339,7 +339,7 @@ fn corrupt_gzip_is_an_error_at_a_compressed_offset() {
         let Err(error @ UnpackError::Gzip { .. }) = result else {
             panic!("{result:?}")
         };
-        let message = error.to_string();
+        let message = sochi_format::error_chain(&error);
         assert!(message.contains(words), "{message}");
         assert!(message.contains("uncompressed offset"), "{message}");
     }
@@ -372,10 +372,8 @@ fn truncated_tar_is_an_error() {
     else {
         panic!("{result:?}")
     };
-    assert!(
-        error.to_string().contains("inside a header block"),
-        "{error}"
-    );
+    let message = sochi_format::error_chain(&error);
+    assert!(message.contains("inside a header block"), "{message}");
 }
 
 #[test]
@@ -445,7 +443,7 @@ fn diff_id_and_blob_digest_are_checked() {
             (*found, e.as_str(), a.as_str()),
             (what, wrong.as_str(), actual.as_str())
         );
-        let message = error.to_string();
+        let message = sochi_format::error_chain(&error);
         assert!(
             message.contains(&wrong) && message.contains(&actual),
             "{message}"
@@ -501,7 +499,7 @@ fn xattrs_the_policy_refuses_refuse_the_layer() {
         else {
             panic!("{key}: {result:?}")
         };
-        let message = error.to_string();
+        let message = sochi_format::error_chain(&error);
         assert!(
             message.contains(key) && message.contains("\"victim\""),
             "{message}"

@@ -604,7 +604,7 @@ async fn an_unknown_index_version_is_a_format_error() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Format { .. }), "{e:?}");
-    let text = e.to_string();
+    let text = sochi_format::error_chain(&e);
     assert!(
         text.contains(&not_soci_digest) && text.contains("unknown index version"),
         "{text}"

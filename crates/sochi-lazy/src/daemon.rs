@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{invalid, Context as _, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -209,7 +209,7 @@ fn serve(
         plan.layers
             .retain(|layer| &layer.descriptor.digest == digest);
         if plan.layers.is_empty() {
-            bail!("image {} has no layer {digest}", request.image);
+            invalid!("image {} has no layer {digest}", request.image);
         }
     }
     let options = MountOptions {
@@ -279,8 +279,10 @@ fn serve(
     };
     let state_file = state.join("state.json");
     let temp = state.join("state.json.tmp");
-    std::fs::write(&temp, serde_json::to_vec_pretty(&info)?)?;
-    std::fs::rename(&temp, &state_file)?;
+    let json = serde_json::to_vec_pretty(&info).context("writing the mount state")?;
+    std::fs::write(&temp, json)
+        .and_then(|()| std::fs::rename(&temp, &state_file))
+        .with_context(|| format!("writing {}", state_file.display()))?;
     tracing::info!(mountpoint = %request.mountpoint.display(), "mounted");
     on_mounted(&info);
 
@@ -341,7 +343,9 @@ pub fn serve_local_layer(
     let blob = FileBlob::open(layer_file)
         .with_context(|| format!("opening layer {}", layer_file.display()))?;
     let layer = Layer::open(ztoc, Arc::new(blob), config).context("opening the layer")?;
-    let handle = layer.mount(mountpoint)?;
+    let handle = layer
+        .mount(mountpoint)
+        .with_context(|| format!("mounting the layer at {}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     on_mounted();
     while is_mounted(mountpoint)? {
@@ -369,7 +373,7 @@ pub fn unmount_image(root: &Path, mountpoint: &Path, timeout: Duration) -> Resul
     let text = match std::fs::read_to_string(&state_file) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            bail!(
+            invalid!(
                 "{} is not mounted by sochi (no {})",
                 mountpoint.display(),
                 state_file.display()
@@ -400,21 +404,25 @@ pub fn unmount_image(root: &Path, mountpoint: &Path, timeout: Duration) -> Resul
     let same_process =
         mount.start_time == 0 || process_start_time(mount.pid) == Some(mount.start_time);
     if !same_process {
-        bail!(
+        invalid!(
             "the mount daemon holds {} but is not pid {} any more; see {}",
             daemon_lock(&state).display(),
             mount.pid,
             state.join("log").display()
         );
     }
-    let pid = Pid::from_raw(i32::try_from(mount.pid).context("pid out of range")?);
+    let pid = Pid::from_raw(
+        i32::try_from(mount.pid)
+            .ok()
+            .with_context(|| format!("pid {} out of range", mount.pid))?,
+    );
     kill(pid, Signal::SIGTERM).context("signalling the mount daemon")?;
     // The daemon lets go of its lock when it removes its state, a moment
     // before it exits: wait for both, so that a caller that goes on sees
     // it gone.
     while daemon_alive(&state) || process_running(mount.pid, mount.start_time) {
         if Instant::now() > deadline {
-            bail!(
+            invalid!(
                 "the mount daemon (pid {}) did not finish within {} s; see {}",
                 mount.pid,
                 timeout.as_secs(),

@@ -19,6 +19,7 @@ pub use daemon::{
     serve_local_layer, state_dir, unmount_image, ImageMountRequest, LayerInfo, MountState,
     Unmounted,
 };
+pub use error::{Error, Result};
 pub use local_state::{
     private_dir, root_dir, sweep_layer_state, FileLock, SweepReport, PRIVATE_DIR_MODE,
 };
@@ -29,6 +30,7 @@ pub use plan::{plan_image, plan_image_manifest, ImagePlan, IndexSource, PlannedL
 
 mod blob;
 mod daemon;
+mod error;
 mod local_state;
 mod metrics_server;
 mod mount;

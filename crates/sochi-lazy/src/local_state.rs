@@ -26,7 +26,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use crate::error::{Context as _, Result};
 use rustix::fs::FlockOperation;
 
 /// Mode of every directory sochi creates for itself.

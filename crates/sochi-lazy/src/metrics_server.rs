@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Context as _, Result};
 
 /// Serves `render()` at every path of `address` until `stop` is set.
 /// Returns the bound address (useful with port 0).
@@ -19,8 +19,10 @@ pub fn serve_metrics(
 ) -> Result<std::net::SocketAddr> {
     let listener = TcpListener::bind(address)
         .with_context(|| format!("listening for metrics on {address}"))?;
-    let bound = listener.local_addr()?;
-    listener.set_nonblocking(true)?;
+    let bound = listener
+        .local_addr()
+        .and_then(|bound| listener.set_nonblocking(true).map(|()| bound))
+        .with_context(|| format!("listening for metrics on {address}"))?;
     std::thread::Builder::new()
         .name("sochi-metrics".into())
         .spawn(move || {
@@ -40,7 +42,8 @@ pub fn serve_metrics(
                     }
                 }
             }
-        })?;
+        })
+        .context("starting the metrics server")?;
     Ok(bound)
 }
 

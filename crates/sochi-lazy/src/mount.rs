@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{invalid, Context as _, Result};
 use sochi_format::{Descriptor, LayerCompression, Ztoc};
 use sochi_fs::{Keeper, KeptMount, Layer, LayerConfig, MountHandle};
 use sochi_registry::{Client, Reference};
@@ -144,7 +144,7 @@ impl ImageMount {
         target: MountTarget<'_>,
     ) -> Result<ImageMount> {
         if matches!(target, MountTarget::Layer(_)) && plan.layers.len() != 1 {
-            bail!(
+            invalid!(
                 "mounting one layer needs a plan of one layer, not {}",
                 plan.layers.len()
             );
@@ -164,7 +164,7 @@ impl ImageMount {
             // Nothing of a failed mount stays: what was mounted is
             // unmounted and the layers it registered for are let go.
             if let Err(cleanup) = image.unmount(true) {
-                tracing::warn!(error = %format!("{cleanup:#}"), "cleaning up after a failed mount");
+                tracing::warn!(error = %sochi_format::error_chain(&cleanup), "cleaning up after a failed mount");
             }
             return Err(error);
         }
@@ -305,14 +305,17 @@ impl ImageMount {
         };
         let handle = match (&self.options.keeper, direct) {
             (Some(keeper), Some(_)) => {
-                let (handle, how) =
-                    opened.mount_kept(&mountpoint, Arc::clone(keeper), &self.options.mount_id)?;
+                let (handle, how) = opened
+                    .mount_kept(&mountpoint, Arc::clone(keeper), &self.options.mount_id)
+                    .with_context(|| format!("mounting the layer at {}", mountpoint.display()))?;
                 if how == KeptMount::TakenOver {
                     tracing::info!(layer = %digest, mountpoint = %mountpoint.display(), "took over the kept FUSE connection of a live mount");
                 }
                 handle
             }
-            _ => opened.mount(&mountpoint)?,
+            _ => opened
+                .mount(&mountpoint)
+                .with_context(|| format!("mounting the layer at {}", mountpoint.display()))?,
         };
         let spans = Arc::clone(opened.spans());
         tracing::info!(layer = %digest, mountpoint = %mountpoint.display(), spans = spans.span_count(), kept = handle.is_kept(), "layer mounted lazily");
@@ -385,7 +388,8 @@ impl ImageMount {
                 .with_context(|| format!("removing {}", fs_dir.display()))?;
         }
         fs::rename(&temp, &fs_dir).with_context(|| format!("renaming {}", temp.display()))?;
-        fs::write(state.path().join("complete"), &descriptor.digest)?;
+        fs::write(state.path().join("complete"), &descriptor.digest)
+            .with_context(|| format!("marking {} complete", state.path().display()))?;
         tracing::info!(
             layer = %descriptor.digest,
             entries = stats.entries,
@@ -544,6 +548,6 @@ impl Drop for ImageMount {
 fn digest_hex(digest: &str) -> Result<&str> {
     match digest.split_once(':') {
         Some((_, hex)) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(hex),
-        _ => bail!("layer digest {digest:?} is not algorithm:hex"),
+        _ => invalid!("layer digest {digest:?} is not algorithm:hex"),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{invalid, Context as _, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// The flags of every image mount sochi makes for a user: read-only, and
@@ -21,7 +21,7 @@ const IMAGE_MOUNT_FLAGS: MsFlags = MsFlags::MS_RDONLY
 /// lower layers when it has no upper one on older kernels).
 pub fn mount_overlay(lowers: &[&Path], target: &Path) -> Result<()> {
     match lowers {
-        [] => bail!("an image without layers has nothing to mount"),
+        [] => invalid!("an image without layers has nothing to mount"),
         [only] => {
             mount(
                 Some(*only),
@@ -48,7 +48,7 @@ pub fn mount_overlay(lowers: &[&Path], target: &Path) -> Result<()> {
                     .to_str()
                     .with_context(|| format!("layer directory {} is not UTF-8", lower.display()))?;
                 if text.contains([',', ':']) {
-                    bail!("layer directory {text} holds a ',' or ':', which overlay options cannot carry");
+                    invalid!("layer directory {text} holds a ',' or ':', which overlay options cannot carry");
                 }
                 if i > 0 {
                     data.push(':');
@@ -56,7 +56,7 @@ pub fn mount_overlay(lowers: &[&Path], target: &Path) -> Result<()> {
                 data.push_str(text);
             }
             if data.len() >= 4096 {
-                bail!(
+                invalid!(
                     "{} layers make overlay options of {} bytes, over the kernel's page",
                     lowers.len(),
                     data.len()

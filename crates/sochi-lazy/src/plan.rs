@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{invalid, Context as _, Error, Result};
 use futures_util::future::try_join_all;
 use sochi_format::{
     media_types, Descriptor, ImageManifest, Platform, Sha256Digest, SociIndex, Ztoc,
@@ -188,7 +188,7 @@ async fn plan_manifest(
         .map(|(layer, diff_id)| async move {
             let diff_id = diff_id.clone();
             let Some(ztoc_descriptor) = index.ztoc_for_layer(&layer.digest) else {
-                return Ok::<_, anyhow::Error>(PlannedLayer {
+                return Ok::<_, Error>(PlannedLayer {
                     descriptor: layer.clone(),
                     ztoc: None,
                     no_ztoc_reason: Some("the SOCI index has no zTOC for it (small layer?)".into()),
@@ -265,7 +265,7 @@ async fn layer_diff_ids(
     let diff_ids = sochi_format::image_diff_ids(&bytes)
         .with_context(|| format!("reading the image config {}", config.digest))?;
     if diff_ids.len() != manifest.layers().len() {
-        bail!(
+        invalid!(
             "the image config {} names {} layers (diff_ids), the manifest {}",
             config.digest,
             diff_ids.len(),
@@ -315,7 +315,7 @@ fn store_cached(dir: &Path, digest: &str, bytes: &[u8]) {
 /// layer has (docs/format.md §1.3); anything else is a zTOC for another layer.
 fn check_ztoc_fits_layer(ztoc: &Ztoc, layer: &Descriptor) -> Result<()> {
     if ztoc.compressed_archive_size != layer.size {
-        bail!(
+        invalid!(
             "the zTOC of layer {} describes {} compressed bytes, the layer has {}",
             layer.digest,
             ztoc.compressed_archive_size,
@@ -324,7 +324,7 @@ fn check_ztoc_fits_layer(ztoc: &Ztoc, layer: &Descriptor) -> Result<()> {
     }
     let zstd = [media_types::OCI_LAYER_ZSTD, media_types::DOCKER_LAYER_ZSTD];
     if zstd.contains(&layer.media_type.as_str()) {
-        bail!(
+        invalid!(
             "layer {} is zstd-compressed, which zTOCs cannot describe",
             layer.digest
         );

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Where the daemon looks when no `--config` is given.
@@ -160,19 +160,25 @@ impl Config {
     /// Reads `path`; `explicit` says whether the user named it (then it
     /// must exist).
     pub fn load(path: &Path, explicit: bool) -> Result<Config> {
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::Config {
+            context: format!("reading configuration {}", path.display()),
+            source,
+        };
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .with_context(|| format!("reading configuration {}", path.display())),
+            Ok(text) => toml::from_str(&text).map_err(|e| failed(e.into())),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 Ok(Config::default())
             }
-            Err(error) => Err(error).context(format!("reading configuration {}", path.display())),
+            Err(error) => Err(failed(error.into())),
         }
     }
 
     /// The configuration as TOML.
     pub fn to_toml(&self) -> Result<String> {
-        Ok(toml::to_string_pretty(self)?)
+        toml::to_string_pretty(self).map_err(|e| Error::Config {
+            context: "writing the configuration as TOML".into(),
+            source: e.into(),
+        })
     }
 }
 

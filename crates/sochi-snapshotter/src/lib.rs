@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-
 pub mod config;
 pub mod decision;
+mod error;
 mod filter;
 pub mod metadata;
 pub mod remote;
@@ -48,6 +47,7 @@ pub mod api {
 }
 
 pub use config::Config;
+pub use error::{Error, Result};
 pub use service::{Service, Snapshotter};
 
 /// What `serve` needs.
@@ -102,7 +102,7 @@ fn start_keeper(daemon: &Daemon) -> Option<Arc<sochi_fs::Keeper>> {
 /// tokio runtime.
 pub async fn serve(daemon: Daemon) -> Result<()> {
     let runtime = tokio::runtime::Handle::current();
-    sochi_lazy::root_dir(&daemon.root)?;
+    sochi_lazy::root_dir(&daemon.root).map_err(|e| serve_error("creating the root", e))?;
     let keeper = start_keeper(&daemon);
     let remote = Arc::new(remote::RemoteLayers::new(
         daemon.client.clone(),
@@ -116,7 +116,7 @@ pub async fn serve(daemon: Daemon) -> Result<()> {
         let remote = Arc::clone(&remote);
         tokio::task::spawn_blocking(move || Snapshotter::open(&root, remote))
             .await
-            .context("opening the snapshotter")??
+            .map_err(|e| serve_error("opening the snapshotter", e))??
     };
     let snapshotter = Arc::new(snapshotter);
     let stop = Arc::new(AtomicBool::new(false));
@@ -130,7 +130,8 @@ pub async fn serve(daemon: Daemon) -> Result<()> {
             out
         });
         let bound =
-            sochi_lazy::serve_metrics(&daemon.config.metrics_address, render, Arc::clone(&stop))?;
+            sochi_lazy::serve_metrics(&daemon.config.metrics_address, render, Arc::clone(&stop))
+                .map_err(|e| serve_error("serving metrics", e))?;
         tracing::info!(address = %bound, "metrics");
     }
     let listener = bind(&daemon.address)?;
@@ -143,25 +144,34 @@ pub async fn serve(daemon: Daemon) -> Result<()> {
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await
-        .context("serving the snapshots API")?;
+        .map_err(|e| serve_error("serving the snapshots API", e))?;
     stop.store(true, Ordering::Relaxed);
     tracing::info!("shutting down: unmounting layers");
     let inner = Arc::clone(&snapshotter);
-    tokio::task::spawn_blocking(move || inner.shutdown()).await?;
+    tokio::task::spawn_blocking(move || inner.shutdown())
+        .await
+        .map_err(|e| serve_error("shutting down", e))?;
     let _ = std::fs::remove_file(&daemon.address);
     Ok(())
 }
 
 fn bind(address: &Path) -> Result<tokio::net::UnixListener> {
+    let failed = || Error::io(format!("listening on {}", address.display()));
     if let Some(parent) = address.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent).map_err(failed())?;
     }
     // A socket left by a previous run refuses connections; replace it.
     if address.exists() && std::os::unix::net::UnixStream::connect(address).is_err() {
-        std::fs::remove_file(address)?;
+        std::fs::remove_file(address).map_err(failed())?;
     }
-    tokio::net::UnixListener::bind(address)
-        .with_context(|| format!("listening on {}", address.display()))
+    tokio::net::UnixListener::bind(address).map_err(failed())
+}
+
+fn serve_error(context: &str, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Serve {
+        context: context.to_string(),
+        source: Box::new(source),
+    }
 }
 
 async fn shutdown_signal() {

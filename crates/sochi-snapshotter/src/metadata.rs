@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// What a snapshot is (containerd's `snapshots.Kind`).
@@ -92,13 +92,14 @@ pub fn now_nanos() -> u128 {
 impl MetaStore {
     /// Loads the store at `path`, or starts an empty one.
     pub fn open(path: &Path) -> Result<MetaStore> {
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::Metadata {
+            context: format!("reading snapshot metadata {}", path.display()),
+            source,
+        };
         let state = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading snapshot metadata {}", path.display()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| failed(e.into()))?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(error) => {
-                return Err(error).context(format!("reading snapshot metadata {}", path.display()))
-            }
+            Err(error) => return Err(failed(error.into())),
         };
         Ok(MetaStore {
             path: path.to_path_buf(),
@@ -107,11 +108,15 @@ impl MetaStore {
     }
 
     fn save(&self) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.state)?;
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::Metadata {
+            context: format!("writing snapshot metadata {}", self.path.display()),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| failed(e.into()))?;
         let temp = self.path.with_extension("json.tmp");
         std::fs::write(&temp, bytes)
             .and_then(|()| std::fs::rename(&temp, &self.path))
-            .with_context(|| format!("writing snapshot metadata {}", self.path.display()))
+            .map_err(|e| failed(e.into()))
     }
 
     /// The snapshot named `key`.
@@ -236,7 +241,9 @@ pub fn layer_records(root: &Path, image: Option<&str>) -> Result<Vec<LayerRecord
     use sochi_format::snapshot_labels as labels;
     let path = root.join("snapshotter").join("metadata.json");
     if !path.exists() {
-        anyhow::bail!("no snapshotter metadata at {}", path.display());
+        return Err(Error::NotFound {
+            what: format!("snapshotter metadata at {}", path.display()),
+        });
     }
     let store = MetaStore::open(&path)?;
     let mut records = Vec::new();

@@ -137,7 +137,8 @@ impl RemoteLayers {
             &discovery,
             Some(&cache),
         ));
-        plan.map(Arc::new).map_err(|e| format!("{e:#}"))
+        plan.map(Arc::new)
+            .map_err(|e| sochi_format::error_chain(&e))
     }
 
     /// What the image of `request` offers for its layer (the plan is
@@ -236,7 +237,7 @@ impl RemoteLayers {
                     reason,
                 }
             }
-            Err(error) => Outcome::Failed(format!("{error:#}")),
+            Err(error) => Outcome::Failed(sochi_format::error_chain(&error)),
         }
     }
 
@@ -251,7 +252,7 @@ impl RemoteLayers {
         let mount = self.mounts.lock().remove(&id);
         if let Some(mount) = mount {
             if let Err(error) = mount.unmount(true) {
-                tracing::warn!(id, error = %format!("{error:#}"), "releasing a layer");
+                tracing::warn!(id, error = %sochi_format::error_chain(&error), "releasing a layer");
             }
         }
     }
@@ -265,7 +266,7 @@ impl RemoteLayers {
             if self.keeper.is_some() {
                 mount.leave();
             } else if let Err(error) = mount.unmount(false) {
-                tracing::warn!(error = %format!("{error:#}"), "unmounting a layer");
+                tracing::warn!(error = %sochi_format::error_chain(&error), "unmounting a layer");
             }
         }
     }

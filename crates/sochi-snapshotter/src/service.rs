@@ -23,14 +23,16 @@ use tonic::{Request, Response, Status};
 use crate::api::containerd::services::snapshots::v1 as pb;
 use crate::api::containerd::types::Mount;
 use crate::decision::{decide, Decision, Fallback};
+use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::metadata::{now_nanos, Kind, MetaStore, RemoteLayer, Snapshot};
 use crate::remote::{LayerRequest, Outcome, RemoteLayers};
 use sochi_format::snapshot_labels as labels;
 
-/// Whether sochi provided a layer: the answer to send, or why not.
+/// Whether sochi provided a layer: committed under this target, or why
+/// not.
 enum Provided {
-    Yes(Status),
+    Yes(String),
     No(String),
 }
 
@@ -65,10 +67,6 @@ fn snapshots_dir(root: &Path) -> PathBuf {
     root.join("snapshotter").join("snapshots")
 }
 
-fn internal(error: impl std::fmt::Display) -> Status {
-    Status::internal(error.to_string())
-}
-
 impl Snapshotter {
     /// Opens the store under `root` and mounts again every layer sochi
     /// provided before a restart (span caches and zTOCs are reused, so
@@ -78,19 +76,28 @@ impl Snapshotter {
     /// refused (it would take the first one's layers for leftovers). What
     /// a crash left is removed first: snapshot directories containerd was
     /// never told of, and layer state of snapshots that are gone.
-    pub fn open(root: &Path, remote: Arc<RemoteLayers>) -> anyhow::Result<Snapshotter> {
-        use anyhow::Context as _;
+    pub fn open(root: &Path, remote: Arc<RemoteLayers>) -> Result<Snapshotter> {
         let dir = root.join("snapshotter");
-        sochi_lazy::root_dir(root)?;
-        sochi_lazy::private_dir(&snapshots_dir(root))?;
+        let state = |context: &str| {
+            let context = format!("{context} under {}", root.display());
+            move |source: sochi_lazy::Error| Error::Serve {
+                context,
+                source: Box::new(source),
+            }
+        };
+        sochi_lazy::root_dir(root).map_err(state("creating the root"))?;
+        sochi_lazy::private_dir(&snapshots_dir(root))
+            .map_err(state("creating the snapshot directory"))?;
         let lock_path = dir.join("lock");
-        let lock = sochi_lazy::FileLock::try_acquire(&lock_path)?.with_context(|| {
-            format!(
-                "another snapshotter serves {} (it holds {})",
-                root.display(),
-                lock_path.display()
-            )
-        })?;
+        let lock = sochi_lazy::FileLock::try_acquire(&lock_path)
+            .map_err(state("locking the root"))?
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "another snapshotter serves {} (it holds {})",
+                    root.display(),
+                    lock_path.display()
+                ))
+            })?;
         let store = MetaStore::open(&dir.join("metadata.json"))?;
         let snapshotter = Snapshotter {
             root: root.to_path_buf(),
@@ -109,7 +116,8 @@ impl Snapshotter {
             .collect();
         sochi_lazy::sweep_layer_state(root, crate::remote::USER_PREFIX, &|id| {
             provided.iter().any(|p| p == id)
-        })?;
+        })
+        .map_err(state("removing what a crash left"))?;
         snapshotter.restore();
         Ok(snapshotter)
     }
@@ -165,23 +173,25 @@ impl Snapshotter {
         parent: String,
         labels: BTreeMap<String, String>,
         kind: Kind,
-    ) -> Result<Vec<Mount>, Status> {
+    ) -> Result<Vec<Mount>> {
         {
             let store = self.store.lock();
             if store.get(&key).is_some() {
-                return Err(Status::already_exists(format!(
-                    "snapshot {key:?} already exists"
-                )));
+                return Err(Error::snapshot_exists(&key));
             }
             if !parent.is_empty() {
                 match store.get(&parent) {
                     Some(p) if p.kind == Kind::Committed => {}
                     Some(_) => {
-                        return Err(Status::failed_precondition(format!(
+                        return Err(Error::FailedPrecondition(format!(
                             "parent {parent:?} is not committed"
                         )))
                     }
-                    None => return Err(Status::not_found(format!("parent {parent:?} not found"))),
+                    None => {
+                        return Err(Error::NotFound {
+                            what: format!("parent {parent:?}"),
+                        })
+                    }
                 }
             }
         }
@@ -194,23 +204,29 @@ impl Snapshotter {
         let fallback = match decision {
             Decision::Ordinary => None,
             Decision::TargetExists(target) => {
-                return Err(Status::already_exists(format!(
-                    "target snapshot {target:?} already exists"
-                )))
+                return Err(Error::AlreadyExists {
+                    what: format!("target snapshot {target:?}"),
+                })
             }
             Decision::Provide {
                 target, request, ..
             } => match self.try_provide(&target, &parent, &labels, &request)? {
-                Provided::Yes(status) => return Err(status),
+                Provided::Yes(target) => {
+                    return Err(Error::AlreadyExists {
+                        what: format!("target snapshot {target:?}"),
+                    })
+                }
                 Provided::No(reason) => Some(reason),
             },
             Decision::HandBack(fallback) => Some(self.hand_back(&labels, &fallback)),
         };
         let id = self.store.lock().next_id();
         let dir = self.snapshot_dir(id);
-        std::fs::create_dir_all(dir.join("fs")).map_err(internal)?;
+        std::fs::create_dir_all(dir.join("fs"))
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
         if kind == Kind::Active {
-            std::fs::create_dir_all(dir.join("work")).map_err(internal)?;
+            std::fs::create_dir_all(dir.join("work"))
+                .map_err(Error::io(format!("creating {}", dir.display())))?;
         }
         let now = now_nanos();
         let snapshot = Snapshot {
@@ -224,7 +240,7 @@ impl Snapshotter {
             fallback,
         };
         let mut store = self.store.lock();
-        store.put(&key, snapshot).map_err(internal)?;
+        store.put(&key, snapshot)?;
         mounts_of(&store, &self.root, &key)
     }
 
@@ -258,11 +274,12 @@ impl Snapshotter {
         parent: &str,
         labels: &BTreeMap<String, String>,
         request: &LayerRequest,
-    ) -> Result<Provided, Status> {
+    ) -> Result<Provided> {
         let id = self.store.lock().next_id();
         let dir = self.snapshot_dir(id);
         let fs_dir = dir.join("fs");
-        std::fs::create_dir_all(&fs_dir).map_err(internal)?;
+        std::fs::create_dir_all(&fs_dir)
+            .map_err(Error::io(format!("creating {}", fs_dir.display())))?;
         match self.remote.provide(id, &dir, &fs_dir, request) {
             Outcome::Provided {
                 mode,
@@ -305,10 +322,8 @@ impl Snapshotter {
                     }
                     None => tracing::info!(layer = %request.layer, "layer mounted lazily"),
                 }
-                self.store.lock().put(target, snapshot).map_err(internal)?;
-                Ok(Provided::Yes(Status::already_exists(format!(
-                    "target snapshot {target:?}: already exists"
-                ))))
+                self.store.lock().put(target, snapshot)?;
+                Ok(Provided::Yes(target.to_string()))
             }
             Outcome::NoIndex => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -322,27 +337,20 @@ impl Snapshotter {
         }
     }
 
-    fn mounts(&self, key: &str) -> Result<Vec<Mount>, Status> {
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         mounts_of(&self.store.lock(), &self.root, key)
     }
 
-    fn commit(
-        &self,
-        name: String,
-        key: String,
-        labels: BTreeMap<String, String>,
-    ) -> Result<(), Status> {
+    fn commit(&self, name: String, key: String, labels: BTreeMap<String, String>) -> Result<()> {
         let mut store = self.store.lock();
         if store.get(&name).is_some() {
-            return Err(Status::already_exists(format!(
-                "snapshot {name:?} already exists"
-            )));
+            return Err(Error::snapshot_exists(&name));
         }
         let Some(snapshot) = store.get(&key).cloned() else {
-            return Err(Status::not_found(format!("snapshot {key:?} not found")));
+            return Err(Error::snapshot_not_found(&key));
         };
         if snapshot.kind != Kind::Active {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::FailedPrecondition(format!(
                 "snapshot {key:?} is not active"
             )));
         }
@@ -350,21 +358,21 @@ impl Snapshotter {
         committed.kind = Kind::Committed;
         committed.labels.extend(labels);
         committed.updated = now_nanos();
-        store.rename(&key, &name, committed).map_err(internal)
+        store.rename(&key, &name, committed)
     }
 
-    fn remove(&self, key: &str) -> Result<(), Status> {
+    fn remove(&self, key: &str) -> Result<()> {
         let removed = {
             let mut store = self.store.lock();
             if store.get(key).is_none() {
-                return Err(Status::not_found(format!("snapshot {key:?} not found")));
+                return Err(Error::snapshot_not_found(key));
             }
             if store.has_children(key) {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::FailedPrecondition(format!(
                     "snapshot {key:?} has children"
                 )));
             }
-            store.remove(key).map_err(internal)?
+            store.remove(key)?
         };
         if let Some(snapshot) = removed {
             if snapshot.remote.is_some() {
@@ -379,28 +387,25 @@ impl Snapshotter {
         Ok(())
     }
 
-    fn info(&self, key: &str) -> Result<pb::Info, Status> {
+    fn info(&self, key: &str) -> Result<pb::Info> {
         let store = self.store.lock();
         let snapshot = store
             .get(key)
-            .ok_or_else(|| Status::not_found(format!("snapshot {key:?} not found")))?;
+            .ok_or_else(|| Error::snapshot_not_found(key))?;
         Ok(to_info(key, snapshot))
     }
 
-    fn update(&self, info: pb::Info, paths: Vec<String>) -> Result<pb::Info, Status> {
+    fn update(&self, info: pb::Info, paths: Vec<String>) -> Result<pb::Info> {
         let mut store = self.store.lock();
         let Some(mut snapshot) = store.get(&info.name).cloned() else {
-            return Err(Status::not_found(format!(
-                "snapshot {:?} not found",
-                info.name
-            )));
+            return Err(Error::snapshot_not_found(&info.name));
         };
         if paths.is_empty() || paths.iter().any(|p| p == "labels") {
             snapshot.labels = info.labels.into_iter().collect();
         } else {
             for path in paths {
                 let Some(label) = path.strip_prefix("labels.") else {
-                    return Err(Status::invalid_argument(format!("cannot update {path:?}")));
+                    return Err(Error::InvalidArgument(format!("cannot update {path:?}")));
                 };
                 match info.labels.get(label) {
                     Some(value) => snapshot.labels.insert(label.to_string(), value.clone()),
@@ -409,14 +414,14 @@ impl Snapshotter {
             }
         }
         snapshot.updated = now_nanos();
-        store.put(&info.name, snapshot.clone()).map_err(internal)?;
+        store.put(&info.name, snapshot.clone())?;
         Ok(to_info(&info.name, &snapshot))
     }
 
-    fn list(&self, filters: &[String]) -> Result<Vec<pb::Info>, Status> {
+    fn list(&self, filters: &[String]) -> Result<Vec<pb::Info>> {
         let filters = filters
             .iter()
-            .map(|f| Filter::parse(f).map_err(Status::invalid_argument))
+            .map(|f| Filter::parse(f).map_err(Error::InvalidArgument))
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.store.lock();
         Ok(store
@@ -426,21 +431,22 @@ impl Snapshotter {
             .collect())
     }
 
-    fn usage(&self, key: &str) -> Result<(i64, i64), Status> {
+    fn usage(&self, key: &str) -> Result<(i64, i64)> {
         let snapshot = self
             .store
             .lock()
             .get(key)
             .cloned()
-            .ok_or_else(|| Status::not_found(format!("snapshot {key:?} not found")))?;
+            .ok_or_else(|| Error::snapshot_not_found(key))?;
         if snapshot.remote.is_some() {
             return Ok((0, 0));
         }
         Ok(disk_usage(&self.snapshot_dir(snapshot.id).join("fs")))
     }
 
-    fn cleanup(&self) -> Result<(), Status> {
-        std::fs::read_dir(snapshots_dir(&self.root)).map_err(internal)?;
+    fn cleanup(&self) -> Result<()> {
+        let dir = snapshots_dir(&self.root);
+        std::fs::read_dir(&dir).map_err(Error::io(format!("reading {}", dir.display())))?;
         self.remove_orphans();
         Ok(())
     }
@@ -497,10 +503,10 @@ fn to_info(key: &str, snapshot: &Snapshot) -> pb::Info {
 }
 
 /// The mounts that make snapshot `key` usable.
-fn mounts_of(store: &MetaStore, root: &Path, key: &str) -> Result<Vec<Mount>, Status> {
+fn mounts_of(store: &MetaStore, root: &Path, key: &str) -> Result<Vec<Mount>> {
     let snapshot = store
         .get(key)
-        .ok_or_else(|| Status::not_found(format!("snapshot {key:?} not found")))?;
+        .ok_or_else(|| Error::snapshot_not_found(key))?;
     let dir = snapshots_dir(root).join(snapshot.id.to_string());
     let lowers: Vec<String> = store
         .chain(&snapshot.parent)
@@ -576,11 +582,15 @@ fn disk_usage(dir: &Path) -> (i64, i64) {
 pub struct Service(pub Arc<Snapshotter>);
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("snapshotter task failed: {e}")))?
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(Status::from),
+        Err(joined) => Err(Status::from(Error::Io {
+            context: "a snapshotter task failed".into(),
+            source: std::io::Error::other(joined),
+        })),
+    }
 }
 
 #[tonic::async_trait]

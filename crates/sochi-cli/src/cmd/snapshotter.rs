@@ -97,8 +97,11 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
 
 fn load(path: Option<&PathBuf>) -> Result<Config> {
     match path {
-        Some(path) => Config::load(path, true),
-        None => Config::load(std::path::Path::new(DEFAULT_CONFIG_PATH), false),
+        Some(path) => Ok(Config::load(path, true)?),
+        None => Ok(Config::load(
+            std::path::Path::new(DEFAULT_CONFIG_PATH),
+            false,
+        )?),
     }
 }
 

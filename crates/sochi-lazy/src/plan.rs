@@ -331,3 +331,6 @@ fn check_ztoc_fits_layer(ztoc: &Ztoc, layer: &Descriptor) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

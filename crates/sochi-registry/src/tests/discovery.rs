@@ -5,7 +5,9 @@
 
 use sochi_format::{annotations, media_types, Descriptor, ImageIndex, IndexVersion, SociIndex};
 
-use super::fake_registry::{Config, FakeRegistry};
+use sochi_testkit::{Config, FakeRegistry};
+
+use super::FakeReference as _;
 use super::{client, oci_manifest};
 use crate::digest::sha256_of;
 use crate::{Client, DiscoveredIndex, DiscoveryOptions, Error, FoundBy, Reference};

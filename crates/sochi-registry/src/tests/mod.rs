@@ -3,7 +3,6 @@
 //! referrers. Each test starts its own fake on its own port.
 
 mod discovery;
-mod fake_registry;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +13,18 @@ use tokio::io::AsyncReadExt as _;
 
 use crate::digest::sha256_of;
 use crate::{Client, ClientConfig, Error, PushBlob, ReferrerPush};
-use fake_registry::{Auth, Config, FakeRegistry, FaultAction};
+use sochi_testkit::{Auth, Config, FakeRegistry, FaultAction};
+
+/// A reference to a repository of the fake registry.
+pub(super) trait FakeReference {
+    fn reference(&self, repository: &str) -> crate::Reference;
+}
+
+impl FakeReference for FakeRegistry {
+    fn reference(&self, repository: &str) -> crate::Reference {
+        crate::Reference::parse(&self.repository(repository)).unwrap()
+    }
+}
 
 /// A client for tests: no Docker config, fast retries.
 fn client_with(dir: &tempfile::TempDir, change: impl FnOnce(&mut ClientConfig)) -> Client {

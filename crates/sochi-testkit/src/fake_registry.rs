@@ -1,5 +1,5 @@
-//! A small in-memory distribution registry on 127.0.0.1 for the client's
-//! unit tests: blobs (ranges, uploads monolithic and chunked, mounts),
+//! A small in-memory distribution registry on 127.0.0.1 for unit tests of
+//! anything that talks to a registry: blobs (ranges, uploads monolithic and chunked, mounts),
 //! manifests, referrers API (on or off), basic or bearer auth, redirects to
 //! a second origin, and injected faults (statuses, cut or stalled bodies,
 //! ranges ignored, tokens revoked). It logs every request it gets.
@@ -22,7 +22,11 @@ use parking_lot::Mutex;
 use reqwest::Url;
 use sochi_format::{Descriptor, ImageIndex, ImageManifest};
 
-use crate::digest::sha256_of;
+/// `sha256:<hex>` of `bytes`.
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -179,9 +183,9 @@ impl FakeRegistry {
         }
     }
 
-    /// `127.0.0.1:<port>/<repository>`.
-    pub fn reference(&self, repository: &str) -> crate::Reference {
-        crate::Reference::parse(&format!("{}/{repository}", self.addr)).unwrap()
+    /// `127.0.0.1:<port>/<repository>`: a reference to parse.
+    pub fn repository(&self, repository: &str) -> String {
+        format!("{}/{repository}", self.addr)
     }
 
     pub fn add_blob(&self, repository: &str, bytes: &[u8]) -> Descriptor {

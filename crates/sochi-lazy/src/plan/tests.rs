@@ -1,0 +1,225 @@
+//! Planning an image against the in-process fake registry
+//! (`sochi-testkit`), with the reference's converted image from the
+//! fixtures: the v2 index found through the annotation, every zTOC
+//! fetched and checked against its layer, the config's `diff_id`s, the
+//! artifact cache, and what is refused.
+
+use std::time::Duration;
+
+use sochi_format::{annotations, media_types, ImageManifest, SociIndex};
+use sochi_registry::{Client, ClientConfig, DiscoveryOptions, Reference};
+use sochi_testkit::{Config, FakeRegistry};
+
+use super::*;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
+/// The original image manifest of the fixtures (no index).
+const IMAGE: &str = "sha256:0e8cf36cb6f86f1bbe8d51c7628bdf1f5abf76a01c003560cb483ba9544c9f78";
+/// The manifest `soci convert` rewrote (with the index annotation).
+const IMAGE_V2: &str = "sha256:dfddd9c4ef9f61776dd5676a88e89a4153d399146ed602c7901d716657444c7b";
+/// The v2 index it names.
+const INDEX_V2: &str = "sha256:c12a861305b38ccc8459d17aee5d276cc082b40b2ab55190a523b4435112c29f";
+
+fn blob(layout: &str, digest: &str) -> Vec<u8> {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    std::fs::read(format!("{FIXTURES}/{layout}/blobs/sha256/{hex}")).unwrap()
+}
+
+/// The image manifest `digest` of fixture `layout` with its config and
+/// layers, into the fake's `app`; the manifest's bytes.
+fn serve_image(fake: &FakeRegistry, layout: &str, digest: &str) -> Vec<u8> {
+    let bytes = blob(layout, digest);
+    fake.add_manifest("app", None, media_types::OCI_MANIFEST, &bytes);
+    let manifest = ImageManifest::from_json(&bytes).unwrap();
+    fake.add_blob("app", &blob(layout, &manifest.config.digest));
+    for layer in manifest.layers() {
+        fake.add_blob("app", &blob(layout, &layer.digest));
+    }
+    bytes
+}
+
+/// The v2 index and its zTOCs.
+fn serve_index(fake: &FakeRegistry) -> SociIndex {
+    let bytes = blob("converted", INDEX_V2);
+    fake.add_manifest("app", None, media_types::OCI_MANIFEST, &bytes);
+    let index = SociIndex::from_bytes(&bytes).unwrap();
+    for ztoc in &index.blobs {
+        fake.add_blob("app", &blob("converted", &ztoc.digest));
+    }
+    index
+}
+
+fn client(dir: &tempfile::TempDir) -> Client {
+    Client::new(ClientConfig {
+        docker_config: Some(dir.path().join("no-config.json")),
+        min_retry_wait: Duration::from_millis(1),
+        max_retry_wait: Duration::from_millis(20),
+        ..ClientConfig::default()
+    })
+    .unwrap()
+}
+
+fn repository(fake: &FakeRegistry) -> Reference {
+    Reference::parse(&fake.repository("app")).unwrap()
+}
+
+/// The `diff_ids` of the config of manifest `digest` in fixture `layout`.
+fn diff_ids(layout: &str, digest: &str) -> Vec<String> {
+    let manifest = ImageManifest::from_json(&blob(layout, digest)).unwrap();
+    sochi_format::image_diff_ids(&blob(layout, &manifest.config.digest))
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_converted_image_is_planned_lazy_throughout() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    serve_image(&fake, "converted", IMAGE_V2);
+    let index = serve_index(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan_image_manifest(
+        &client(&dir),
+        &repository(&fake),
+        IMAGE_V2,
+        &DiscoveryOptions::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let source = plan.index.as_ref().unwrap();
+    assert_eq!(source.digest, INDEX_V2);
+    assert_eq!(source.found_by, "v2 annotation");
+    assert_eq!(plan.lazy_layers(), 3);
+    assert_eq!(plan.layers.len(), index.ztocs().count());
+    let ids: Vec<&str> = plan.layers.iter().map(|l| l.diff_id.as_str()).collect();
+    assert_eq!(ids, diff_ids("converted", IMAGE_V2));
+    for layer in &plan.layers {
+        let ztoc = layer.ztoc.as_ref().unwrap();
+        assert_eq!(ztoc.compressed_archive_size, layer.descriptor.size);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_without_an_index_is_planned_unpacked_with_the_reason() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    serve_image(&fake, "image", IMAGE);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan_image_manifest(
+        &client(&dir),
+        &repository(&fake),
+        IMAGE,
+        &DiscoveryOptions::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(plan.index.is_none());
+    assert_eq!(plan.layers.len(), 3);
+    for layer in &plan.layers {
+        assert!(layer.ztoc.is_none());
+        assert_eq!(
+            layer.no_ztoc_reason.as_deref(),
+            Some("the image has no SOCI index")
+        );
+    }
+    let ids: Vec<&str> = plan.layers.iter().map(|l| l.diff_id.as_str()).collect();
+    assert_eq!(ids, diff_ids("image", IMAGE));
+}
+
+/// A manifest naming the converted image's layers and index, edited.
+fn edited_v2(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&blob("converted", IMAGE_V2)).unwrap();
+    edit(&mut manifest);
+    assert_eq!(
+        manifest["annotations"][annotations::INDEX_DIGEST],
+        INDEX_V2,
+        "the edit keeps the index"
+    );
+    serde_json::to_vec(&manifest).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ztoc_that_describes_another_layer_is_refused() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    serve_image(&fake, "converted", IMAGE_V2);
+    serve_index(&fake);
+    // Same layer digest, another size: the zTOC is not for this layer.
+    let bytes = edited_v2(|m| {
+        let size = m["layers"][0]["size"].as_i64().unwrap();
+        m["layers"][0]["size"] = (size + 1).into();
+    });
+    let digest = fake.add_manifest("app", None, media_types::OCI_MANIFEST, &bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let error = plan_image_manifest(
+        &client(&dir),
+        &repository(&fake),
+        &digest,
+        &DiscoveryOptions::default(),
+        None,
+    )
+    .await
+    .unwrap_err();
+    let message = sochi_format::error_chain(&error);
+    assert!(message.contains("compressed bytes"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_that_does_not_name_every_layer_is_refused() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    serve_image(&fake, "converted", IMAGE_V2);
+    serve_index(&fake);
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_descriptor = fake.add_blob("app", config);
+    let bytes = edited_v2(|m| {
+        m["config"]["digest"] = config_descriptor.digest.clone().into();
+        m["config"]["size"] = config_descriptor.size.into();
+    });
+    let digest = fake.add_manifest("app", None, media_types::OCI_MANIFEST, &bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let error = plan_image_manifest(
+        &client(&dir),
+        &repository(&fake),
+        &digest,
+        &DiscoveryOptions::default(),
+        None,
+    )
+    .await
+    .unwrap_err();
+    let message = sochi_format::error_chain(&error);
+    assert!(message.contains("names 0 layers"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_plan_fetches_no_artifact_again() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    serve_image(&fake, "converted", IMAGE_V2);
+    let index = serve_index(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("artifact-cache");
+    let explicit = DiscoveryOptions {
+        explicit_index: Some(INDEX_V2.into()),
+        ..DiscoveryOptions::default()
+    };
+    let client = client(&dir);
+    for _ in 0..2 {
+        plan_image_manifest(
+            &client,
+            &repository(&fake),
+            IMAGE_V2,
+            &explicit,
+            Some(&cache),
+        )
+        .await
+        .unwrap();
+    }
+    for ztoc in index.ztocs() {
+        let path = format!("/v2/app/blobs/{}", ztoc.digest);
+        assert_eq!(fake.requests("GET", &path).len(), 1, "{path}");
+    }
+    let manifest = format!("/v2/app/manifests/{IMAGE_V2}");
+    assert_eq!(fake.requests("GET", &manifest).len(), 1);
+}

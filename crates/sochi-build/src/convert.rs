@@ -125,7 +125,7 @@ pub fn convert(
         {
             manifest.annotations.insert(
                 annotations::INDEX_DIGEST.to_string(),
-                built.descriptor.digest.clone(),
+                built.descriptor.digest.to_string(),
             );
         }
         let rewritten = manifest.to_go_json();
@@ -144,14 +144,19 @@ pub fn convert(
     // Add (or replace) one SOCI index descriptor per platform (step 4).
     for built in &indexes {
         let image_digest = match manifests.iter().find(|d| {
-            d.annotations.get(annotations::INDEX_DIGEST) == Some(&built.descriptor.digest)
+            d.annotations
+                .get(annotations::INDEX_DIGEST)
+                .map(String::as_str)
+                == Some(built.descriptor.digest.as_str())
         }) {
             Some(d) => d.digest.clone(),
             None => built.image.descriptor.digest.clone(),
         };
         let mut soci = built.descriptor.clone();
-        soci.annotations
-            .insert(annotations::IMAGE_MANIFEST_DIGEST.to_string(), image_digest);
+        soci.annotations.insert(
+            annotations::IMAGE_MANIFEST_DIGEST.to_string(),
+            image_digest.to_string(),
+        );
         soci.platform = Some(built.image.platform.clone());
         soci.artifact_type = Some(media_types::SOCI_INDEX_V2.to_string());
         let existing = manifests.iter_mut().find(|d| {

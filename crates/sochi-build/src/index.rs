@@ -165,7 +165,10 @@ fn annotated_ztoc(
     disable_xattrs: bool,
 ) -> Descriptor {
     let mut annotations = BTreeMap::new();
-    annotations.insert(annotations::LAYER_DIGEST.to_string(), layer.digest.clone());
+    annotations.insert(
+        annotations::LAYER_DIGEST.to_string(),
+        layer.digest.to_string(),
+    );
     annotations.insert(
         annotations::LAYER_MEDIA_TYPE.to_string(),
         layer.media_type.clone(),

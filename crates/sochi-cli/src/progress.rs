@@ -6,11 +6,12 @@ use std::io::IsTerminal;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parking_lot::Mutex;
 use sochi_build::{BuildEvent, LayerOutcome};
+use sochi_format::Digest;
 
 /// One bar per layer being indexed.
 pub struct LayerBars {
     multi: MultiProgress,
-    bars: Mutex<HashMap<String, ProgressBar>>,
+    bars: Mutex<HashMap<Digest, ProgressBar>>,
 }
 
 impl LayerBars {

@@ -79,7 +79,7 @@ pub(crate) fn snapshot_labels(
             labels::MANIFEST_DIGEST.to_string(),
             manifest_digest.to_string(),
         ),
-        (labels::LAYER_DIGEST.to_string(), layer.digest.clone()),
+        (labels::LAYER_DIGEST.to_string(), layer.digest.to_string()),
         (
             labels::IMAGE_LAYERS.to_string(),
             image_layers_label(&layers[index..]),

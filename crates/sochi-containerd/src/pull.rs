@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use containerd_client::tonic::Code;
 use serde::Serialize;
-use sochi_format::{Descriptor, ImageManifest, Platform};
+use sochi_format::{Descriptor, Digest, ImageManifest, Platform};
 use sochi_registry::{Client, Reference};
 
 use crate::client::Containerd;
@@ -101,15 +101,15 @@ pub struct LayerReport {
     /// Position, bottom first.
     pub index: usize,
     /// Layer (compressed) digest.
-    pub digest: String,
+    pub digest: Digest,
     /// Layer media type.
     pub media_type: String,
     /// Compressed size in bytes.
     pub size: i64,
     /// Uncompressed digest (`rootfs.diff_ids[index]`).
-    pub diff_id: String,
+    pub diff_id: Digest,
     /// Chain ID: the committed snapshot's name.
-    pub chain_id: String,
+    pub chain_id: Digest,
     /// What happened.
     pub outcome: PullOutcome,
     /// Time spent on this layer.
@@ -125,7 +125,7 @@ pub struct PullReport {
     /// The image record's name (the normalized reference).
     pub image: String,
     /// The image manifest digest (the record's target).
-    pub manifest: String,
+    pub manifest: Digest,
     /// The manifest media type.
     pub media_type: String,
     /// The config digest.
@@ -137,7 +137,7 @@ pub struct PullReport {
     /// The containerd namespace.
     pub namespace: String,
     /// The top layer's chain ID (empty for an image without layers).
-    pub chain_id: String,
+    pub chain_id: Digest,
     /// Per layer, bottom first.
     pub layers: Vec<LayerReport>,
     /// Layers mounted remotely.
@@ -181,7 +181,7 @@ pub async fn pull(
         })?;
     let manifest = ImageManifest::from_json(&manifest_bytes).map_err(|source| Error::Format {
         what: "manifest",
-        digest: manifest_descriptor.digest.clone(),
+        digest: manifest_descriptor.digest.to_string(),
         source,
     })?;
     let config_bytes = registry
@@ -194,7 +194,7 @@ pub async fn pull(
     let diff_ids = diff_ids(&manifest.config.digest, &config_bytes)?;
     if diff_ids.len() != manifest.layers().len() {
         return Err(Error::Inconsistent {
-            manifest: manifest_descriptor.digest.clone(),
+            manifest: manifest_descriptor.digest.to_string(),
             detail: format!(
                 "{} layers, but its config {} lists {} diff IDs",
                 manifest.layers().len(),
@@ -234,11 +234,11 @@ pub async fn pull(
         image: image_pull.name.clone(),
         manifest: manifest_descriptor.digest.clone(),
         media_type: manifest_descriptor.media_type.clone(),
-        config: manifest.config.digest.clone(),
+        config: manifest.config.digest.to_string(),
         platform,
         snapshotter: options.snapshotter.clone(),
         namespace: containerd.namespace().to_string(),
-        chain_id: image_pull.chain.last().cloned().unwrap_or_default(),
+        chain_id: image_pull.chain.last().cloned().unwrap_or_default().into(),
         lazy: count(PullOutcome::Lazy),
         pulled: count(PullOutcome::Pulled),
         present: count(PullOutcome::Present),
@@ -284,7 +284,7 @@ impl ImagePull<'_> {
             )
             .await?;
         let manifest_labels =
-            BTreeMap::from([(GC_REF_CONTENT_CONFIG.to_string(), config.digest.clone())]);
+            BTreeMap::from([(GC_REF_CONTENT_CONFIG.to_string(), config.digest.to_string())]);
         self.containerd
             .put_content(
                 &format!("manifest-{}", self.manifest_descriptor.digest),
@@ -306,8 +306,8 @@ impl ImagePull<'_> {
                 digest: layer.digest.clone(),
                 media_type: layer.media_type.clone(),
                 size: layer.size,
-                diff_id: self.diff_ids[index].clone(),
-                chain_id: self.chain[index].clone(),
+                diff_id: self.diff_ids[index].clone().into(),
+                chain_id: self.chain[index].clone().into(),
                 outcome,
                 seconds: started.elapsed().as_secs_f64(),
             };
@@ -328,7 +328,7 @@ impl ImagePull<'_> {
             if self.containerd.content_kept(&layer.digest).await? {
                 layer_labels.insert(
                     format!("{GC_REF_CONTENT_LAYER_PREFIX}{index}"),
-                    layer.digest.clone(),
+                    layer.digest.to_string(),
                 );
             }
         }
@@ -472,7 +472,7 @@ impl ImagePull<'_> {
         if applied != *diff_id {
             return Err(Error::DiffIdMismatch {
                 index,
-                digest: layer.digest.clone(),
+                digest: layer.digest.to_string(),
                 expected: diff_id.clone(),
                 actual: applied,
             });

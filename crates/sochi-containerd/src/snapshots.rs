@@ -134,12 +134,12 @@ impl Containerd {
             .diff()
             .apply(request)
             .await
-            .map_err(|status| Error::status("Diff.Apply", &layer.digest, status))?;
+            .map_err(|status| Error::status("Diff.Apply", layer.digest.as_str(), status))?;
         match response.into_inner().applied {
             Some(applied) => Ok(applied.digest),
             None => Err(Error::Protocol {
                 call: "Diff.Apply",
-                target: layer.digest.clone(),
+                target: layer.digest.to_string(),
                 detail: "no applied descriptor in the answer".into(),
             }),
         }
@@ -179,7 +179,7 @@ impl Containerd {
 fn to_proto(descriptor: &Descriptor) -> ProtoDescriptor {
     ProtoDescriptor {
         media_type: descriptor.media_type.clone(),
-        digest: descriptor.digest.clone(),
+        digest: descriptor.digest.to_string(),
         size: descriptor.size,
         annotations: HashMap::new(),
     }

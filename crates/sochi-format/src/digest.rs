@@ -65,9 +65,200 @@ impl FromStr for Sha256Digest {
     }
 }
 
+/// A content digest as a descriptor carries it: `algorithm:encoded`
+/// (`sha256:<hex>` for everything sochi stores), kept exactly as written,
+/// so that a document re-encodes to the bytes it was read from. One type
+/// for every digest that travels between crates (descriptors, layers,
+/// indexes, reports); [`Sha256Digest`] is its checked binary form.
+///
+/// Decoding does not refuse a malformed digest (the document's own digest
+/// must survive a round trip); [`Digest::parse`] and [`Digest::sha256`]
+/// check it where it is used.
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Digest(String);
+
+impl Digest {
+    /// Checks the OCI digest grammar (`algorithm ":" encoded`, lower-case
+    /// algorithm components joined by `+._-`, encoded `[a-zA-Z0-9=_-]+`).
+    pub fn parse(text: &str) -> Result<Digest> {
+        let err = |detail| Error::Digest {
+            value: text.chars().take(100).collect(),
+            detail,
+        };
+        let (algorithm, encoded) = text
+            .split_once(':')
+            .ok_or_else(|| err("expected algorithm:encoded"))?;
+        let algorithm_ok = !algorithm.is_empty()
+            && algorithm.split(['+', '.', '_', '-']).all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
+        if !algorithm_ok {
+            return Err(err("malformed algorithm"));
+        }
+        if encoded.is_empty()
+            || !encoded
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'))
+        {
+            return Err(err("malformed encoded part"));
+        }
+        Ok(Digest(text.to_string()))
+    }
+
+    /// The digest as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The SHA-256 digest it names (the only algorithm sochi stores).
+    pub fn sha256(&self) -> Result<Sha256Digest> {
+        Sha256Digest::parse(&self.0)
+    }
+
+    /// The encoded part (the hex of a SHA-256 digest), or the whole text
+    /// when it has no `:`.
+    pub fn encoded(&self) -> &str {
+        self.0.split_once(':').map_or(self.0.as_str(), |(_, e)| e)
+    }
+}
+
+impl From<String> for Digest {
+    /// As decoding does: unchecked ([`Digest::parse`] checks).
+    fn from(text: String) -> Digest {
+        Digest(text)
+    }
+}
+
+impl From<&str> for Digest {
+    /// As decoding does: unchecked ([`Digest::parse`] checks).
+    fn from(text: &str) -> Digest {
+        Digest(text.to_string())
+    }
+}
+
+impl From<Digest> for String {
+    fn from(digest: Digest) -> String {
+        digest.0
+    }
+}
+
+impl From<Sha256Digest> for Digest {
+    fn from(digest: Sha256Digest) -> Digest {
+        Digest(digest.to_string())
+    }
+}
+
+impl std::ops::Deref for Digest {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Digest {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Digest {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for Digest {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Digest {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Digest {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<Digest> for String {
+    fn eq(&self, other: &Digest) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<Digest> for str {
+    fn eq(&self, other: &Digest) -> bool {
+        self == other.0
+    }
+}
+
+impl PartialEq<Digest> for &str {
+    fn eq(&self, other: &Digest) -> bool {
+        *self == other.0
+    }
+}
+
+impl FromStr for Digest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_follow_the_oci_grammar_and_keep_their_text() {
+        for good in [
+            "sha256:6c22e9634b5ceb406732df877ab1a998d3aa06892f6d400124dcd603638b6a3e",
+            "sha512:abc",
+            "multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8",
+            "sha256+b64u:LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564",
+        ] {
+            let digest = Digest::parse(good).unwrap();
+            assert_eq!(digest.as_str(), good);
+            assert_eq!(digest, good);
+        }
+        for bad in ["", "sha256", "sha256:", ":abc", "SHA256:abc", "sha256:a/b", "sha256:a b"] {
+            assert!(Digest::parse(bad).is_err(), "{bad:?}");
+        }
+        let text = "sha256:6c22e9634b5ceb406732df877ab1a998d3aa06892f6d400124dcd603638b6a3e";
+        let digest = Digest::parse(text).unwrap();
+        assert_eq!(digest.sha256().unwrap().to_string(), text);
+        assert_eq!(digest.encoded(), &text[7..]);
+        // Decoding keeps whatever a document holds, so it re-encodes the same.
+        let decoded: Digest = serde_json::from_str("\"not a digest\"").unwrap();
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), "\"not a digest\"");
+        assert!(decoded.sha256().is_err());
+    }
 
     #[test]
     fn digest_round_trips() {

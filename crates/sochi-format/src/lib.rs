@@ -21,7 +21,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub use digest::Sha256Digest;
+pub use digest::{Digest, Sha256Digest};
 pub use error::{error_chain, Error, Result};
 pub use gotime::{format_mod_time, parse_mod_time};
 pub use layer_media::{is_layer_media_type, LayerCompression};

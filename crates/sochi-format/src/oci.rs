@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::json::JsonWriter;
-use crate::Sha256Digest;
+use crate::{Digest, Sha256Digest};
 
 /// Media types sochi reads and writes.
 pub mod media_types {
@@ -176,7 +176,7 @@ pub struct Descriptor {
     #[serde(rename = "mediaType", default)]
     pub media_type: String,
     /// Content digest, `algorithm:hex`.
-    pub digest: String,
+    pub digest: Digest,
     /// Content size in bytes.
     pub size: i64,
     /// Alternate URLs.
@@ -201,7 +201,7 @@ impl Descriptor {
     pub fn of(media_type: &str, bytes: &[u8]) -> Descriptor {
         Descriptor {
             media_type: media_type.to_string(),
-            digest: Sha256Digest::of(bytes).to_string(),
+            digest: Sha256Digest::of(bytes).into(),
             size: bytes.len() as i64,
             ..Descriptor::default()
         }

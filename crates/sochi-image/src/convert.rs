@@ -16,7 +16,7 @@ use std::path::Path;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 use sochi_build::{convert, BuildEvent, BuildOptions, ConvertOutput, PlatformSelection};
-use sochi_format::{media_types, Descriptor, ImageIndex};
+use sochi_format::{media_types, Descriptor, Digest, ImageIndex};
 use sochi_registry::{ClientConfig, Reference};
 use sochi_store::{OciLayout, StagedLayout, REF_NAME};
 
@@ -47,7 +47,7 @@ pub struct ConvertRequest<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ConvertReport {
     /// The new image (index) digest.
-    pub image: String,
+    pub image: Digest,
     /// Its size.
     pub size: i64,
     /// Where it went.
@@ -60,11 +60,11 @@ pub struct ConvertReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct ConvertedIndex {
     /// The SOCI index manifest digest.
-    pub index: String,
+    pub index: Digest,
     /// The platform.
     pub platform: String,
     /// The image manifest it indexes.
-    pub manifest: String,
+    pub manifest: Digest,
     /// zTOCs it lists.
     pub ztocs: usize,
 }
@@ -302,7 +302,7 @@ fn push_registry(
                     (ImageRef::Registry(src), _) => {
                         // Mounted within one registry; else streamed, and
                         // only if the registry wants the bytes.
-                        let body = LazyBlob::new(client.clone(), src.clone(), d.digest.clone());
+                        let body = LazyBlob::new(client.clone(), src.clone(), d.digest.to_string());
                         client
                             .push_blob_stream(&dst, d, body, mount_from.as_deref())
                             .await

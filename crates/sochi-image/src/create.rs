@@ -8,7 +8,7 @@ use sochi_build::{
     build_index, select_manifests, stored_ztoc_descriptor, BuildEvent, BuildOptions, LayerOutcome,
     PlatformSelection, ReuseLookup,
 };
-use sochi_format::{media_types, Descriptor, IndexVersion, Sha256Digest, EMPTY_CONFIG};
+use sochi_format::{media_types, Descriptor, Digest, IndexVersion, Sha256Digest, EMPTY_CONFIG};
 use sochi_store::{ArtifactEntry, ArtifactKind, Store};
 
 use crate::error::{Context as _, Result};
@@ -33,13 +33,13 @@ pub struct CreateRequest<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexReport {
     /// The SOCI index manifest digest.
-    pub index: String,
+    pub index: Digest,
     /// Its size.
     pub size: i64,
     /// The platform (`os/arch[/variant]`).
     pub platform: String,
     /// The image manifest it indexes.
-    pub manifest: String,
+    pub manifest: Digest,
     /// Each layer, bottom first.
     pub layers: Vec<LayerReport>,
 }
@@ -49,9 +49,9 @@ pub struct IndexReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerReport {
     /// The layer digest.
-    pub layer: String,
+    pub layer: Digest,
     /// Its zTOC's digest, if it has one.
-    pub ztoc: Option<String>,
+    pub ztoc: Option<Digest>,
     /// Why it has none.
     pub skipped: Option<String>,
     /// Whether the zTOC was already in the store.

@@ -1,7 +1,7 @@
 //! The SOCI indexes in the local store, for `index list`.
 
 use serde::Serialize;
-use sochi_format::{media_types, Platform};
+use sochi_format::{media_types, Digest, Platform};
 use sochi_store::{ArtifactKind, Store};
 
 use crate::error::{Context as _, Result};
@@ -20,7 +20,7 @@ pub struct IndexFilter {
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexRow {
     /// The index manifest digest.
-    pub digest: String,
+    pub digest: Digest,
     /// Its size.
     pub size: i64,
     /// The image reference it was built for.

@@ -8,7 +8,7 @@
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 use sochi_build::{select_manifests, PlatformSelection};
-use sochi_format::{media_types, Descriptor, Sha256Digest, SociIndex, EMPTY_CONFIG};
+use sochi_format::{media_types, Descriptor, Digest, Sha256Digest, SociIndex, EMPTY_CONFIG};
 use sochi_registry::{PushBlob, Reference, ReferrerPush};
 use sochi_store::{ArtifactKind, Store};
 
@@ -43,9 +43,9 @@ pub struct PushRequest {
 #[derive(Debug, Clone, Serialize)]
 pub struct PushReport {
     /// The SOCI index manifest digest.
-    pub index: String,
+    pub index: Digest,
     /// The image manifest it indexes.
-    pub manifest: String,
+    pub manifest: Digest,
     /// The platform.
     pub platform: String,
     /// Whether it was pushed.
@@ -60,7 +60,7 @@ pub struct PushReport {
     /// before (with [`ExistingIndex::Warn`], the caller says so). Not in
     /// the JSON.
     #[serde(skip)]
-    pub existing: Vec<String>,
+    pub existing: Vec<Digest>,
 }
 
 /// Pushes the newest v1 index in `store` of each selected platform of
@@ -94,7 +94,7 @@ pub fn push_indexes(
             return Err(Error::NoLocalIndex {
                 image: reference.to_string(),
                 platform,
-                manifest: manifest.descriptor.digest.clone(),
+                manifest: manifest.descriptor.digest.to_string(),
             });
         };
         let index_digest = Sha256Digest::parse(&entry.digest)

@@ -73,7 +73,7 @@ impl ImageSource for TeeToRegistry<'_> {
             .spawn(async move { client.push_blob_stream(&dst, &d, body, None).await });
         self.uploads
             .lock()
-            .push((descriptor.digest.clone(), upload));
+            .push((descriptor.digest.to_string(), upload));
         Ok(Box::new(TeeUpload {
             inner: reader,
             sender: Some(sender),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sochi_build::{build_layer_ztoc, LayerCompression, LayerOptions};
-use sochi_format::Sha256Digest;
+use sochi_format::{Digest, Sha256Digest};
 use sochi_store::{ArtifactKind, OciLayout, Store};
 
 use crate::error::{Context as _, Error, Result};
@@ -17,7 +17,7 @@ use crate::error::{Context as _, Error, Result};
 #[derive(Debug, Clone, Serialize)]
 pub struct ZtocBuildReport {
     /// The zTOC's digest.
-    pub digest: String,
+    pub digest: Digest,
     /// Its size.
     pub size: usize,
     /// The layer's size.
@@ -61,7 +61,7 @@ pub fn build_ztoc_file(
     sochi_store::write_atomic(output, &built.bytes)
         .with_context(|| format!("writing {}", output.display()))?;
     Ok(ZtocBuildReport {
-        digest: built.digest.to_string(),
+        digest: built.digest.into(),
         size: built.bytes.len(),
         layer_size: built.layer_size,
         spans: built.ztoc.compression.span_digests.len(),
@@ -113,11 +113,11 @@ pub struct ZtocFilter {
 #[derive(Debug, Clone, Serialize)]
 pub struct ZtocRow {
     /// The zTOC's digest.
-    pub digest: String,
+    pub digest: Digest,
     /// Its size.
     pub size: i64,
     /// The layer it describes.
-    pub layer_digest: String,
+    pub layer_digest: Digest,
     /// Its span size.
     pub span_size: u64,
 }

@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use sochi_format::{Platform, Ztoc};
+use sochi_format::{Digest, Platform, Ztoc};
 use sochi_fs::{Layer, LayerConfig};
 use sochi_registry::{Client, DiscoveryOptions, Reference};
 use sochi_spans::{BackgroundOptions, FileBlob};
@@ -44,9 +44,9 @@ pub struct MountState {
     /// Where the image (or layer) is mounted.
     pub mountpoint: PathBuf,
     /// The image manifest digest.
-    pub manifest: String,
+    pub manifest: Digest,
     /// The SOCI index digest, if one was found.
-    pub index: Option<String>,
+    pub index: Option<Digest>,
     /// How the index was found.
     pub index_found_by: Option<String>,
     /// The layers, bottom first.
@@ -59,7 +59,7 @@ pub struct MountState {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerInfo {
     /// Layer digest.
-    pub digest: String,
+    pub digest: Digest,
     /// Compressed size.
     pub size: i64,
     /// `lazy` or `unpacked`.

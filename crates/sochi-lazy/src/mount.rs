@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{invalid, Context as _, Result};
-use sochi_format::{Descriptor, LayerCompression, Ztoc};
+use sochi_format::{Descriptor, Digest, LayerCompression, Ztoc};
 use sochi_fs::{Keeper, KeptMount, Layer, LayerConfig, MountHandle};
 use sochi_registry::{Client, Reference};
 use sochi_spans::{BackgroundOptions, LayerMetrics, SpanManager, SpanStoreConfig};
@@ -277,12 +277,12 @@ impl ImageMount {
         let blob = RegistryBlob::new(
             client.clone(),
             repository.clone(),
-            digest.clone(),
+            digest.to_string(),
             runtime.clone(),
             self.options.fetch_timeout,
         );
         let config = LayerConfig {
-            layer_digest: Some(digest.clone()),
+            layer_digest: Some(digest.to_string()),
             layer_size: u64::try_from(layer.descriptor.size).unwrap_or(0),
             verify: self.options.verify,
             threads: self.options.fuse_threads,
@@ -388,7 +388,7 @@ impl ImageMount {
                 .with_context(|| format!("removing {}", fs_dir.display()))?;
         }
         fs::rename(&temp, &fs_dir).with_context(|| format!("renaming {}", temp.display()))?;
-        fs::write(state.path().join("complete"), &descriptor.digest)
+        fs::write(state.path().join("complete"), descriptor.digest.as_str())
             .with_context(|| format!("marking {} complete", state.path().display()))?;
         tracing::info!(
             layer = %descriptor.digest,
@@ -404,7 +404,7 @@ impl ImageMount {
         let Some(options) = self.options.background.clone() else {
             return;
         };
-        let work: Arc<Vec<(Arc<SpanManager>, String, u64)>> = Arc::new(
+        let work: Arc<Vec<(Arc<SpanManager>, Digest, u64)>> = Arc::new(
             self.layers
                 .iter()
                 .filter_map(|layer| match &layer.state {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::error::{invalid, Context as _, Error, Result};
 use futures_util::future::try_join_all;
 use sochi_format::{
-    media_types, Descriptor, ImageManifest, Platform, Sha256Digest, SociIndex, Ztoc,
+    media_types, Descriptor, Digest, ImageManifest, Platform, Sha256Digest, SociIndex, Ztoc,
 };
 use sochi_registry::{Client, DiscoveryOptions, Reference};
 
@@ -17,7 +17,7 @@ use sochi_registry::{Client, DiscoveryOptions, Reference};
 #[derive(Clone, Debug)]
 pub struct IndexSource {
     /// Digest of the SOCI index manifest.
-    pub digest: String,
+    pub digest: Digest,
     /// How it was found (v2 annotation, referrers, ...).
     pub found_by: String,
 }
@@ -33,7 +33,7 @@ pub struct PlannedLayer {
     pub no_ztoc_reason: Option<String>,
     /// The layer's uncompressed digest from the image config (`diff_id`),
     /// which an unpack checks.
-    pub diff_id: String,
+    pub diff_id: Digest,
 }
 
 /// An image ready to be mounted.
@@ -136,7 +136,7 @@ async fn plan_manifest(
         .as_deref()
         .and_then(|digest| Some((digest, cache.and_then(|dir| load_cached(dir, digest))?)))
         .and_then(|(digest, bytes)| {
-            Some((digest.to_string(), SociIndex::from_bytes(&bytes).ok()?))
+            Some((Digest::from(digest), SociIndex::from_bytes(&bytes).ok()?))
         });
     let (index_digest, found_by, index) = match cached_index {
         Some((digest, index)) => (digest, "cache".to_string(), index),
@@ -160,7 +160,7 @@ async fn plan_manifest(
                         descriptor: layer.clone(),
                         ztoc: None,
                         no_ztoc_reason: Some("the image has no SOCI index".into()),
-                        diff_id: diff_id.clone(),
+                        diff_id: diff_id.clone().into(),
                     })
                     .collect();
                 return Ok(ImagePlan {
@@ -192,7 +192,7 @@ async fn plan_manifest(
                     descriptor: layer.clone(),
                     ztoc: None,
                     no_ztoc_reason: Some("the SOCI index has no zTOC for it (small layer?)".into()),
-                    diff_id,
+                    diff_id: diff_id.into(),
                 });
             };
             let bytes = match cache.and_then(|dir| load_cached(dir, &ztoc_descriptor.digest)) {
@@ -224,7 +224,7 @@ async fn plan_manifest(
                 descriptor: layer.clone(),
                 ztoc: Some(Arc::new(ztoc)),
                 no_ztoc_reason: None,
-                diff_id,
+                diff_id: diff_id.into(),
             })
         });
     let layers = try_join_all(fetches).await?;

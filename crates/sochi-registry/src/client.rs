@@ -532,7 +532,7 @@ impl Client {
                 }
                 Ok(Some(Descriptor {
                     media_type,
-                    digest,
+                    digest: digest.into(),
                     size,
                     ..Descriptor::default()
                 }))
@@ -701,7 +701,7 @@ fn manifest_descriptor(
         .unwrap_or_else(|| media_type_of_document(bytes));
     Ok(Descriptor {
         media_type,
-        digest,
+        digest: digest.into(),
         size: bytes.len() as i64,
         ..Descriptor::default()
     })

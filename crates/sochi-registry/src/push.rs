@@ -122,7 +122,7 @@ impl Client {
             detail: format!("more than the {size} bytes of {}", descriptor.digest),
         };
         let read_error = |source| Error::Read {
-            digest: descriptor.digest.clone(),
+            digest: descriptor.digest.to_string(),
             source,
         };
         if size <= chunk_size as u64 {
@@ -360,7 +360,7 @@ fn check_hash(hasher: Option<ContentHasher>, descriptor: &Descriptor) -> Result<
             return Err(Error::DigestMismatch {
                 what: "blob stream to push",
                 url: "the local stream".into(),
-                expected: descriptor.digest.clone(),
+                expected: descriptor.digest.to_string(),
                 actual,
             });
         }

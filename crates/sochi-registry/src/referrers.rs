@@ -124,7 +124,7 @@ impl Client {
         }
         let referrer = Descriptor {
             media_type: media_type.to_string(),
-            digest: digest.clone(),
+            digest: digest.clone().into(),
             size: manifest.len() as i64,
             annotations: annotations.clone(),
             artifact_type: Some(artifact_type.to_string()).filter(|t| !t.is_empty()),

@@ -140,9 +140,11 @@ pub fn decide(
 pub fn layer_request(labels: &BTreeMap<String, String>) -> Option<LayerRequest> {
     Some(LayerRequest {
         image_ref: labels.get(labels::IMAGE_REF)?.clone(),
-        manifest: labels.get(labels::MANIFEST_DIGEST)?.clone(),
-        layer: labels.get(labels::LAYER_DIGEST)?.clone(),
-        index: labels.get(labels::SOCI_INDEX_DIGEST).cloned(),
+        manifest: labels.get(labels::MANIFEST_DIGEST)?.as_str().into(),
+        layer: labels.get(labels::LAYER_DIGEST)?.as_str().into(),
+        index: labels
+            .get(labels::SOCI_INDEX_DIGEST)
+            .map(|digest| digest.as_str().into()),
     })
 }
 

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use sochi_format::Digest;
 
 /// What a snapshot is (containerd's `snapshots.Kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,11 +33,11 @@ pub struct RemoteLayer {
     /// The image reference from containerd's labels.
     pub image_ref: String,
     /// The image manifest digest.
-    pub manifest: String,
+    pub manifest: Digest,
     /// The layer digest.
-    pub layer: String,
+    pub layer: Digest,
     /// The SOCI index used.
-    pub index: Option<String>,
+    pub index: Option<Digest>,
     /// `lazy` (FUSE) or `unpacked` (fetched whole by sochi).
     pub mode: String,
     /// Why an `unpacked` layer is not lazy.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use sochi_format::Digest;
 use sochi_fs::Keeper;
 use sochi_lazy::{ImageMount, ImagePlan, LayerState, MountOptions, MountTarget};
 use sochi_registry::{Client, DiscoveryOptions, Reference};
@@ -26,11 +27,11 @@ pub struct LayerRequest {
     /// `containerd.io/snapshot/cri.image-ref`.
     pub image_ref: String,
     /// `containerd.io/snapshot/cri.manifest-digest`.
-    pub manifest: String,
+    pub manifest: Digest,
     /// `containerd.io/snapshot/cri.layer-digest`.
-    pub layer: String,
+    pub layer: Digest,
     /// `containerd.io/snapshot/remote/soci.index.digest`.
-    pub index: Option<String>,
+    pub index: Option<Digest>,
 }
 
 /// What became of a request to provide a layer.
@@ -41,7 +42,7 @@ pub enum Outcome {
         /// `lazy` or `unpacked`.
         mode: &'static str,
         /// The SOCI index used.
-        index: Option<String>,
+        index: Option<Digest>,
         /// Why the layer is not lazy (when unpacked).
         reason: Option<String>,
     },
@@ -105,7 +106,7 @@ impl RemoteLayers {
     /// The plan of an image, from the cache or the registry. Blocking.
     fn plan(&self, request: &LayerRequest) -> PlanResult {
         let ttl = Duration::from_secs(self.config.no_index_ttl_sec);
-        if let Some((when, cached)) = self.plans.lock().get(&request.manifest) {
+        if let Some((when, cached)) = self.plans.lock().get(request.manifest.as_str()) {
             let fresh = match cached {
                 Ok(plan) => plan.index.is_some() || when.elapsed() < ttl,
                 Err(_) => when.elapsed() < ttl,
@@ -115,9 +116,10 @@ impl RemoteLayers {
             }
         }
         let result = self.fetch_plan(request);
-        self.plans
-            .lock()
-            .insert(request.manifest.clone(), (Instant::now(), result.clone()));
+        self.plans.lock().insert(
+            request.manifest.clone().to_string(),
+            (Instant::now(), result.clone()),
+        );
         result
     }
 
@@ -127,7 +129,7 @@ impl RemoteLayers {
         let discovery = DiscoveryOptions {
             v1: self.config.pull_modes.soci_v1.enable,
             v2: self.config.pull_modes.soci_v2.enable,
-            explicit_index: request.index.clone(),
+            explicit_index: request.index.as_ref().map(ToString::to_string),
         };
         let cache = self.root.join("artifact-cache");
         let plan = self.runtime.block_on(sochi_lazy::plan_image_manifest(

@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sochi_format::Digest;
 
 use crate::error::{io_err, Error, Result};
 use crate::layout::write_atomic;
@@ -29,13 +30,13 @@ pub enum ArtifactKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactEntry {
     /// The artifact's digest.
-    pub digest: String,
+    pub digest: Digest,
     /// Its size in bytes.
     pub size: i64,
     /// Index: the image manifest digest; zTOC: the layer digest.
-    pub original_digest: String,
+    pub original_digest: Digest,
     /// The image (index or manifest) digest the artifact was built from.
-    pub image_digest: String,
+    pub image_digest: Digest,
     /// The image reference as the user wrote it.
     pub image_ref: String,
     /// `os/arch[/variant]`.
@@ -161,10 +162,10 @@ mod tests {
 
     fn entry(digest: &str, kind: ArtifactKind) -> ArtifactEntry {
         ArtifactEntry {
-            digest: digest.to_string(),
+            digest: digest.into(),
             size: 1,
-            original_digest: String::new(),
-            image_digest: String::new(),
+            original_digest: String::new().into(),
+            image_digest: String::new().into(),
             image_ref: String::new(),
             platform: "linux/amd64".into(),
             kind,

@@ -731,7 +731,7 @@ impl State {
                     .or(Some(m.config.media_type.clone()));
                 found.push(Descriptor {
                     media_type: media_type.clone(),
-                    digest: key.1.clone(),
+                    digest: key.1.clone().into(),
                     size: bytes.len() as i64,
                     annotations: m.annotations.clone(),
                     artifact_type: artifact,

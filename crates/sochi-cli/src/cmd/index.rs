@@ -128,7 +128,8 @@ fn rm(global: &Global, args: RmArgs) -> Result<ExitCode> {
     let store = global.store()?;
     let removed = store.artifacts().remove_where(|e| {
         e.kind == ArtifactKind::SociIndex
-            && (args.digests.contains(&e.digest) || args.image_ref.as_ref() == Some(&e.image_ref))
+            && (args.digests.iter().any(|d| *d == e.digest)
+                || args.image_ref.as_ref() == Some(&e.image_ref))
     })?;
     for d in &args.digests {
         if !removed.iter().any(|e| &e.digest == d) {

@@ -89,7 +89,7 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
                     report
                         .existing
                         .first()
-                        .map(String::as_str)
+                        .map(|digest| digest.as_str())
                         .unwrap_or_default()
                 );
             } else if !report.existing.is_empty() && args.existing_index == ExistingIndexArg::Warn {

@@ -175,7 +175,7 @@ async fn a_config_that_does_not_name_every_layer_is_refused() {
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let config_descriptor = fake.add_blob("app", config);
     let bytes = edited_v2(|m| {
-        m["config"]["digest"] = config_descriptor.digest.clone().into();
+        m["config"]["digest"] = config_descriptor.digest.to_string().into();
         m["config"]["size"] = config_descriptor.size.into();
     });
     let digest = fake.add_manifest("app", None, media_types::OCI_MANIFEST, &bytes);

@@ -77,11 +77,11 @@ fuzz_target!(|data: &[u8]| {
     };
     for span in 0..geometry.span_count() {
         let (Some(checkpoint), Some(start_c), Some(end_c), Some(start_u), Some(end_u)) = (
-            geometry.checkpoint(span),
-            geometry.start_compressed(span),
-            geometry.end_compressed(span),
-            geometry.start_uncompressed(span),
-            geometry.end_uncompressed(span),
+            geometry.checkpoint(sochi_format::SpanId(span)),
+            geometry.start_compressed(sochi_format::SpanId(span)),
+            geometry.end_compressed(sochi_format::SpanId(span)),
+            geometry.start_uncompressed(sochi_format::SpanId(span)),
+            geometry.end_uncompressed(sochi_format::SpanId(span)),
         ) else {
             panic!("span {span} has no bounds");
         };

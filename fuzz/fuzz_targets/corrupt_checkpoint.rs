@@ -49,10 +49,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let span = usize::from(*span_selector) % geometry.span_count();
     let (Some(checkpoint), Some(end_c), Some(start_u), Some(end_u)) = (
-        geometry.checkpoint(span),
-        geometry.end_compressed(span),
-        geometry.start_uncompressed(span),
-        geometry.end_uncompressed(span),
+        geometry.checkpoint(sochi_format::SpanId(span)),
+        geometry.end_compressed(sochi_format::SpanId(span)),
+        geometry.start_uncompressed(sochi_format::SpanId(span)),
+        geometry.end_uncompressed(sochi_format::SpanId(span)),
     ) else {
         panic!("span {span} has no bounds");
     };

@@ -37,17 +37,17 @@ fuzz_target!(|data: &[u8]| {
         panic!("accepted zTOC has bad header offsets: {err}");
     }
     for span in 0..geometry.span_count() {
-        let start = geometry.start_compressed(span);
-        let end = geometry.end_compressed(span);
+        let start = geometry.start_compressed(sochi_format::SpanId(span));
+        let end = geometry.end_compressed(sochi_format::SpanId(span));
         assert!(
             start.is_some() && end.is_some(),
             "span {span} has no bounds"
         );
-        let _ = geometry.start_uncompressed(span);
-        let _ = geometry.end_uncompressed(span);
-        let _ = geometry.checkpoint(span);
+        let _ = geometry.start_uncompressed(sochi_format::SpanId(span));
+        let _ = geometry.end_uncompressed(sochi_format::SpanId(span));
+        let _ = geometry.checkpoint(sochi_format::SpanId(span));
     }
-    assert!(geometry.start_compressed(geometry.span_count()).is_none());
+    assert!(geometry.start_compressed(sochi_format::SpanId(geometry.span_count())).is_none());
     for entry in &ztoc.toc {
         let offset = u64::try_from(entry.uncompressed_offset).unwrap_or(0);
         let size = u64::try_from(entry.uncompressed_size).unwrap_or(0);

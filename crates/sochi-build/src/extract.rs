@@ -3,7 +3,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use sochi_format::{CompressionAlgorithm, EntryType, FileMetadata, Ztoc};
+use sochi_format::{CompressionAlgorithm, EntryType, FileMetadata, SpanId, Ztoc};
 
 use crate::error::{Error, Result};
 
@@ -127,7 +127,7 @@ pub fn extract_file<B: Read + Seek>(
     let mut written = 0u64;
     let mut compressed = Vec::new();
     let mut data = Vec::new();
-    for span in first..=last {
+    for span in (first.index()..=last.index()).map(SpanId) {
         let (c_start, c_end) = (
             geometry.start_compressed(span),
             geometry.end_compressed(span),

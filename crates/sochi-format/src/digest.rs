@@ -247,7 +247,15 @@ mod tests {
             assert_eq!(digest.as_str(), good);
             assert_eq!(digest, good);
         }
-        for bad in ["", "sha256", "sha256:", ":abc", "SHA256:abc", "sha256:a/b", "sha256:a b"] {
+        for bad in [
+            "",
+            "sha256",
+            "sha256:",
+            ":abc",
+            "SHA256:abc",
+            "sha256:a/b",
+            "sha256:a b",
+        ] {
             assert!(Digest::parse(bad).is_err(), "{bad:?}");
         }
         let text = "sha256:6c22e9634b5ceb406732df877ab1a998d3aa06892f6d400124dcd603638b6a3e";

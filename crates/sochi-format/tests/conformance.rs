@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use sochi_format::{
-    CompressionAlgorithm, Error, GzipZinfoWriter, Sha256Digest, Zinfo, Ztoc, ZtocInfo, WINDOW_SIZE,
+    CompressionAlgorithm, Error, GzipZinfoWriter, Sha256Digest, SpanId, Zinfo, Ztoc, ZtocInfo,
+    WINDOW_SIZE,
 };
 
 const LAYERS: [&str; 4] = [
@@ -324,20 +325,29 @@ fn check_checkpoints(stem: &str, ztoc: &Ztoc, dump: &Value) {
         let ctx = format!("{stem}: span {span}");
         assert_eq!(as_u64(&expected["index"], &ctx), span as u64);
         let offsets = [
-            (geometry.start_compressed(span), "start_compressed_offset"),
-            (geometry.end_compressed(span), "end_compressed_offset"),
             (
-                geometry.start_uncompressed(span),
+                geometry.start_compressed(SpanId(span)),
+                "start_compressed_offset",
+            ),
+            (
+                geometry.end_compressed(SpanId(span)),
+                "end_compressed_offset",
+            ),
+            (
+                geometry.start_uncompressed(SpanId(span)),
                 "start_uncompressed_offset",
             ),
-            (geometry.end_uncompressed(span), "end_uncompressed_offset"),
+            (
+                geometry.end_uncompressed(SpanId(span)),
+                "end_uncompressed_offset",
+            ),
         ];
         for (actual, key) in offsets {
             assert_eq!(actual, Some(as_u64(&expected[key], &ctx)), "{ctx}: {key}");
         }
         match ztoc.compression.algorithm {
             CompressionAlgorithm::Gzip => {
-                let checkpoint = geometry.checkpoint(span).unwrap();
+                let checkpoint = geometry.checkpoint(SpanId(span)).unwrap();
                 assert_eq!(
                     checkpoint.compressed_offset,
                     as_u64(&expected["in"], &ctx),
@@ -359,10 +369,12 @@ fn check_checkpoints(stem: &str, ztoc: &Ztoc, dump: &Value) {
                     as_str(&expected["window_sha256"], &ctx)
                 );
             }
-            CompressionAlgorithm::Uncompressed => assert!(geometry.checkpoint(span).is_none()),
+            CompressionAlgorithm::Uncompressed => {
+                assert!(geometry.checkpoint(SpanId(span)).is_none())
+            }
         }
     }
-    assert_eq!(geometry.start_compressed(checkpoints.len()), None);
+    assert_eq!(geometry.start_compressed(SpanId(checkpoints.len())), None);
 }
 
 #[test]
@@ -413,8 +425,15 @@ fn v1_zinfo_reads_like_v2() {
     };
     assert_eq!(gzip.version(), 1);
     for span in 0..new.span_count() {
-        assert_eq!(old.checkpoint(span), new.checkpoint(span), "span {span}");
-        assert_eq!(old.end_compressed(span), new.end_compressed(span));
+        assert_eq!(
+            old.checkpoint(SpanId(span)),
+            new.checkpoint(SpanId(span)),
+            "span {span}"
+        );
+        assert_eq!(
+            old.end_compressed(SpanId(span)),
+            new.end_compressed(SpanId(span))
+        );
     }
 }
 
@@ -523,8 +542,8 @@ fn random_bit_flips_never_panic() {
                     let _ = ZtocInfo::new(&ztoc, bytes.len() as u64).unwrap();
                     for span in 0..=geometry.span_count() {
                         let _ = (
-                            geometry.start_compressed(span),
-                            geometry.end_uncompressed(span),
+                            geometry.start_compressed(SpanId(span)),
+                            geometry.end_uncompressed(SpanId(span)),
                         );
                     }
                 }

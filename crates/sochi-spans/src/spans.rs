@@ -316,10 +316,10 @@ impl SpanManager {
             .enumerate()
             .map(|(span, digest)| {
                 match (
-                    geometry.start_compressed(span),
-                    geometry.end_compressed(span),
-                    geometry.start_uncompressed(span),
-                    geometry.end_uncompressed(span),
+                    geometry.start_compressed(SpanId(span)),
+                    geometry.end_compressed(SpanId(span)),
+                    geometry.start_uncompressed(SpanId(span)),
+                    geometry.end_uncompressed(SpanId(span)),
                 ) {
                     (Some(start_compressed), Some(end_compressed), Some(start), Some(end))
                         if start_compressed <= end_compressed =>

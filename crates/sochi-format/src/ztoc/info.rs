@@ -88,8 +88,8 @@ impl ZtocInfo {
                 offset: entry.uncompressed_offset,
                 size: entry.uncompressed_size,
                 entry_type: entry.entry_type.as_str(),
-                start_span,
-                end_span,
+                start_span: start_span.index(),
+                end_span: end_span.index(),
             });
         }
         Ok(ZtocInfo {

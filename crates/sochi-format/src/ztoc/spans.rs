@@ -1,7 +1,7 @@
 //! Span geometry: where each span starts and ends in the layer blob and in
 //! the uncompressed tar, and which span holds a given offset (docs/format.md §2.4).
 //!
-//! Span ids are plain `usize` indexes `0..span_count()`. Invariants, checked
+//! Spans are named by [`SpanId`], their index `0..span_count()`. Invariants, checked
 //! by [`SpanGeometry::new`]: `span_count() >= 1`; it equals the number of
 //! checkpoints (gzip) or `ceil(size / span_size)` (tar); for every span but
 //! the last, start < end in both streams; the last span starts no later than
@@ -123,7 +123,7 @@ impl<'a> SpanGeometry<'a> {
         // and tar spans are fixed slices, so only the last span can go wrong.
         let last = span_count - 1;
         let last_start = geometry
-            .start_compressed(last)
+            .start_compressed(SpanId(last))
             .ok_or_else(|| invalid(format!("span {last}: start offset overflows")))?;
         if last_start > compressed_archive_size {
             return Err(invalid(format!(
@@ -154,8 +154,8 @@ impl<'a> SpanGeometry<'a> {
     }
 
     /// The id of the last span.
-    pub fn max_span_id(&self) -> usize {
-        self.span_count.saturating_sub(1)
+    pub fn max_span_id(&self) -> SpanId {
+        SpanId(self.span_count.saturating_sub(1))
     }
 
     /// Size of the layer blob.
@@ -178,7 +178,8 @@ impl<'a> SpanGeometry<'a> {
     /// First byte of `span` in the layer blob. For gzip this includes the
     /// partial byte before a checkpoint with `bits != 0`. `None` if `span`
     /// is out of range.
-    pub fn start_compressed(&self, span: usize) -> Option<u64> {
+    pub fn start_compressed(&self, span: SpanId) -> Option<u64> {
+        let span = span.index();
         if span >= self.span_count {
             return None;
         }
@@ -196,11 +197,12 @@ impl<'a> SpanGeometry<'a> {
     /// End (exclusive) of `span` in the layer blob: the next checkpoint's
     /// `in`, or the blob size for the last span (so it includes the gzip
     /// trailer). `None` if `span` is out of range.
-    pub fn end_compressed(&self, span: usize) -> Option<u64> {
+    pub fn end_compressed(&self, span: SpanId) -> Option<u64> {
+        let span = span.index();
         if span >= self.span_count {
             return None;
         }
-        if span == self.max_span_id() {
+        if span == self.max_span_id().index() {
             return Some(self.compressed_archive_size);
         }
         let next = span.checked_add(1)?;
@@ -211,7 +213,8 @@ impl<'a> SpanGeometry<'a> {
     }
 
     /// Where `span` starts in the uncompressed tar. `None` if out of range.
-    pub fn start_uncompressed(&self, span: usize) -> Option<u64> {
+    pub fn start_uncompressed(&self, span: SpanId) -> Option<u64> {
+        let span = span.index();
         if span >= self.span_count {
             return None;
         }
@@ -224,14 +227,15 @@ impl<'a> SpanGeometry<'a> {
     /// End (exclusive) of `span` in the uncompressed tar: the next span's
     /// start, or `uncompressed_archive_size` for the last span (see the
     /// module doc). `None` if out of range.
-    pub fn end_uncompressed(&self, span: usize) -> Option<u64> {
+    pub fn end_uncompressed(&self, span: SpanId) -> Option<u64> {
+        let span = span.index();
         if span >= self.span_count {
             return None;
         }
-        if span == self.max_span_id() {
+        if span == self.max_span_id().index() {
             return Some(self.uncompressed_archive_size);
         }
-        self.start_uncompressed(span.checked_add(1)?)
+        self.start_uncompressed(SpanId(span.checked_add(1)?))
     }
 
     /// The span holding uncompressed `offset`, as the reference computes it.
@@ -240,8 +244,8 @@ impl<'a> SpanGeometry<'a> {
     /// Tar: `offset / span_size`, which is past [`Self::max_span_id`] for an
     /// offset at or beyond the end of the last span (the reference does not
     /// clamp; `soci ztoc info` prints it as is).
-    pub fn span_of(&self, uncompressed_offset: u64) -> usize {
-        match &self.zinfo {
+    pub fn span_of(&self, uncompressed_offset: u64) -> SpanId {
+        SpanId(match &self.zinfo {
             Zinfo::Gzip(gzip) => {
                 // Binary search for the first checkpoint past the offset;
                 // starts strictly increase (zinfo invariant).
@@ -263,12 +267,13 @@ impl<'a> SpanGeometry<'a> {
                 .ok()
                 .and_then(|span_size| uncompressed_offset.checked_div(span_size))
                 .map_or(0, |span| usize::try_from(span).unwrap_or(usize::MAX)),
-        }
+        })
     }
 
     /// The checkpoint to inflate `span` from (gzip only; `None` for tar
     /// layers or an out-of-range span).
-    pub fn checkpoint(&self, span: usize) -> Option<CheckpointRef<'a>> {
+    pub fn checkpoint(&self, span: SpanId) -> Option<CheckpointRef<'a>> {
+        let span = span.index();
         match &self.zinfo {
             Zinfo::Gzip(gzip) if span < self.span_count => gzip.checkpoint(span),
             _ => None,
@@ -296,20 +301,20 @@ mod tests {
         let zinfo = Zinfo::parse(CompressionAlgorithm::Gzip, &blob).unwrap();
         let geometry = SpanGeometry::new(zinfo, 2, 120, 500).unwrap();
         assert_eq!(geometry.span_count(), 3);
-        assert_eq!(geometry.start_compressed(0), Some(10));
-        assert_eq!(geometry.end_compressed(0), Some(50));
-        assert_eq!(geometry.start_compressed(1), Some(49)); // bits != 0
-        assert_eq!(geometry.end_compressed(1), Some(90));
-        assert_eq!(geometry.end_compressed(2), Some(120));
-        assert_eq!(geometry.end_uncompressed(2), Some(500));
-        assert_eq!(geometry.start_compressed(3), None);
-        assert_eq!(geometry.end_uncompressed(usize::MAX), None);
-        assert_eq!(geometry.span_of(0), 0);
-        assert_eq!(geometry.span_of(199), 0);
-        assert_eq!(geometry.span_of(200), 1);
-        assert_eq!(geometry.span_of(u64::MAX), 2);
-        assert_eq!(geometry.checkpoint(1).unwrap().bits, 3);
-        assert!(geometry.checkpoint(3).is_none());
+        assert_eq!(geometry.start_compressed(SpanId(0)), Some(10));
+        assert_eq!(geometry.end_compressed(SpanId(0)), Some(50));
+        assert_eq!(geometry.start_compressed(SpanId(1)), Some(49)); // bits != 0
+        assert_eq!(geometry.end_compressed(SpanId(1)), Some(90));
+        assert_eq!(geometry.end_compressed(SpanId(2)), Some(120));
+        assert_eq!(geometry.end_uncompressed(SpanId(2)), Some(500));
+        assert_eq!(geometry.start_compressed(SpanId(3)), None);
+        assert_eq!(geometry.end_uncompressed(SpanId(usize::MAX)), None);
+        assert_eq!(geometry.span_of(0), SpanId(0));
+        assert_eq!(geometry.span_of(199), SpanId(0));
+        assert_eq!(geometry.span_of(200), SpanId(1));
+        assert_eq!(geometry.span_of(u64::MAX), SpanId(2));
+        assert_eq!(geometry.checkpoint(SpanId(1)).unwrap().bits, 3);
+        assert!(geometry.checkpoint(SpanId(3)).is_none());
     }
 
     #[test]
@@ -336,13 +341,13 @@ mod tests {
             size: 250,
         };
         let geometry = SpanGeometry::new(Zinfo::Tar(tar), 2, 250, 240).unwrap();
-        assert_eq!(geometry.start_compressed(1), Some(100));
-        assert_eq!(geometry.end_compressed(1), Some(200));
-        assert_eq!(geometry.end_compressed(2), Some(250));
-        assert_eq!(geometry.end_uncompressed(2), Some(240));
-        assert_eq!(geometry.span_of(199), 1);
-        assert_eq!(geometry.span_of(300), 3); // not clamped, like the reference
-        assert!(geometry.checkpoint(0).is_none());
+        assert_eq!(geometry.start_compressed(SpanId(1)), Some(100));
+        assert_eq!(geometry.end_compressed(SpanId(1)), Some(200));
+        assert_eq!(geometry.end_compressed(SpanId(2)), Some(250));
+        assert_eq!(geometry.end_uncompressed(SpanId(2)), Some(240));
+        assert_eq!(geometry.span_of(199), SpanId(1));
+        assert_eq!(geometry.span_of(300), SpanId(3)); // not clamped, like the reference
+        assert!(geometry.checkpoint(SpanId(0)).is_none());
         let empty = TarZinfo {
             span_size: 100,
             size: 0,

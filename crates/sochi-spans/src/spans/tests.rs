@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sochi_format::{EntryType, Ztoc};
 
-use crate::{BlobError, BlobErrorKind, Error, LayerMetrics, MemoryBlob, SpanManager};
+use crate::{BlobError, BlobErrorKind, Error, LayerMetrics, MemoryBlob, SpanId, SpanManager};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/");
 const LAYERS: [&str; 2] = ["pax-mixed.tar.gz", "plain.tar"];
@@ -83,7 +83,7 @@ fn expected(layer: &Layer, offset: u64, size: u64) -> &[u8] {
 }
 
 /// A non-empty file that lies inside one span, and that span's id.
-fn single_span_file(layer: &Layer, skip: usize) -> ((u64, u64), usize) {
+fn single_span_file(layer: &Layer, skip: usize) -> ((u64, u64), SpanId) {
     let geometry = layer.ztoc.span_geometry().unwrap();
     layer
         .files
@@ -92,7 +92,7 @@ fn single_span_file(layer: &Layer, skip: usize) -> ((u64, u64), usize) {
             size > 0 && geometry.span_of(offset) == geometry.span_of(offset + size - 1)
         })
         .map(|&file| (file, geometry.span_of(file.0)))
-        .filter(|&(_, span)| span > 0)
+        .filter(|&(_, span)| span > SpanId(0))
         .nth(skip)
         .unwrap()
 }
@@ -126,8 +126,8 @@ fn small_file_fetches_only_its_span_and_then_hits_the_cache() {
         let layer = layer(name);
         let ((offset, size), span) = single_span_file(&layer, 0);
         let geometry = layer.ztoc.span_geometry().unwrap();
-        let span_bytes =
-            geometry.end_compressed(span).unwrap() - geometry.start_compressed(span).unwrap();
+        let span_bytes = geometry.end_compressed(SpanId(span.index())).unwrap()
+            - geometry.start_compressed(SpanId(span.index())).unwrap();
         let (manager, blob) = manager(&layer, layer.blob.clone(), None);
         assert!(read_chunks(&manager, offset, size, 1000) == expected(&layer, offset, size));
         assert_eq!((blob.requests(), blob.bytes()), (1, span_bytes), "{name}");
@@ -148,12 +148,13 @@ fn adjacent_missing_spans_are_fetched_with_one_request() {
     let geometry = layer.ztoc.span_geometry().unwrap();
     assert!(geometry.span_count() >= 4);
     let (manager, blob) = manager(&layer, layer.blob.clone(), None);
-    let start = geometry.start_uncompressed(1).unwrap();
-    let end = geometry.end_uncompressed(3).unwrap();
+    let start = geometry.start_uncompressed(SpanId(1)).unwrap();
+    let end = geometry.end_uncompressed(SpanId(3)).unwrap();
     assert!(
         read_chunks(&manager, start, end - start, 1 << 20) == expected(&layer, start, end - start)
     );
-    let compressed = geometry.end_compressed(3).unwrap() - geometry.start_compressed(1).unwrap();
+    let compressed =
+        geometry.end_compressed(SpanId(3)).unwrap() - geometry.start_compressed(SpanId(1)).unwrap();
     assert_eq!((blob.requests(), blob.bytes()), (1, compressed));
     assert_eq!(manager.cached_spans(), 3);
 }
@@ -165,8 +166,8 @@ fn corrupt_blob_byte_is_a_digest_mismatch_never_wrong_bytes() {
         let ((offset, size), span) = single_span_file(&layer, 1);
         let geometry = layer.ztoc.span_geometry().unwrap();
         let mut blob = layer.blob.clone();
-        let start = geometry.start_compressed(span).unwrap();
-        let end = geometry.end_compressed(span).unwrap();
+        let start = geometry.start_compressed(SpanId(span.index())).unwrap();
+        let end = geometry.end_compressed(SpanId(span.index())).unwrap();
         blob[((start + end) / 2) as usize] ^= 0x40;
         let (manager, memory) = manager(&layer, blob, None);
         let mut buf = vec![0; size as usize];
@@ -176,8 +177,8 @@ fn corrupt_blob_byte_is_a_digest_mismatch_never_wrong_bytes() {
                 expected,
                 actual,
             }) => {
-                assert_eq!(bad, crate::SpanId(span));
-                assert_eq!(expected, layer.ztoc.compression.span_digests[span]);
+                assert_eq!(bad, span);
+                assert_eq!(expected, layer.ztoc.compression.span_digests[span.index()]);
                 assert_ne!(actual, expected);
             }
             other => panic!("{name}: expected a digest mismatch, got {other:?}"),
@@ -244,7 +245,7 @@ fn disk_cache_survives_a_new_manager_and_tampered_files_are_refetched() {
             .ztoc
             .span_geometry()
             .unwrap()
-            .end_uncompressed(span)
+            .end_uncompressed(SpanId(span.index()))
             .unwrap();
         let path = cache_file(dir.path(), "layer-");
         let file = std::fs::OpenOptions::new()

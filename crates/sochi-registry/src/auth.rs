@@ -12,27 +12,11 @@
 //! is an error naming the registry and repository.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use base64::Engine as _;
 use parking_lot::Mutex;
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use reqwest::Url;
-use serde::Deserialize;
 
-use crate::client::{redact_url, Client};
 use crate::docker_config::Credentials;
-use crate::error::{parse_error_body, Error, Result};
-use crate::reference::Reference;
-
-/// Token lifetime when the token service does not say (the spec's default).
-const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
-/// Tokens are renewed at least this often, whatever the service says.
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-/// Token answers are small; refuse anything bigger.
-const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
-/// `client_id` sent with the OAuth2 refresh-token grant.
-const CLIENT_ID: &str = "sochi";
 
 /// One challenge of a `WWW-Authenticate` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,7 +105,7 @@ pub(crate) fn parse_challenges(value: &str) -> Vec<Challenge> {
 /// The set of token scopes a request needs, sorted and deduplicated so
 /// that it can key the token cache.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Scope(Vec<String>);
+pub(crate) struct Scope(pub(crate) Vec<String>);
 
 impl Scope {
     /// `repository:<name>:pull`.
@@ -150,12 +134,12 @@ impl Scope {
         Scope(vec![format!("repository:{repository}:delete")])
     }
 
-    fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         self.0.join(" ")
     }
 
     /// Our scopes plus those a challenge names.
-    fn with_challenge(&self, challenge_scope: Option<&str>) -> Vec<String> {
+    pub(crate) fn with_challenge(&self, challenge_scope: Option<&str>) -> Vec<String> {
         let mut all = self.0.clone();
         for s in challenge_scope.unwrap_or("").split_whitespace() {
             if !all.iter().any(|have| have == s) {
@@ -168,7 +152,7 @@ impl Scope {
 
 /// What a host asked for in its last challenge.
 #[derive(Clone, Debug)]
-enum HostAuth {
+pub(crate) enum HostAuth {
     Basic,
     Bearer {
         realm: String,
@@ -177,9 +161,9 @@ enum HostAuth {
 }
 
 #[derive(Clone)]
-struct Token {
-    value: String,
-    expires: Instant,
+pub(crate) struct Token {
+    pub(crate) value: String,
+    pub(crate) expires: Instant,
 }
 
 /// Per-client authentication state, shared by clones of the client.
@@ -188,308 +172,10 @@ struct Token {
 /// `Bearer`, and is dropped when the host refuses it.
 #[derive(Default)]
 pub(crate) struct AuthCache {
-    hosts: Mutex<HashMap<String, HostAuth>>,
-    tokens: Mutex<HashMap<(String, String), Token>>,
+    pub(crate) hosts: Mutex<HashMap<String, HostAuth>>,
+    pub(crate) tokens: Mutex<HashMap<(String, String), Token>>,
     /// Credentials per registry, looked up once (a helper runs once).
-    credentials: tokio::sync::Mutex<HashMap<String, Option<Credentials>>>,
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    #[serde(default)]
-    token: String,
-    #[serde(default)]
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<u64>,
-}
-
-impl Client {
-    /// The `Authorization` value for a request to `repo`'s registry with
-    /// `scope`, from what the host asked for before; `None` when nothing is
-    /// known yet (the request goes anonymously and a `401` teaches us).
-    pub(crate) async fn authorization(
-        &self,
-        repo: &Reference,
-        scope: &Scope,
-    ) -> Result<Option<HeaderValue>> {
-        let host = repo.api_host().to_string();
-        let known = self.inner.auth.hosts.lock().get(&host).cloned();
-        match known {
-            None => Ok(None),
-            Some(HostAuth::Basic) => match self.credentials(&repo.registry).await? {
-                Some(Credentials::Basic { username, password }) => {
-                    Ok(Some(basic_header(&username, &password)))
-                }
-                _ => Ok(None),
-            },
-            Some(HostAuth::Bearer { realm, service }) => {
-                let key = (host.clone(), scope.key());
-                let cached = self.inner.auth.tokens.lock().get(&key).cloned();
-                let token = match cached.filter(|t| t.expires > Instant::now()) {
-                    Some(t) => t,
-                    None => {
-                        let t = self
-                            .fetch_token(repo, &realm, service.as_deref(), &scope.0)
-                            .await?;
-                        self.inner.auth.tokens.lock().insert(key, t.clone());
-                        t
-                    }
-                };
-                bearer_header(&token.value, repo).map(Some)
-            }
-        }
-    }
-
-    /// Handles a `401`: learns the host's scheme from `challenges`, drops a
-    /// refused token and gets a new one. `detail` is the registry's message,
-    /// used if nothing can be done.
-    pub(crate) async fn reauthenticate(
-        &self,
-        repo: &Reference,
-        scope: &Scope,
-        challenges: &[Challenge],
-        detail: &str,
-    ) -> Result<()> {
-        let host = repo.api_host().to_string();
-        let unauthorized = |detail: String| Error::Unauthorized {
-            registry: repo.registry.clone(),
-            repository: repo.repository.clone(),
-            detail,
-        };
-        let bearer = challenges.iter().find(|c| c.scheme == "bearer");
-        let basic = challenges.iter().find(|c| c.scheme == "basic");
-        if let Some(challenge) = bearer {
-            let realm = challenge
-                .params
-                .get("realm")
-                .filter(|r| !r.is_empty())
-                .ok_or_else(|| unauthorized("the bearer challenge has no realm".into()))?
-                .clone();
-            let service = challenge.params.get("service").cloned();
-            let scopes = scope.with_challenge(challenge.params.get("scope").map(String::as_str));
-            self.inner.auth.hosts.lock().insert(
-                host.clone(),
-                HostAuth::Bearer {
-                    realm: realm.clone(),
-                    service: service.clone(),
-                },
-            );
-            self.inner
-                .auth
-                .tokens
-                .lock()
-                .remove(&(host.clone(), scope.key()));
-            let token = self
-                .fetch_token(repo, &realm, service.as_deref(), &scopes)
-                .await?;
-            self.inner
-                .auth
-                .tokens
-                .lock()
-                .insert((host, scope.key()), token);
-            return Ok(());
-        }
-        if basic.is_some() {
-            return match self.credentials(&repo.registry).await? {
-                Some(Credentials::Basic { .. }) => {
-                    self.inner.auth.hosts.lock().insert(host, HostAuth::Basic);
-                    Ok(())
-                }
-                Some(Credentials::IdentityToken { .. }) => Err(unauthorized(
-                    "the registry wants basic authentication but only an identity token is configured"
-                        .into(),
-                )),
-                None => Err(unauthorized(format!(
-                    "the registry wants basic authentication and no credentials are configured ({detail})"
-                ))),
-            };
-        }
-        Err(unauthorized(format!(
-            "401 without a usable WWW-Authenticate challenge ({detail})"
-        )))
-    }
-
-    /// The credentials for `registry`: the configured user, else the Docker
-    /// config (looked up once per registry).
-    async fn credentials(&self, registry: &str) -> Result<Option<Credentials>> {
-        if let Some((username, password)) = &self.inner.config.user {
-            return Ok(Some(Credentials::Basic {
-                username: username.clone(),
-                password: password.clone(),
-            }));
-        }
-        let mut cache = self.inner.auth.credentials.lock().await;
-        if let Some(found) = cache.get(registry) {
-            return Ok(found.clone());
-        }
-        let found = self.inner.docker.credentials(registry).await?;
-        cache.insert(registry.to_string(), found.clone());
-        Ok(found)
-    }
-
-    async fn fetch_token(
-        &self,
-        repo: &Reference,
-        realm: &str,
-        service: Option<&str>,
-        scopes: &[String],
-    ) -> Result<Token> {
-        let unauthorized = |detail: String| Error::Unauthorized {
-            registry: repo.registry.clone(),
-            repository: repo.repository.clone(),
-            detail,
-        };
-        let mut url = Url::parse(realm)
-            .map_err(|e| unauthorized(format!("token realm {realm:?} is not a url: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(unauthorized(format!(
-                "token realm {realm:?} is not http(s)"
-            )));
-        }
-        let credentials = self.credentials(&repo.registry).await?;
-        let http = self.inner.http.clone();
-        let make: Box<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> = match &credentials {
-            Some(Credentials::IdentityToken { token }) => {
-                let mut form = vec![
-                    ("grant_type", "refresh_token".to_string()),
-                    ("refresh_token", token.clone()),
-                    ("client_id", CLIENT_ID.to_string()),
-                    ("scope", scopes.join(" ")),
-                ];
-                if let Some(s) = service {
-                    form.push(("service", s.to_string()));
-                }
-                let body = form_encode(&form);
-                let url = url.clone();
-                let http = http.clone();
-                Box::new(move || {
-                    http.post(url.clone())
-                        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                        .body(body.clone())
-                })
-            }
-            other => {
-                {
-                    let mut query = url.query_pairs_mut();
-                    if let Some(s) = service {
-                        query.append_pair("service", s);
-                    }
-                    for s in scopes {
-                        query.append_pair("scope", s);
-                    }
-                }
-                let auth = match other {
-                    Some(Credentials::Basic { username, password }) => {
-                        Some(basic_header(username, password))
-                    }
-                    _ => None,
-                };
-                let url = url.clone();
-                let http = http.clone();
-                Box::new(move || {
-                    let request = http.get(url.clone());
-                    match &auth {
-                        Some(a) => request.header(AUTHORIZATION, a.clone()),
-                        None => request,
-                    }
-                })
-            }
-        };
-        tracing::debug!(realm, scopes = %scopes.join(" "), "fetching registry token");
-        let response = self.send_plain(&url, make).await?;
-        let status = response.status().as_u16();
-        let body = crate::client::read_limited(
-            response,
-            MAX_TOKEN_RESPONSE,
-            "token answer",
-            &url,
-            self.stall(),
-        )
-        .await?;
-        if status != 200 {
-            let message = parse_error_body(&body)
-                .map(|e| format!("{}: {}", e.code, e.message))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
-            return Err(unauthorized(format!(
-                "token service {} answered {status}: {message}",
-                redact_url(&url)
-            )));
-        }
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
-            unauthorized(format!(
-                "token service {} answered invalid json: {e}",
-                redact_url(&url)
-            ))
-        })?;
-        let value = if answer.token.is_empty() {
-            answer.access_token
-        } else {
-            answer.token
-        };
-        if value.is_empty() {
-            return Err(unauthorized(format!(
-                "token service {} answered without a token",
-                redact_url(&url)
-            )));
-        }
-        let lifetime = answer
-            .expires_in
-            .filter(|&s| s > 0)
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
-            .min(MAX_TOKEN_LIFETIME);
-        // Renew a little early so a token does not expire in flight.
-        let margin = (lifetime / 10).min(Duration::from_secs(10));
-        Ok(Token {
-            value,
-            expires: Instant::now() + lifetime - margin,
-        })
-    }
-}
-
-fn basic_header(username: &str, password: &str) -> HeaderValue {
-    let encoded =
-        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
-    value.set_sensitive(true);
-    value
-}
-
-fn bearer_header(token: &str, repo: &Reference) -> Result<HeaderValue> {
-    let mut value =
-        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Unauthorized {
-            registry: repo.registry.clone(),
-            repository: repo.repository.clone(),
-            detail: "the token service answered a token that is not a valid header value".into(),
-        })?;
-    value.set_sensitive(true);
-    Ok(value)
-}
-
-/// `application/x-www-form-urlencoded` encoding.
-fn form_encode(pairs: &[(&str, String)]) -> String {
-    fn encode(s: &str, out: &mut String) {
-        for b in s.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                    out.push(b as char)
-                }
-                b' ' => out.push('+'),
-                _ => out.push_str(&format!("%{b:02X}")),
-            }
-        }
-    }
-    let mut out = String::new();
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        encode(k, &mut out);
-        out.push('=');
-        encode(v, &mut out);
-    }
-    out
+    pub(crate) credentials: tokio::sync::Mutex<HashMap<String, Option<Credentials>>>,
 }
 
 #[cfg(test)]
@@ -561,17 +247,6 @@ mod tests {
                 "repository:a:pull".to_string(),
                 "repository:c:pull".to_string()
             ]
-        );
-    }
-
-    #[test]
-    fn form_encoding() {
-        assert_eq!(
-            form_encode(&[
-                ("scope", "repository:a:pull push".into()),
-                ("x", "a&b=/".into())
-            ]),
-            "scope=repository%3Aa%3Apull+push&x=a%26b%3D%2F"
         );
     }
 }

@@ -66,3 +66,4 @@ mod referrers;
 mod retry;
 #[cfg(test)]
 mod tests;
+mod token;

@@ -40,6 +40,7 @@ pub use ztoc::{
 
 mod digest;
 mod error;
+mod flatbuffer;
 mod gotime;
 pub mod json;
 mod layer_media;

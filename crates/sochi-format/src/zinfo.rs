@@ -17,7 +17,26 @@
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::ztoc::{vtable_offset, CompressionAlgorithm, FlatBuffer};
+use crate::flatbuffer::{vtable_offset, FlatBuffer};
+
+/// How the layer blob is compressed (FlatBuffers enum, docs/format.md §1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressionAlgorithm {
+    /// `Gzip = 1`
+    Gzip,
+    /// `Uncompressed = 2`
+    Uncompressed,
+}
+
+impl CompressionAlgorithm {
+    /// The lower-case name the reference uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompressionAlgorithm::Gzip => "gzip",
+            CompressionAlgorithm::Uncompressed => "uncompressed",
+        }
+    }
+}
 
 /// Bytes of uncompressed history a checkpoint carries: DEFLATE's maximum
 /// distance, so inflating can resume from the checkpoint.

@@ -16,7 +16,7 @@ use sochi_format::Ztoc;
 
 use sochi_spans::{BlobErrorKind, HeaderCheck, LayerMetrics, SpanManager};
 
-use crate::layer::LayerConfig;
+use crate::config::LayerConfig;
 use crate::{Attr, Error, FileKind, Ino, LayerTree, Result};
 
 /// How long the kernel may cache attributes and entries of the layer: a

@@ -5,46 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sochi_format::Ztoc;
-use sochi_spans::{BlobReader, SpanManager, SpanStoreConfig};
+use sochi_spans::{BlobReader, SpanManager};
 
+use crate::config::LayerConfig;
 use crate::fuse::LayerFs;
 use crate::keeper::Keeper;
 use crate::kept::KeptMount;
 use crate::mount::{mount_kept, mount_plain, MountHandle};
 use crate::{LayerTree, Result};
-
-/// FUSE worker threads per layer by default.
-pub const DEFAULT_FUSE_THREADS: usize = 8;
-
-/// How a layer is opened and served.
-#[derive(Clone, Debug)]
-pub struct LayerConfig {
-    /// The layer digest, for the status file (no status dir without it).
-    pub layer_digest: Option<String>,
-    /// The compressed layer size, for the status file.
-    pub layer_size: u64,
-    /// Check each file's tar header against the zTOC before its first read
-    /// (docs/format.md §3.6; on by default in the reference and here).
-    pub verify: bool,
-    /// FUSE worker threads.
-    pub threads: usize,
-    /// The span store's caches and bounds.
-    pub spans: SpanStoreConfig,
-}
-
-impl Default for LayerConfig {
-    /// Verification on, [`DEFAULT_FUSE_THREADS`] threads, no status file,
-    /// spans cached in memory only.
-    fn default() -> LayerConfig {
-        LayerConfig {
-            layer_digest: None,
-            layer_size: 0,
-            verify: true,
-            threads: DEFAULT_FUSE_THREADS,
-            spans: SpanStoreConfig::default(),
-        }
-    }
-}
 
 /// A layer ready to mount: the tree of its zTOC and the span store over
 /// its blob.

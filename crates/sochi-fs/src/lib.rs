@@ -65,16 +65,18 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub use config::{LayerConfig, DEFAULT_FUSE_THREADS};
 pub use error::{Error, Result};
 pub use fuse::errno_of;
 pub use keeper::{serve_keeper, FuseConnection, Keeper};
 pub use kept::KeptMount;
-pub use layer::{Layer, LayerConfig, DEFAULT_FUSE_THREADS};
+pub use layer::Layer;
 pub use mount::MountHandle;
 pub use mountinfo::mount_type;
 pub use tree::{Attr, FileKind, Ino, LayerTree};
 
 mod build;
+mod config;
 mod error;
 mod fuse;
 mod keeper;

@@ -1,7 +1,7 @@
 //! The one error type of `sochi-registry`.
 //!
 //! URLs in errors never carry credentials: they go through
-//! [`crate::client::redact_url`] first, which drops user info and the values
+//! `redact_url` (in the client) first, which drops user info and the values
 //! of query parameters that may be secrets (presigned-URL signatures, the
 //! upload `_state`).
 

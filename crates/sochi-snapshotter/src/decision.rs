@@ -17,9 +17,22 @@
 use std::collections::BTreeMap;
 
 use sochi_format::snapshot_labels as labels;
+use sochi_format::Digest;
 
 use crate::metadata::Kind;
-use crate::remote::LayerRequest;
+
+/// The labels containerd passes for a layer (docs/format.md §6.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRequest {
+    /// `containerd.io/snapshot/cri.image-ref`.
+    pub image_ref: String,
+    /// `containerd.io/snapshot/cri.manifest-digest`.
+    pub manifest: Digest,
+    /// `containerd.io/snapshot/cri.layer-digest`.
+    pub layer: Digest,
+    /// `containerd.io/snapshot/remote/soci.index.digest`.
+    pub index: Option<Digest>,
+}
 
 /// What the image offers for a layer, as the snapshotter's plan of the
 /// image says.

@@ -20,19 +20,7 @@ use sochi_registry::{Client, DiscoveryOptions, Reference};
 use tokio::runtime::Handle;
 
 use crate::config::Config;
-
-/// The labels containerd passes for a layer (docs/format.md §6.2).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LayerRequest {
-    /// `containerd.io/snapshot/cri.image-ref`.
-    pub image_ref: String,
-    /// `containerd.io/snapshot/cri.manifest-digest`.
-    pub manifest: Digest,
-    /// `containerd.io/snapshot/cri.layer-digest`.
-    pub layer: Digest,
-    /// `containerd.io/snapshot/remote/soci.index.digest`.
-    pub index: Option<Digest>,
-}
+use crate::decision::{LayerRequest, Offer};
 
 /// What became of a request to provide a layer.
 #[derive(Debug)]
@@ -145,8 +133,7 @@ impl RemoteLayers {
 
     /// What the image of `request` offers for its layer (the plan is
     /// fetched once and cached). Blocking.
-    pub fn offer(&self, request: &LayerRequest) -> crate::decision::Offer {
-        use crate::decision::Offer;
+    pub fn offer(&self, request: &LayerRequest) -> Offer {
         let plan = match self.plan(request) {
             Ok(plan) => plan,
             Err(error) => return Offer::PlanFailed(error),

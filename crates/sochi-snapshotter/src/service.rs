@@ -22,11 +22,11 @@ use tonic::{Request, Response, Status};
 
 use crate::api::containerd::services::snapshots::v1 as pb;
 use crate::api::containerd::types::Mount;
-use crate::decision::{decide, Decision, Fallback};
+use crate::decision::{decide, Decision, Fallback, LayerRequest};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::metadata::{now_nanos, Kind, MetaStore, RemoteLayer, Snapshot};
-use crate::remote::{LayerRequest, Outcome, RemoteLayers};
+use crate::remote::{Outcome, RemoteLayers};
 use sochi_format::snapshot_labels as labels;
 
 /// Whether sochi provided a layer: committed under this target, or why

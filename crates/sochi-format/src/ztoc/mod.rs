@@ -9,8 +9,7 @@ mod write;
 pub use info::{ZtocFileInfo, ZtocInfo};
 pub use spans::{SpanGeometry, SpanId};
 
-// The bounded FlatBuffers reader, shared with the TarZinfo decoder.
-pub(crate) use read::{vtable_offset, FlatBuffer};
+pub use crate::zinfo::CompressionAlgorithm;
 
 /// The `version` every zTOC carries (the only one ever emitted).
 pub const ZTOC_VERSION: &str = "0.9";
@@ -117,25 +116,6 @@ pub struct FileMetadata {
     pub devminor: i64,
     /// All PAX records of the entry, sorted by key (bytewise), keys unique.
     pub pax_records: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// How the layer blob is compressed (FlatBuffers enum, docs/format.md §1.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompressionAlgorithm {
-    /// `Gzip = 1`
-    Gzip,
-    /// `Uncompressed = 2`
-    Uncompressed,
-}
-
-impl CompressionAlgorithm {
-    /// The lower-case name the reference uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CompressionAlgorithm::Gzip => "gzip",
-            CompressionAlgorithm::Uncompressed => "uncompressed",
-        }
-    }
 }
 
 /// Checkpoints and span digests (docs/format.md §1.1, `CompressionInfo`).

@@ -10,11 +10,12 @@
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use super::read::{
-    compression_slot, file_slot, toc_slot, vtable_offset, xattr_slot, ztoc_slot, ALGORITHM_GZIP,
+    compression_slot, file_slot, toc_slot, xattr_slot, ztoc_slot, ALGORITHM_GZIP,
     ALGORITHM_UNCOMPRESSED,
 };
 use super::{CompressionAlgorithm, FileMetadata, Ztoc};
 use crate::error::{Error, Result};
+use crate::flatbuffer::vtable_offset;
 
 /// Upper bounds on what one item adds to the buffer, padding included:
 /// a string is a length, the bytes, a NUL and up to 3 bytes of padding.

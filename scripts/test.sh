@@ -9,6 +9,8 @@ scripts/install-deps.sh
 scripts/e2e-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+scripts/check-unused-deps.sh
+scripts/check-msrv.sh
 cargo build --workspace --all-targets --quiet
 export SOCHI_BIN=$PWD/target/debug/sochi
 # Unit and conformance tests (the default members), then the end-to-end

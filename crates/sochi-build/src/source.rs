@@ -1,5 +1,6 @@
-//! Where image blobs come from: an OCI layout today, a registry tomorrow.
-//! The builder defines the trait it needs; sources implement it.
+//! Where image blobs come from. The builder defines the trait it needs;
+//! sochi-image implements it (a registry, an OCI layout, and tees that copy
+//! what is read into a layout or an upload).
 
 use std::io::Read;
 

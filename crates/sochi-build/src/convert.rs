@@ -98,6 +98,41 @@ pub fn convert(
 
     // Rewrite every image manifest we have (docs/format.md §4.6 step 3).
     let mut manifests = index.manifests.take().unwrap_or_default();
+    rewrite_manifests(
+        source,
+        &mut manifests,
+        &indexes,
+        &mut new_blobs,
+        &mut source_blobs,
+    )?;
+
+    // Add (or replace) one SOCI index descriptor per platform (step 4).
+    add_index_descriptors(&mut manifests, &indexes);
+    index.manifests = Some(manifests);
+    let index_bytes = index.to_go_json();
+    let image_descriptor = Descriptor::of(media_types::OCI_INDEX, &index_bytes);
+    new_blobs.push((image_descriptor.clone(), index_bytes));
+    source_blobs.dedup_by(|a, b| a.digest == b.digest);
+
+    Ok(ConvertOutput {
+        image: image_descriptor,
+        new_blobs,
+        source_blobs,
+        indexes,
+    })
+}
+
+/// Rewrites, in place, each image manifest of the index the source has:
+/// OCI media types, and the index-digest annotation of its platform's new
+/// SOCI index. What the new image keeps from the source goes to
+/// `source_blobs`; the rewritten manifests go to `new_blobs`.
+fn rewrite_manifests(
+    source: &dyn ImageSource,
+    manifests: &mut [Descriptor],
+    indexes: &[BuiltIndex],
+    new_blobs: &mut Vec<(Descriptor, Vec<u8>)>,
+    source_blobs: &mut Vec<Descriptor>,
+) -> Result<()> {
     for descriptor in manifests.iter_mut() {
         let is_soci = matches!(
             descriptor.artifact_type.as_deref(),
@@ -140,9 +175,13 @@ pub fn convert(
         new_blobs.push((new_descriptor.clone(), rewritten));
         *descriptor = new_descriptor;
     }
+    Ok(())
+}
 
-    // Add (or replace) one SOCI index descriptor per platform (step 4).
-    for built in &indexes {
+/// Puts each platform's SOCI index descriptor in the image index, in place
+/// of that platform's old v2 one if there is one.
+fn add_index_descriptors(manifests: &mut Vec<Descriptor>, indexes: &[BuiltIndex]) {
+    for built in indexes {
         let image_digest = match manifests.iter().find(|d| {
             d.annotations
                 .get(annotations::INDEX_DIGEST)
@@ -170,16 +209,4 @@ pub fn convert(
             None => manifests.push(soci),
         }
     }
-    index.manifests = Some(manifests);
-    let index_bytes = index.to_go_json();
-    let image_descriptor = Descriptor::of(media_types::OCI_INDEX, &index_bytes);
-    new_blobs.push((image_descriptor.clone(), index_bytes));
-    source_blobs.dedup_by(|a, b| a.digest == b.digest);
-
-    Ok(ConvertOutput {
-        image: image_descriptor,
-        new_blobs,
-        source_blobs,
-        indexes,
-    })
 }

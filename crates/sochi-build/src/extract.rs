@@ -101,16 +101,7 @@ pub fn extract_file<B: Read + Seek>(
         return Ok(0);
     }
     if ztoc.compression.algorithm == CompressionAlgorithm::Uncompressed {
-        blob.seek(SeekFrom::Start(start))
-            .map_err(io(format!("seeking to {start} in the layer")))?;
-        let copied = std::io::copy(&mut blob.take(size), out)
-            .map_err(io("copying file data".to_string()))?;
-        if copied != size {
-            return Err(Error::Invalid(format!(
-                "layer ends after {copied} of {size} bytes of the file"
-            )));
-        }
-        return Ok(size);
+        return copy_uncompressed(blob, start, size, out);
     }
     let geometry = ztoc.span_geometry().map_err(fmt)?;
     // The zTOC reader does not tie entries to the archive size, and the
@@ -153,21 +144,7 @@ pub fn extract_file<B: Read + Seek>(
         // has rather than allocate what the zTOC claims, and allocate
         // output only as far as those bytes can inflate.
         let c_len = c_end.saturating_sub(c_start);
-        blob.seek(SeekFrom::Start(c_start))
-            .map_err(io(format!("seeking to span {span} at {c_start}")))?;
-        compressed.clear();
-        (&mut *blob)
-            .take(c_len)
-            .read_to_end(&mut compressed)
-            .map_err(io(format!(
-                "reading span {span} ({c_len} bytes at {c_start})"
-            )))?;
-        if compressed.len() as u64 != c_len {
-            return Err(Error::Invalid(format!(
-                "span {span}: the layer ends after {} of its {c_len} compressed bytes at {c_start}",
-                compressed.len()
-            )));
-        }
+        read_span(blob, span, c_start, c_len, &mut compressed)?;
         let max_inflated = c_len.saturating_add(1).saturating_mul(MAX_DEFLATE_RATIO);
         if to - u_start > max_inflated {
             return Err(Error::Invalid(format!(
@@ -195,6 +172,55 @@ pub fn extract_file<B: Read + Seek>(
         )));
     }
     Ok(written)
+}
+
+/// The data of a file in an uncompressed layer: its bytes as they are in
+/// the layer, at `start`.
+fn copy_uncompressed<B: Read + Seek>(
+    blob: &mut B,
+    start: u64,
+    size: u64,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let io = |context: String| move |source| Error::Io { context, source };
+    blob.seek(SeekFrom::Start(start))
+        .map_err(io(format!("seeking to {start} in the layer")))?;
+    let copied =
+        std::io::copy(&mut blob.take(size), out).map_err(io("copying file data".to_string()))?;
+    if copied != size {
+        return Err(Error::Invalid(format!(
+            "layer ends after {copied} of {size} bytes of the file"
+        )));
+    }
+    Ok(size)
+}
+
+/// The `c_len` compressed bytes of `span` at `c_start` in the layer, into
+/// `compressed`; a layer that ends before them is refused.
+fn read_span<B: Read + Seek>(
+    blob: &mut B,
+    span: SpanId,
+    c_start: u64,
+    c_len: u64,
+    compressed: &mut Vec<u8>,
+) -> Result<()> {
+    let io = |context: String| move |source| Error::Io { context, source };
+    blob.seek(SeekFrom::Start(c_start))
+        .map_err(io(format!("seeking to span {span} at {c_start}")))?;
+    compressed.clear();
+    (&mut *blob)
+        .take(c_len)
+        .read_to_end(compressed)
+        .map_err(io(format!(
+            "reading span {span} ({c_len} bytes at {c_start})"
+        )))?;
+    if compressed.len() as u64 != c_len {
+        return Err(Error::Invalid(format!(
+            "span {span}: the layer ends after {} of its {c_len} compressed bytes at {c_start}",
+            compressed.len()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

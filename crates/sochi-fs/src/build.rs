@@ -311,30 +311,7 @@ impl Builder {
         };
         let device = |value: i64, what| u32::try_from(value).map_err(|_| corrupt(what, value));
         let ino = match entry.entry_type {
-            EntryType::Hardlink => {
-                let target = clean(&entry.linkname);
-                let error = |missing: bool| {
-                    let (name, target) = (entry.name.clone(), entry.linkname.clone());
-                    if missing {
-                        Error::HardlinkTargetMissing {
-                            entry: index,
-                            name,
-                            target,
-                        }
-                    } else {
-                        Error::HardlinkToDirectory {
-                            entry: index,
-                            name,
-                            target,
-                        }
-                    }
-                };
-                let ino = self.resolve(&target).ok_or_else(|| error(true))?;
-                if self.dir_of(ino).is_some() {
-                    return Err(error(false));
-                }
-                ino
-            }
+            EntryType::Hardlink => self.hardlink_target(index, entry)?,
             EntryType::Directory => {
                 let common = self.common(index, entry)?;
                 if let Some(existing) = self.child(dir, last) {
@@ -380,6 +357,33 @@ impl Builder {
             }
         };
         self.bind(dir, last, ino)
+    }
+
+    /// The node a hard link entry names: one added before it, and not a
+    /// directory.
+    fn hardlink_target(&self, index: usize, entry: &FileMetadata) -> Result<Ino> {
+        let target = clean(&entry.linkname);
+        let error = |missing: bool| {
+            let (name, target) = (entry.name.clone(), entry.linkname.clone());
+            if missing {
+                Error::HardlinkTargetMissing {
+                    entry: index,
+                    name,
+                    target,
+                }
+            } else {
+                Error::HardlinkToDirectory {
+                    entry: index,
+                    name,
+                    target,
+                }
+            }
+        };
+        let ino = self.resolve(&target).ok_or_else(|| error(true))?;
+        if self.dir_of(ino).is_some() {
+            return Err(error(false));
+        }
+        Ok(ino)
     }
 
     fn set_attrs(&mut self, ino: Ino, common: &Common) {

@@ -307,30 +307,7 @@ pub fn serve_keeper(path: &Path) -> std::io::Result<()> {
             tracing::info!(key = %String::from_utf8_lossy(&key), "FUSE connection ended; closing it");
             held.remove(&key);
         }
-        let mut gone = Vec::new();
-        for i in ready_clients {
-            let Some(client) = clients.get(i) else {
-                continue;
-            };
-            let reply = match receive(client.as_fd()) {
-                Ok((packet, _)) if packet.is_empty() => None,
-                Ok((packet, fd)) => Some(handle(&mut held, &packet, fd)),
-                Err(error) => {
-                    tracing::warn!(%error, "reading from a keeper client");
-                    None
-                }
-            };
-            let sent = match reply {
-                Some((reply, fd)) => send(client.as_fd(), &reply, fd.map(|c| c.device.as_fd())),
-                None => Err(std::io::ErrorKind::UnexpectedEof.into()),
-            };
-            if sent.is_err() {
-                gone.push(i);
-            }
-        }
-        for i in gone.into_iter().rev() {
-            clients.remove(i);
-        }
+        answer_clients(&mut clients, &mut held, &ready_clients);
         if listener_ready {
             match accept_with(&listener, SocketFlags::CLOEXEC) {
                 Ok(client) => {
@@ -345,6 +322,39 @@ pub fn serve_keeper(path: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&pid_file);
     tracing::info!("FUSE keeper: nothing left to keep; exiting");
     Ok(())
+}
+
+/// Answers each client with a request waiting, and drops those that hung
+/// up or could not be answered.
+fn answer_clients(
+    clients: &mut Vec<OwnedFd>,
+    held: &mut BTreeMap<Vec<u8>, FuseConnection>,
+    ready: &[usize],
+) {
+    let mut gone = Vec::new();
+    for &i in ready {
+        let Some(client) = clients.get(i) else {
+            continue;
+        };
+        let reply = match receive(client.as_fd()) {
+            Ok((packet, _)) if packet.is_empty() => None,
+            Ok((packet, fd)) => Some(handle(held, &packet, fd)),
+            Err(error) => {
+                tracing::warn!(%error, "reading from a keeper client");
+                None
+            }
+        };
+        let sent = match reply {
+            Some((reply, fd)) => send(client.as_fd(), &reply, fd.map(|c| c.device.as_fd())),
+            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        };
+        if sent.is_err() {
+            gone.push(i);
+        }
+    }
+    for i in gone.into_iter().rev() {
+        clients.remove(i);
+    }
 }
 
 /// Answers one request; the reply may carry a connection (borrowed from

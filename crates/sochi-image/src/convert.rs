@@ -269,6 +269,40 @@ fn push_registry(
     )
     .context("decoding the converted image index")?;
     let referenced: Vec<&str> = top.manifests().iter().map(|d| d.digest.as_str()).collect();
+    push_source_blobs(&registry, src_ref, opened, output, dst, concurrency)?;
+
+    // Original manifests the new index still lists (other platforms).
+    for d in output
+        .source_blobs
+        .iter()
+        .filter(|d| is_manifest(d) && referenced.contains(&d.digest.as_str()))
+    {
+        let bytes = opened
+            .source
+            .read_blob(d)
+            .with_context(|| format!("reading {}", d.digest))?;
+        registry
+            .block_on(registry.client.put_manifest(
+                &dst.with_digest(&d.digest),
+                &d.media_type,
+                &bytes,
+            ))
+            .with_context(|| format!("pushing manifest {}", d.digest))?;
+    }
+
+    push_new_content(&registry, output, dst, concurrency)
+}
+
+/// Copies the source's layers and configs the destination lacks: mounted
+/// within one registry, else streamed from the source registry or layout.
+fn push_source_blobs(
+    registry: &Registry,
+    src_ref: &ImageRef,
+    opened: &OpenedImage,
+    output: &ConvertOutput,
+    dst: &Reference,
+    concurrency: usize,
+) -> Result<()> {
     let same_registry = match src_ref {
         ImageRef::Registry(src) if src.registry == dst.registry => Some(src.repository.clone()),
         _ => None,
@@ -331,27 +365,18 @@ fn push_registry(
         .buffer_unordered(concurrency.max(1))
         .try_collect::<Vec<()>>(),
     )?;
+    Ok(())
+}
 
-    // Original manifests the new index still lists (other platforms).
-    for d in output
-        .source_blobs
-        .iter()
-        .filter(|d| is_manifest(d) && referenced.contains(&d.digest.as_str()))
-    {
-        let bytes = opened
-            .source
-            .read_blob(d)
-            .with_context(|| format!("reading {}", d.digest))?;
-        registry
-            .block_on(registry.client.put_manifest(
-                &dst.with_digest(&d.digest),
-                &d.media_type,
-                &bytes,
-            ))
-            .with_context(|| format!("pushing manifest {}", d.digest))?;
-    }
-
-    // New blobs, then new manifests by digest, then the index by tag.
+/// Pushes what the conversion made, children before parents: the new
+/// blobs, the new manifests by digest, and the image index under the tag
+/// last.
+fn push_new_content(
+    registry: &Registry,
+    output: &ConvertOutput,
+    dst: &Reference,
+    concurrency: usize,
+) -> Result<()> {
     let (last, rest) = output
         .new_blobs
         .split_last()

@@ -10,10 +10,11 @@ use serde::Serialize;
 use sochi_build::{select_manifests, PlatformSelection};
 use sochi_format::{media_types, Descriptor, Digest, Sha256Digest, SociIndex, EMPTY_CONFIG};
 use sochi_registry::{PushBlob, Reference, ReferrerPush};
-use sochi_store::{ArtifactKind, Store};
+use sochi_store::{ArtifactEntry, ArtifactKind, Store};
 
 use crate::error::{Context as _, Error, Result};
 use crate::open::OpenedImage;
+use crate::registry::Registry;
 
 /// What to do when the registry already has a SOCI index for the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,15 +83,7 @@ pub fn push_indexes(
     let mut reports = Vec::new();
     for manifest in &manifests {
         let platform = manifest.platform.to_spec_string();
-        let Some(entry) = entries
-            .iter()
-            .filter(|e| {
-                e.kind == ArtifactKind::SociIndex
-                    && e.original_digest == manifest.descriptor.digest
-                    && e.artifact_type == media_types::SOCI_INDEX_V1
-            })
-            .max_by_key(|e| e.created_at)
-        else {
+        let Some(entry) = newest_v1_index(&entries, &manifest.descriptor.digest) else {
             return Err(Error::NoLocalIndex {
                 image: reference.to_string(),
                 platform,
@@ -129,33 +122,13 @@ pub fn push_indexes(
         }
 
         // Blobs first: the config, then every zTOC (and prefetch artifact).
-        let mut blobs: Vec<(Descriptor, Vec<u8>)> =
-            vec![(index.config_descriptor(), EMPTY_CONFIG.to_vec())];
-        for d in &index.blobs {
-            let digest = d
-                .sha256()
-                .with_context(|| format!("blob {} of index {}", d.digest, entry.digest))?;
-            let bytes = store.content().read_blob(&digest).with_context(|| {
-                format!(
-                    "reading {} of index {} from the local store",
-                    d.digest, entry.digest
-                )
-            })?;
-            blobs.push((d.clone(), bytes));
-        }
-        let outcomes: Vec<PushBlob> = registry.block_on(
-            stream::iter(blobs.into_iter().map(|(d, bytes)| {
-                let client = registry.client.clone();
-                let reference = reference.clone();
-                async move {
-                    client
-                        .push_blob(&reference, &d, bytes.into(), None)
-                        .await
-                        .with_context(|| format!("pushing blob {}", d.digest))
-                }
-            }))
-            .buffer_unordered(request.max_concurrent_uploads.max(1))
-            .try_collect(),
+        let outcomes = push_index_blobs(
+            &registry,
+            store,
+            &index,
+            &entry.digest,
+            reference,
+            request.max_concurrent_uploads,
         )?;
         let uploaded = outcomes
             .iter()
@@ -188,4 +161,60 @@ pub fn push_indexes(
         });
     }
     Ok(reports)
+}
+
+/// The newest v1 index the store has built for the image manifest
+/// `manifest`.
+fn newest_v1_index<'a>(
+    entries: &'a [ArtifactEntry],
+    manifest: &Digest,
+) -> Option<&'a ArtifactEntry> {
+    entries
+        .iter()
+        .filter(|e| {
+            e.kind == ArtifactKind::SociIndex
+                && e.original_digest == *manifest
+                && e.artifact_type == media_types::SOCI_INDEX_V1
+        })
+        .max_by_key(|e| e.created_at)
+}
+
+/// Uploads the blobs an index points at: its config, then every zTOC (and
+/// prefetch artifact), read from the local store. One outcome per blob.
+fn push_index_blobs(
+    registry: &Registry,
+    store: &Store,
+    index: &SociIndex,
+    index_digest: &Digest,
+    reference: &Reference,
+    max_concurrent_uploads: usize,
+) -> Result<Vec<PushBlob>> {
+    let mut blobs: Vec<(Descriptor, Vec<u8>)> =
+        vec![(index.config_descriptor(), EMPTY_CONFIG.to_vec())];
+    for d in &index.blobs {
+        let digest = d
+            .sha256()
+            .with_context(|| format!("blob {} of index {}", d.digest, index_digest))?;
+        let bytes = store.content().read_blob(&digest).with_context(|| {
+            format!(
+                "reading {} of index {} from the local store",
+                d.digest, index_digest
+            )
+        })?;
+        blobs.push((d.clone(), bytes));
+    }
+    registry.block_on(
+        stream::iter(blobs.into_iter().map(|(d, bytes)| {
+            let client = registry.client.clone();
+            let reference = reference.clone();
+            async move {
+                client
+                    .push_blob(&reference, &d, bytes.into(), None)
+                    .await
+                    .with_context(|| format!("pushing blob {}", d.digest))
+            }
+        }))
+        .buffer_unordered(max_concurrent_uploads.max(1))
+        .try_collect(),
+    )
 }

@@ -25,6 +25,7 @@ use tokio::runtime::Handle;
 
 use crate::local_state::{private_dir, root_dir, sweep_layer_state, FileLock};
 use crate::mount::{ImageMount, LayerState, MountOptions, MountTarget};
+use crate::plan::ImagePlan;
 
 /// What a `sochi mount` is called among the users of a layer's local state.
 const USER_PREFIX: &str = "mount-";
@@ -191,27 +192,7 @@ fn serve(
     state: &Path,
     on_mounted: impl FnOnce(&MountState),
 ) -> Result<()> {
-    let reference = Reference::parse(&request.image)
-        .with_context(|| format!("image reference {}", request.image))?;
-    let platform = request.platform.clone().unwrap_or_else(Platform::host);
-    let discovery = DiscoveryOptions {
-        explicit_index: request.index_digest.clone(),
-        ..DiscoveryOptions::default()
-    };
-    let mut plan = runtime.block_on(crate::plan_image(
-        client,
-        &reference,
-        &platform,
-        &discovery,
-        Some(&request.root.join("artifact-cache")),
-    ))?;
-    if let Some(digest) = &request.layer {
-        plan.layers
-            .retain(|layer| &layer.descriptor.digest == digest);
-        if plan.layers.is_empty() {
-            invalid!("image {} has no layer {digest}", request.image);
-        }
-    }
+    let plan = plan_request(request, client, runtime)?;
     let options = MountOptions {
         root: request.root.clone(),
         state_dir: state.to_path_buf(),
@@ -231,23 +212,7 @@ fn serve(
         MountTarget::Overlay(&request.mountpoint)
     };
     let mount = ImageMount::mount(&plan, client, runtime, options, target)?;
-    let layers = mount
-        .layers
-        .iter()
-        .map(|layer| {
-            let (mode, reason) = match &layer.state {
-                LayerState::Lazy { .. } => ("lazy", None),
-                LayerState::Unpacked { reason, .. } => ("unpacked", Some(reason.clone())),
-            };
-            LayerInfo {
-                digest: layer.descriptor.digest.clone(),
-                size: layer.descriptor.size,
-                mode: mode.into(),
-                path: layer.lower_dir().to_path_buf(),
-                reason,
-            }
-        })
-        .collect();
+    let layers = layer_infos(&mount);
     let mount = Arc::new(parking_lot::Mutex::new(Some(mount)));
     let stop = Arc::new(AtomicBool::new(false));
     let metrics_address = match &request.metrics_address {
@@ -277,12 +242,7 @@ fn serve(
         layers,
         metrics_address,
     };
-    let state_file = state.join("state.json");
-    let temp = state.join("state.json.tmp");
-    let json = serde_json::to_vec_pretty(&info).context("writing the mount state")?;
-    std::fs::write(&temp, json)
-        .and_then(|()| std::fs::rename(&temp, &state_file))
-        .with_context(|| format!("writing {}", state_file.display()))?;
+    write_state(state, &info)?;
     tracing::info!(mountpoint = %request.mountpoint.display(), "mounted");
     on_mounted(&info);
 
@@ -294,6 +254,70 @@ fn serve(
         Some(mount) => mount.unmount(!request.keep_cache),
         None => Ok(()),
     }
+}
+
+/// The image `request` names, planned for its platform, cut down to the
+/// one layer asked for if it asks for one.
+fn plan_request(
+    request: &ImageMountRequest,
+    client: &Client,
+    runtime: &Handle,
+) -> Result<ImagePlan> {
+    let reference = Reference::parse(&request.image)
+        .with_context(|| format!("image reference {}", request.image))?;
+    let platform = request.platform.clone().unwrap_or_else(Platform::host);
+    let discovery = DiscoveryOptions {
+        explicit_index: request.index_digest.clone(),
+        ..DiscoveryOptions::default()
+    };
+    let mut plan = runtime.block_on(crate::plan_image(
+        client,
+        &reference,
+        &platform,
+        &discovery,
+        Some(&request.root.join("artifact-cache")),
+    ))?;
+    if let Some(digest) = &request.layer {
+        plan.layers
+            .retain(|layer| &layer.descriptor.digest == digest);
+        if plan.layers.is_empty() {
+            invalid!("image {} has no layer {digest}", request.image);
+        }
+    }
+    Ok(plan)
+}
+
+/// How each layer of `mount` is served, as `state.json` tells it.
+fn layer_infos(mount: &ImageMount) -> Vec<LayerInfo> {
+    mount
+        .layers
+        .iter()
+        .map(|layer| {
+            let (mode, reason) = match &layer.state {
+                LayerState::Lazy { .. } => ("lazy", None),
+                LayerState::Unpacked { reason, .. } => ("unpacked", Some(reason.clone())),
+            };
+            LayerInfo {
+                digest: layer.descriptor.digest.clone(),
+                size: layer.descriptor.size,
+                mode: mode.into(),
+                path: layer.lower_dir().to_path_buf(),
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// Writes `state.json` whole (through a rename), so a reader never sees
+/// half of it.
+fn write_state(state: &Path, info: &MountState) -> Result<()> {
+    let state_file = state.join("state.json");
+    let temp = state.join("state.json.tmp");
+    let json = serde_json::to_vec_pretty(info).context("writing the mount state")?;
+    std::fs::write(&temp, json)
+        .and_then(|()| std::fs::rename(&temp, &state_file))
+        .with_context(|| format!("writing {}", state_file.display()))?;
+    Ok(())
 }
 
 fn file_name(path: &Path) -> String {

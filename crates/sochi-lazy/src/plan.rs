@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{invalid, Context as _, Error, Result};
+use crate::error::{invalid, Context as _, Result};
 use futures_util::future::try_join_all;
 use sochi_format::{
     media_types, Descriptor, Digest, ImageManifest, Platform, Sha256Digest, SociIndex, Ztoc,
@@ -185,47 +185,8 @@ async fn plan_manifest(
         .layers()
         .iter()
         .zip(&diff_ids)
-        .map(|(layer, diff_id)| async move {
-            let diff_id = diff_id.clone();
-            let Some(ztoc_descriptor) = index.ztoc_for_layer(&layer.digest) else {
-                return Ok::<_, Error>(PlannedLayer {
-                    descriptor: layer.clone(),
-                    ztoc: None,
-                    no_ztoc_reason: Some("the SOCI index has no zTOC for it (small layer?)".into()),
-                    diff_id: diff_id.into(),
-                });
-            };
-            let bytes = match cache.and_then(|dir| load_cached(dir, &ztoc_descriptor.digest)) {
-                Some(bytes) => bytes,
-                None => {
-                    let bytes = client
-                        .read_blob(reference, ztoc_descriptor)
-                        .await
-                        .with_context(|| {
-                            format!(
-                                "fetching the zTOC {} of layer {}",
-                                ztoc_descriptor.digest, layer.digest
-                            )
-                        })?;
-                    if let Some(dir) = cache {
-                        store_cached(dir, &ztoc_descriptor.digest, &bytes);
-                    }
-                    bytes
-                }
-            };
-            let ztoc = Ztoc::from_bytes(&bytes).with_context(|| {
-                format!(
-                    "decoding the zTOC {} of layer {}",
-                    ztoc_descriptor.digest, layer.digest
-                )
-            })?;
-            check_ztoc_fits_layer(&ztoc, layer)?;
-            Ok(PlannedLayer {
-                descriptor: layer.clone(),
-                ztoc: Some(Arc::new(ztoc)),
-                no_ztoc_reason: None,
-                diff_id: diff_id.into(),
-            })
+        .map(|(layer, diff_id)| {
+            plan_layer(client, reference, index, layer, diff_id.clone(), cache)
         });
     let layers = try_join_all(fetches).await?;
     Ok(ImagePlan {
@@ -236,6 +197,58 @@ async fn plan_manifest(
             digest: index_digest,
             found_by,
         }),
+    })
+}
+
+/// One layer of an image with a SOCI index: its zTOC (from the cache, else
+/// fetched and cached), decoded and checked against the layer, or why it
+/// has none.
+async fn plan_layer(
+    client: &Client,
+    reference: &Reference,
+    index: &SociIndex,
+    layer: &Descriptor,
+    diff_id: String,
+    cache: Option<&Path>,
+) -> Result<PlannedLayer> {
+    let Some(ztoc_descriptor) = index.ztoc_for_layer(&layer.digest) else {
+        return Ok(PlannedLayer {
+            descriptor: layer.clone(),
+            ztoc: None,
+            no_ztoc_reason: Some("the SOCI index has no zTOC for it (small layer?)".into()),
+            diff_id: diff_id.into(),
+        });
+    };
+    let bytes = match cache.and_then(|dir| load_cached(dir, &ztoc_descriptor.digest)) {
+        Some(bytes) => bytes,
+        None => {
+            let bytes = client
+                .read_blob(reference, ztoc_descriptor)
+                .await
+                .with_context(|| {
+                    format!(
+                        "fetching the zTOC {} of layer {}",
+                        ztoc_descriptor.digest, layer.digest
+                    )
+                })?;
+            if let Some(dir) = cache {
+                store_cached(dir, &ztoc_descriptor.digest, &bytes);
+            }
+            bytes
+        }
+    };
+    let ztoc = Ztoc::from_bytes(&bytes).with_context(|| {
+        format!(
+            "decoding the zTOC {} of layer {}",
+            ztoc_descriptor.digest, layer.digest
+        )
+    })?;
+    check_ztoc_fits_layer(&ztoc, layer)?;
+    Ok(PlannedLayer {
+        descriptor: layer.clone(),
+        ztoc: Some(Arc::new(ztoc)),
+        no_ztoc_reason: None,
+        diff_id: diff_id.into(),
     })
 }
 

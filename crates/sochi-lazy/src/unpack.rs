@@ -451,27 +451,8 @@ impl Unpacker<'_> {
                 symlink(OsStr::from_bytes(&entry.linkname), &path)
                     .map_err(at.io("create symlink", &path))?;
             }
-            EntryType::Hardlink => {
-                if entry.linkname.is_empty() {
-                    return Err(at.refuse(Refusal::NoLinkTarget));
-                }
-                let target = Path::new(OsStr::from_bytes(&entry.linkname));
-                let target_rel = clean(target).ok_or_else(|| at.refuse(Refusal::LinkEscapes))?;
-                let missing = || at.refuse(Refusal::LinkTargetMissing(target_rel.clone()));
-                let (Some(target_base), Some(target_parent)) =
-                    (target_rel.file_name(), target_rel.parent())
-                else {
-                    return Err(missing());
-                };
-                let target_dir = self.walk(target_parent, false, at)?.ok_or_else(missing)?;
-                let source = target_dir.join(target_base);
-                match fs::symlink_metadata(&source) {
-                    Ok(m) if !m.is_dir() => {}
-                    _ => return Err(missing()),
-                }
-                // The inode already carries the target entry's metadata.
-                return fs::hard_link(&source, &path).map_err(at.io("hardlink", &path));
-            }
+            // The inode already carries the target entry's metadata.
+            EntryType::Hardlink => return self.hard_link(entry, &path, at),
             EntryType::CharDevice | EntryType::BlockDevice | EntryType::Fifo => {
                 let (sflag, dev) = match kind {
                     EntryType::Fifo => (SFlag::S_IFIFO, 0),
@@ -490,6 +471,29 @@ impl Unpacker<'_> {
         }
         set_xattrs(&path, &meta, at)?;
         set_times(&path, meta.mtime, at)
+    }
+
+    /// A hard link to an entry unpacked before, reached through no symlink;
+    /// never to a directory.
+    fn hard_link(&self, entry: &FileMetadata, path: &Path, at: &At) -> Result<(), UnpackError> {
+        if entry.linkname.is_empty() {
+            return Err(at.refuse(Refusal::NoLinkTarget));
+        }
+        let target = Path::new(OsStr::from_bytes(&entry.linkname));
+        let target_rel = clean(target).ok_or_else(|| at.refuse(Refusal::LinkEscapes))?;
+        let missing = || at.refuse(Refusal::LinkTargetMissing(target_rel.clone()));
+        let (Some(target_base), Some(target_parent)) =
+            (target_rel.file_name(), target_rel.parent())
+        else {
+            return Err(missing());
+        };
+        let target_dir = self.walk(target_parent, false, at)?.ok_or_else(missing)?;
+        let source = target_dir.join(target_base);
+        match fs::symlink_metadata(&source) {
+            Ok(m) if !m.is_dir() => {}
+            _ => return Err(missing()),
+        }
+        fs::hard_link(&source, path).map_err(at.io("hardlink", path))
     }
 
     fn write_file<R: io::BufRead>(

@@ -266,6 +266,22 @@ fn from_io(e: io::Error, digest: &str) -> Error {
     }
 }
 
+/// A `206` to a range request must say, in its `Content-Range`, that it
+/// carries exactly bytes `from..=last`.
+fn check_range_answer(response: &reqwest::Response, url: &Url, from: u64, last: u64) -> Result<()> {
+    let header = header_str(response, CONTENT_RANGE)
+        .unwrap_or("")
+        .to_string();
+    match parse_content_range(&header) {
+        Some((first, end, _)) if first == from && end == last => Ok(()),
+        _ => Err(Error::Malformed {
+            what: "Content-Range header",
+            url: redact_url(url),
+            detail: format!("{header:?} is not the range asked for (bytes {from}-{last})"),
+        }),
+    }
+}
+
 /// `bytes <first>-<last>/<total|*>` → (first, last, total).
 pub(crate) fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes")?.trim_start();
@@ -449,21 +465,8 @@ impl Client {
             let status = response.status().as_u16();
             let mut skip = match status {
                 206 => {
-                    let header = header_str(&response, CONTENT_RANGE)
-                        .unwrap_or("")
-                        .to_string();
-                    match parse_content_range(&header) {
-                        Some((first, end, _)) if first == from && end == last => 0,
-                        _ => {
-                            return Err(Error::Malformed {
-                                what: "Content-Range header",
-                                url: redact_url(&final_url),
-                                detail: format!(
-                                    "{header:?} is not the range asked for (bytes {from}-{last})"
-                                ),
-                            })
-                        }
-                    }
+                    check_range_answer(&response, &final_url, from, last)?;
+                    0
                 }
                 // The whole blob: drop what comes before the range.
                 200 => from,

@@ -208,43 +208,7 @@ impl Client {
         }
 
         if options.v1 {
-            let referrers = self
-                .referrers(repo, image, Some(media_types::SOCI_INDEX_V1))
-                .await?;
-            tracing::debug!(repository = %repo.name(), image, count = referrers.len(), "SOCI v1 referrers");
-            let Some(first) = referrers.into_iter().next() else {
-                return Ok(None);
-            };
-            check_digest(&first.digest).map_err(|reason| {
-                self.index_error(
-                    repo,
-                    &first.digest,
-                    format!("{}, but: {reason}", FoundBy::Referrers.origin(image)),
-                )
-            })?;
-            let found = self
-                .fetch_soci_index(repo, &first.digest, Some(&first), FoundBy::Referrers, image)
-                .await?;
-            if found.version != IndexVersion::V1 {
-                return Err(self.index_error(
-                    repo,
-                    &first.digest,
-                    format!("{}, but it is a v2 index", FoundBy::Referrers.origin(image)),
-                ));
-            }
-            let subject = found.index.subject.as_ref().map(|s| s.digest.as_str());
-            if subject != Some(image) {
-                let has = match subject {
-                    Some(other) => format!("its subject is {other}"),
-                    None => "it has no subject".to_string(),
-                };
-                return Err(self.index_error(
-                    repo,
-                    &first.digest,
-                    format!("{}, but {has}", FoundBy::Referrers.origin(image)),
-                ));
-            }
-            return Ok(Some(found));
+            return self.v1_lookup(repo, image).await;
         }
 
         Ok(None)
@@ -298,6 +262,48 @@ impl Client {
         }
         tracing::debug!(repository = %repo.name(), image, index = %digest, "SOCI v2 index annotation");
         Ok(V2Lookup::Named(digest))
+    }
+
+    /// Step 4: the first v1 referrer of the image manifest, which must be
+    /// a v1 index whose subject is that manifest.
+    async fn v1_lookup(&self, repo: &Reference, image: &str) -> Result<Option<DiscoveredIndex>> {
+        let referrers = self
+            .referrers(repo, image, Some(media_types::SOCI_INDEX_V1))
+            .await?;
+        tracing::debug!(repository = %repo.name(), image, count = referrers.len(), "SOCI v1 referrers");
+        let Some(first) = referrers.into_iter().next() else {
+            return Ok(None);
+        };
+        check_digest(&first.digest).map_err(|reason| {
+            self.index_error(
+                repo,
+                &first.digest,
+                format!("{}, but: {reason}", FoundBy::Referrers.origin(image)),
+            )
+        })?;
+        let found = self
+            .fetch_soci_index(repo, &first.digest, Some(&first), FoundBy::Referrers, image)
+            .await?;
+        if found.version != IndexVersion::V1 {
+            return Err(self.index_error(
+                repo,
+                &first.digest,
+                format!("{}, but it is a v2 index", FoundBy::Referrers.origin(image)),
+            ));
+        }
+        let subject = found.index.subject.as_ref().map(|s| s.digest.as_str());
+        if subject != Some(image) {
+            let has = match subject {
+                Some(other) => format!("its subject is {other}"),
+                None => "it has no subject".to_string(),
+            };
+            return Err(self.index_error(
+                repo,
+                &first.digest,
+                format!("{}, but {has}", FoundBy::Referrers.origin(image)),
+            ));
+        }
+        Ok(Some(found))
     }
 
     /// Fetches and parses the index manifest `digest` from `repo`'s

@@ -180,54 +180,13 @@ impl Client {
             )));
         }
         let credentials = self.credentials(&repo.registry).await?;
-        let http = self.inner.http.clone();
-        let make: Box<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> = match &credentials {
-            Some(Credentials::IdentityToken { token }) => {
-                let mut form = vec![
-                    ("grant_type", "refresh_token".to_string()),
-                    ("refresh_token", token.clone()),
-                    ("client_id", CLIENT_ID.to_string()),
-                    ("scope", scopes.join(" ")),
-                ];
-                if let Some(s) = service {
-                    form.push(("service", s.to_string()));
-                }
-                let body = form_encode(&form);
-                let url = url.clone();
-                let http = http.clone();
-                Box::new(move || {
-                    http.post(url.clone())
-                        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                        .body(body.clone())
-                })
-            }
-            other => {
-                {
-                    let mut query = url.query_pairs_mut();
-                    if let Some(s) = service {
-                        query.append_pair("service", s);
-                    }
-                    for s in scopes {
-                        query.append_pair("scope", s);
-                    }
-                }
-                let auth = match other {
-                    Some(Credentials::Basic { username, password }) => {
-                        Some(basic_header(username, password))
-                    }
-                    _ => None,
-                };
-                let url = url.clone();
-                let http = http.clone();
-                Box::new(move || {
-                    let request = http.get(url.clone());
-                    match &auth {
-                        Some(a) => request.header(AUTHORIZATION, a.clone()),
-                        None => request,
-                    }
-                })
-            }
-        };
+        let make = token_request(
+            &self.inner.http,
+            &mut url,
+            credentials.as_ref(),
+            service,
+            scopes,
+        );
         tracing::debug!(realm, scopes = %scopes.join(" "), "fetching registry token");
         let response = self.send_plain(&url, make).await?;
         let status = response.status().as_u16();
@@ -276,6 +235,65 @@ impl Client {
             value,
             expires: Instant::now() + lifetime - margin,
         })
+    }
+}
+
+/// The token request, made again on each retry: an OAuth2 refresh-token
+/// grant (POST) for an identity token, else a GET with the service and
+/// scopes added to `url`'s query, with basic credentials if any.
+fn token_request(
+    http: &reqwest::Client,
+    url: &mut Url,
+    credentials: Option<&Credentials>,
+    service: Option<&str>,
+    scopes: &[String],
+) -> Box<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> {
+    match credentials {
+        Some(Credentials::IdentityToken { token }) => {
+            let mut form = vec![
+                ("grant_type", "refresh_token".to_string()),
+                ("refresh_token", token.clone()),
+                ("client_id", CLIENT_ID.to_string()),
+                ("scope", scopes.join(" ")),
+            ];
+            if let Some(s) = service {
+                form.push(("service", s.to_string()));
+            }
+            let body = form_encode(&form);
+            let url = url.clone();
+            let http = http.clone();
+            Box::new(move || {
+                http.post(url.clone())
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(body.clone())
+            })
+        }
+        other => {
+            {
+                let mut query = url.query_pairs_mut();
+                if let Some(s) = service {
+                    query.append_pair("service", s);
+                }
+                for s in scopes {
+                    query.append_pair("scope", s);
+                }
+            }
+            let auth = match other {
+                Some(Credentials::Basic { username, password }) => {
+                    Some(basic_header(username, password))
+                }
+                _ => None,
+            };
+            let url = url.clone();
+            let http = http.clone();
+            Box::new(move || {
+                let request = http.get(url.clone());
+                match &auth {
+                    Some(a) => request.header(AUTHORIZATION, a.clone()),
+                    None => request,
+                }
+            })
+        }
     }
 }
 

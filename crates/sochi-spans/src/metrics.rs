@@ -117,6 +117,9 @@ impl LayerMetrics {
     /// Appends this layer's metrics to `out`, labelled with `labels` (the
     /// inside of the braces, e.g. `layer="sha256:…"`). `spans` and
     /// `compressed_size` describe the layer.
+    // Long: one flat table of the 18 counter rows in exposition order;
+    // split up, a family's rows (demand/background, memory/disk/miss)
+    // would no longer sit side by side.
     pub fn render(&self, out: &mut String, labels: &str, spans: u64, compressed_size: u64) {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let rows: [(&str, &str, String, u64); 18] = [

@@ -447,6 +447,9 @@ impl State {
         answer
     }
 
+    // Long: one dispatch on (method, endpoint) for the whole API the fake
+    // serves, so what it answers and what it refuses read in one place;
+    // each arm is a few lines on the shared state.
     fn route(&mut self, req: &Logged, body: Bytes, ignore_range: bool) -> Answer {
         let query: Vec<(String, String)> = Url::parse(&format!("http://x/?{}", req.query))
             .unwrap()

@@ -29,6 +29,10 @@ const SKIP_SCRATCH_SIZE: usize = 32 * 1024;
 /// full ([`Error::Truncated`]) or if the data is corrupt; never writes bytes
 /// that zlib did not decode. (A wrong but well-formed window cannot be
 /// detected: the span's data is decoded against whatever window is given.)
+// Long: one FFI loop over a single zlib stream, read top to bottom beside
+// the reference; its state (position, bytes to skip, filled, raw or gzip
+// mode) is shared by every step, and split up it would travel as a bundle
+// of mutable references.
 pub fn inflate_span(
     checkpoint: CheckpointRef<'_>,
     compressed: &[u8],

@@ -10,7 +10,7 @@
 
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
-use crate::flatbuffer::{FlatBuffer, Table, OFFSET_SIZE};
+use crate::flatbuffer::{FlatBuffer, Table, Vector, OFFSET_SIZE};
 use crate::zinfo::{CompressionAlgorithm, Zinfo};
 
 use super::{CompressionInfo, EntryType, FileMetadata, Ztoc};
@@ -356,6 +356,37 @@ fn read_entry(
         "FileMetadata.uncompressed_size",
     )?;
 
+    let pax_records = read_pax_records(fb, table, budget)?;
+
+    Ok(FileMetadata {
+        name,
+        entry_type,
+        uncompressed_offset,
+        uncompressed_size,
+        linkname,
+        mode: table.i64(file_slot::MODE, "FileMetadata.mode", 0)?.0,
+        uid: table.u32(file_slot::UID, "FileMetadata.uid", 0)?,
+        gid: table.u32(file_slot::GID, "FileMetadata.gid", 0)?,
+        uname,
+        gname,
+        mod_time,
+        devmajor: table
+            .i64(file_slot::DEVMAJOR, "FileMetadata.devmajor", 0)?
+            .0,
+        devminor: table
+            .i64(file_slot::DEVMINOR, "FileMetadata.devminor", 0)?
+            .0,
+        pax_records,
+    })
+}
+
+/// An entry's xattrs as PAX records, as the reference's map gives them:
+/// one per key (the last wins), in key order.
+fn read_pax_records(
+    fb: &FlatBuffer<'_>,
+    table: &Table<'_>,
+    budget: &mut Budget,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut pax_records = Vec::new();
     if let Some(xattrs) = table.vector(file_slot::XATTRS, "FileMetadata.xattrs", OFFSET_SIZE)? {
         pax_records.reserve(xattrs.len());
@@ -378,27 +409,7 @@ fn read_entry(
     pax_records.reverse();
     pax_records.sort_by(|a, b| a.0.cmp(&b.0)); // stable: the last duplicate comes first
     pax_records.dedup_by(|later, earlier| later.0 == earlier.0);
-
-    Ok(FileMetadata {
-        name,
-        entry_type,
-        uncompressed_offset,
-        uncompressed_size,
-        linkname,
-        mode: table.i64(file_slot::MODE, "FileMetadata.mode", 0)?.0,
-        uid: table.u32(file_slot::UID, "FileMetadata.uid", 0)?,
-        gid: table.u32(file_slot::GID, "FileMetadata.gid", 0)?,
-        uname,
-        gname,
-        mod_time,
-        devmajor: table
-            .i64(file_slot::DEVMAJOR, "FileMetadata.devmajor", 0)?
-            .0,
-        devminor: table
-            .i64(file_slot::DEVMINOR, "FileMetadata.devminor", 0)?
-            .0,
-        pax_records,
-    })
+    Ok(pax_records)
 }
 
 fn read_compression_info(
@@ -452,26 +463,7 @@ fn read_compression_info(
             ),
         ));
     }
-    let mut span_digests = Vec::with_capacity(span_count);
-    if let Some(digests) = digests {
-        for index in 0..digests.len() {
-            let text = digests.string(index)?;
-            budget.charge(fb, digests.start(), text.len())?;
-            let digest = std::str::from_utf8(text)
-                .ok()
-                .and_then(|text| Sha256Digest::parse(text).ok())
-                .ok_or_else(|| {
-                    table.corrupt(
-                        digests.start(),
-                        format!(
-                            "CompressionInfo.span_digests[{index}]: {:?} is not a sha256 digest",
-                            String::from_utf8_lossy(text.get(..80).unwrap_or(text))
-                        ),
-                    )
-                })?;
-            span_digests.push(digest);
-        }
-    }
+    let span_digests = read_span_digests(fb, table, digests, span_count, budget)?;
 
     let checkpoints = table
         .vector(
@@ -502,6 +494,38 @@ fn read_compression_info(
         span_digests,
         checkpoints: checkpoints.bytes().to_vec(),
     })
+}
+
+/// The span digests, one per span (their count is checked by the caller),
+/// each a valid sha256 digest.
+fn read_span_digests(
+    fb: &FlatBuffer<'_>,
+    table: &Table<'_>,
+    digests: Option<Vector<'_>>,
+    span_count: usize,
+    budget: &mut Budget,
+) -> Result<Vec<Sha256Digest>> {
+    let mut span_digests = Vec::with_capacity(span_count);
+    if let Some(digests) = digests {
+        for index in 0..digests.len() {
+            let text = digests.string(index)?;
+            budget.charge(fb, digests.start(), text.len())?;
+            let digest = std::str::from_utf8(text)
+                .ok()
+                .and_then(|text| Sha256Digest::parse(text).ok())
+                .ok_or_else(|| {
+                    table.corrupt(
+                        digests.start(),
+                        format!(
+                            "CompressionInfo.span_digests[{index}]: {:?} is not a sha256 digest",
+                            String::from_utf8_lossy(text.get(..80).unwrap_or(text))
+                        ),
+                    )
+                })?;
+            span_digests.push(digest);
+        }
+    }
+    Ok(span_digests)
 }
 
 /// A zinfo error at `offset` inside the blob becomes a zTOC error at the

@@ -206,10 +206,17 @@ fn later_entries_replace_earlier_ones() {
 
 #[test]
 fn dot_dot_names_are_refused() {
-    for name in ["../x", "a/../../x", "/../x"] {
-        let (dir, result) = unpack(&layer(&[(EntryType::Regular, name, "")]));
+    // A name nothing else in the temp dir's parent has, so that its
+    // absence there shows the escape was refused.
+    let escape = format!("sochi-unpack-escape-{}", std::process::id());
+    for name in [
+        format!("../{escape}"),
+        format!("a/../../{escape}"),
+        format!("/../{escape}"),
+    ] {
+        let (dir, result) = unpack(&layer(&[(EntryType::Regular, &name, "")]));
         assert_eq!(refusal(result), Refusal::EscapesDestination, "{name}");
-        assert!(!dir.path().parent().unwrap().join("x").exists());
+        assert!(!dir.path().parent().unwrap().join(&escape).exists());
     }
     let (dir, result) = unpack(&layer(&[(EntryType::Regular, "a/../b", "")]));
     result.unwrap();

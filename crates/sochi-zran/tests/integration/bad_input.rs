@@ -130,7 +130,7 @@ fn io_errors_pass_through_and_interruptions_are_retried() {
     impl Read for Flaky<'_> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             self.calls += 1;
-            if self.calls % 2 == 0 {
+            if self.calls.is_multiple_of(2) {
                 return Err(io::Error::from(io::ErrorKind::Interrupted));
             }
             if self.calls > 40 {

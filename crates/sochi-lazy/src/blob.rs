@@ -86,7 +86,8 @@ fn kind_of(error: &sochi_registry::Error) -> BlobErrorKind {
         Error::Status {
             status: 401 | 403, ..
         }
-        | Error::Unauthorized { .. } => BlobErrorKind::Denied,
+        | Error::Unauthorized { .. }
+        | Error::NoCredentials { .. } => BlobErrorKind::Denied,
         Error::Timeout { .. } | Error::Stalled { .. } => BlobErrorKind::Timeout,
         Error::SizeMismatch { .. } => BlobErrorKind::ShortRead,
         _ => BlobErrorKind::Transport,

@@ -30,6 +30,7 @@ use reqwest::{Method, Response, Url};
 use sochi_format::{is_index_media_type, media_types, Descriptor, ImageIndex, Platform};
 
 use crate::auth::{parse_challenges, AuthCache, Scope};
+use crate::credentials::Keychain;
 use crate::digest::{digest_like, sha256_of};
 use crate::docker_config::DockerConfig;
 use crate::error::{parse_error_body, Error, Result};
@@ -91,6 +92,9 @@ pub struct ClientConfig {
     pub chunk_size: usize,
     /// `User-Agent` header.
     pub user_agent: String,
+    /// Asked for credentials before the Docker config (after `user`): the
+    /// snapshotter's store of what the kubelet sent with its pulls.
+    pub keychain: Option<Arc<dyn Keychain>>,
 }
 
 impl Default for ClientConfig {
@@ -108,6 +112,7 @@ impl Default for ClientConfig {
             stall_timeout: Duration::from_secs(30),
             chunk_size: 16 << 20,
             user_agent: format!("sochi/{}", env!("CARGO_PKG_VERSION")),
+            keychain: None,
         }
     }
 }
@@ -128,6 +133,7 @@ impl fmt::Debug for ClientConfig {
             .field("stall_timeout", &self.stall_timeout)
             .field("chunk_size", &self.chunk_size)
             .field("user_agent", &self.user_agent)
+            .field("keychain", &self.keychain)
             .finish()
     }
 }
@@ -152,7 +158,8 @@ pub(crate) struct Inner {
     pub config: ClientConfig,
     pub retry: RetryPolicy,
     pub auth: AuthCache,
-    pub docker: DockerConfig,
+    /// Read again when credentials are refused (a rotated password).
+    pub docker: parking_lot::RwLock<Arc<DockerConfig>>,
     /// Whether `registry/repository` has the referrers API, once known.
     pub referrers: Mutex<HashMap<String, bool>>,
 }
@@ -252,7 +259,7 @@ impl Client {
                 config,
                 retry,
                 auth: AuthCache::default(),
-                docker,
+                docker: parking_lot::RwLock::new(Arc::new(docker)),
                 referrers: Mutex::new(HashMap::new()),
             }),
         })
@@ -299,9 +306,11 @@ impl Client {
                 .http
                 .request(spec.method.clone(), url.clone())
                 .headers(spec.headers.clone());
+            let mut sent_credentials = false;
             if on_registry {
                 if let Some(authorization) = self.authorization(repo, &spec.scope).await? {
                     request = request.header(AUTHORIZATION, authorization);
+                    sent_credentials = true;
                 }
             }
             let progress = Arc::new(Progress::new());
@@ -334,17 +343,14 @@ impl Client {
                     .collect();
                 let detail = error_detail(response).await;
                 if reauthenticated {
-                    return Err(Error::Unauthorized {
-                        registry: repo.registry.clone(),
-                        repository: repo.repository.clone(),
-                        detail: format!(
-                            "{} {} was refused again after renewing the credentials ({detail})",
-                            spec.method,
-                            redact_url(&url)
-                        ),
-                    });
+                    let detail = format!(
+                        "{} {} was refused again after renewing the credentials ({detail})",
+                        spec.method,
+                        redact_url(&url)
+                    );
+                    return Err(self.refused_again(repo, detail).await);
                 }
-                self.reauthenticate(repo, &spec.scope, &challenges, &detail)
+                self.reauthenticate(repo, &spec.scope, &challenges, &detail, sent_credentials)
                     .await?;
                 reauthenticated = true;
                 continue;

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt as _;
 
+use crate::credentials::{Credentials, Secret};
 use crate::error::{Error, Result};
 use crate::reference::DOCKER_HUB;
 
@@ -25,26 +25,6 @@ const DOCKER_HUB_SERVER: &str = "https://index.docker.io/v1/";
 const TOKEN_USERNAME: &str = "<token>";
 /// How long a credential helper may take.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Credentials for one registry.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) enum Credentials {
-    /// User name and password (or a registry token used as a password).
-    Basic { username: String, password: String },
-    /// An OAuth2 refresh token (`identitytoken`), exchanged at the token
-    /// service with `grant_type=refresh_token`.
-    IdentityToken { token: String },
-}
-
-impl fmt::Debug for Credentials {
-    /// Never prints secrets.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Credentials::Basic { username, .. } => write!(f, "Basic({username}, <password>)"),
-            Credentials::IdentityToken { .. } => write!(f, "IdentityToken(<token>)"),
-        }
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct ConfigFile {
@@ -111,6 +91,15 @@ impl DockerConfig {
         DockerConfig::from_json(&bytes, path)
     }
 
+    /// The same file read again (a missing file is an empty config), with
+    /// the same helper search path.
+    pub fn reload(&self) -> Result<DockerConfig> {
+        let path = (!self.path.as_os_str().is_empty()).then_some(self.path.as_path());
+        let mut fresh = DockerConfig::load(path)?;
+        fresh.search_path = self.search_path.clone();
+        Ok(fresh)
+    }
+
     /// Parses the bytes of a config file read from `path`.
     pub fn from_json(bytes: &[u8], path: PathBuf) -> Result<DockerConfig> {
         let file: ConfigFile = serde_json::from_slice(bytes).map_err(|e| Error::Config {
@@ -169,7 +158,7 @@ impl DockerConfig {
     fn decode_entry(&self, key: &str, entry: &AuthEntry) -> Result<Option<Credentials>> {
         if let Some(token) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
             return Ok(Some(Credentials::IdentityToken {
-                token: token.to_string(),
+                token: Secret::new(token),
             }));
         }
         if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
@@ -186,13 +175,13 @@ impl DockerConfig {
                 .ok_or_else(|| bad("not base64 of user:password"))?;
             return Ok(Some(Credentials::Basic {
                 username: username.to_string(),
-                password: password.to_string(),
+                password: Secret::new(password),
             }));
         }
         match (&entry.username, &entry.password) {
             (Some(u), Some(p)) if !u.is_empty() => Ok(Some(Credentials::Basic {
                 username: u.clone(),
-                password: p.clone(),
+                password: Secret::new(p.as_str()),
             })),
             _ => Ok(None),
         }
@@ -272,12 +261,12 @@ impl DockerConfig {
         }
         if answer.username == TOKEN_USERNAME {
             return Ok(Some(Credentials::IdentityToken {
-                token: answer.secret,
+                token: Secret::new(answer.secret),
             }));
         }
         Ok(Some(Credentials::Basic {
             username: answer.username,
-            password: answer.secret,
+            password: Secret::new(answer.secret),
         }))
     }
 }
@@ -333,7 +322,7 @@ mod tests {
     fn basic(u: &str, p: &str) -> Option<Credentials> {
         Some(Credentials::Basic {
             username: u.into(),
-            password: p.into(),
+            password: Secret::new(p),
         })
     }
 
@@ -359,7 +348,7 @@ mod tests {
         assert_eq!(
             c.credentials("tok.example").await.unwrap(),
             Some(Credentials::IdentityToken {
-                token: "refresh".into()
+                token: Secret::new("refresh")
             })
         );
         assert_eq!(c.credentials("other.example").await.unwrap(), None);
@@ -435,7 +424,7 @@ esac"#,
         assert_eq!(
             c.credentials("tok.example").await.unwrap(),
             Some(Credentials::IdentityToken {
-                token: "refresh".into()
+                token: Secret::new("refresh")
             })
         );
         // The store has nothing: the auths entry is used.

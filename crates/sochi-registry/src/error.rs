@@ -83,6 +83,17 @@ pub enum Error {
         /// What happened.
         detail: String,
     },
+    /// The registry wants credentials and none are known for the
+    /// repository (none given, none from a keychain or the Docker config).
+    #[error("registry {registry} wants credentials for repository {repository}: no credentials are configured ({detail})")]
+    NoCredentials {
+        /// Registry host.
+        registry: String,
+        /// Repository.
+        repository: String,
+        /// What the registry said.
+        detail: String,
+    },
     /// Content did not hash to the digest it was asked for by.
     #[error("{what} at {url}: digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch {

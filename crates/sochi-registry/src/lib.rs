@@ -47,6 +47,7 @@
 
 pub use blob::BlobStream;
 pub use client::{Client, ClientConfig, PutManifest};
+pub use credentials::{Credentials, Keychain, Secret};
 pub use discovery::{DiscoveredIndex, DiscoveryOptions, FoundBy};
 pub use error::{Error, Result};
 pub use push::PushBlob;
@@ -56,6 +57,7 @@ pub use referrers::ReferrerPush;
 mod auth;
 mod blob;
 mod client;
+mod credentials;
 mod digest;
 mod discovery;
 mod docker_config;

@@ -4,6 +4,7 @@
 //! authentication state knows nothing of the client, and the client
 //! nothing of this file.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -13,7 +14,7 @@ use serde::Deserialize;
 
 use crate::auth::{Challenge, HostAuth, Scope, Token};
 use crate::client::{redact_url, Client};
-use crate::docker_config::Credentials;
+use crate::credentials::{Credentials, Secret};
 use crate::error::{parse_error_body, Error, Result};
 use crate::reference::Reference;
 
@@ -47,15 +48,22 @@ impl Client {
     ) -> Result<Option<HeaderValue>> {
         let host = repo.api_host().to_string();
         let known = self.inner.auth.hosts.lock().get(&host).cloned();
+        let Some(known) = known else {
+            return Ok(None);
+        };
+        let credentials = self.credentials(repo).await?;
+        if let Some(Credentials::RegistryToken { token }) = &credentials {
+            // A token for the registry itself: no token service to ask.
+            return bearer_header(token.expose(), repo).map(Some);
+        }
         match known {
-            None => Ok(None),
-            Some(HostAuth::Basic) => match self.credentials(&repo.registry).await? {
+            HostAuth::Basic => match credentials {
                 Some(Credentials::Basic { username, password }) => {
-                    Ok(Some(basic_header(&username, &password)))
+                    Ok(Some(basic_header(&username, password.expose())))
                 }
                 _ => Ok(None),
             },
-            Some(HostAuth::Bearer { realm, service }) => {
+            HostAuth::Bearer { realm, service } => {
                 let key = (host.clone(), scope.key());
                 let cached = self.inner.auth.tokens.lock().get(&key).cloned();
                 let token = match cached.filter(|t| t.expires > Instant::now()) {
@@ -74,23 +82,36 @@ impl Client {
     }
 
     /// Handles a `401`: learns the host's scheme from `challenges`, drops a
-    /// refused token and gets a new one. `detail` is the registry's message,
-    /// used if nothing can be done.
+    /// refused token and gets a new one. When the refused request carried
+    /// credentials (`sent_credentials`), they are looked up again first: a
+    /// rotated password in the Docker config, a credential helper's new
+    /// token or a keychain's newer entry is used from now on. `detail` is
+    /// the registry's message, used if nothing can be done.
     pub(crate) async fn reauthenticate(
         &self,
         repo: &Reference,
         scope: &Scope,
         challenges: &[Challenge],
         detail: &str,
+        sent_credentials: bool,
     ) -> Result<()> {
+        if sent_credentials {
+            self.forget_credentials(&repo.registry).await;
+        }
         let host = repo.api_host().to_string();
         let unauthorized = |detail: String| Error::Unauthorized {
             registry: repo.registry.clone(),
             repository: repo.repository.clone(),
             detail,
         };
+        let no_credentials = || Error::NoCredentials {
+            registry: repo.registry.clone(),
+            repository: repo.repository.clone(),
+            detail: detail.to_string(),
+        };
         let bearer = challenges.iter().find(|c| c.scheme == "bearer");
         let basic = challenges.iter().find(|c| c.scheme == "basic");
+        let credentials = self.credentials(repo).await?;
         if let Some(challenge) = bearer {
             let realm = challenge
                 .params
@@ -112,6 +133,10 @@ impl Client {
                 .tokens
                 .lock()
                 .remove(&(host.clone(), scope.key()));
+            if matches!(credentials, Some(Credentials::RegistryToken { .. })) {
+                // Sent as it is on the next attempt.
+                return Ok(());
+            }
             let token = self
                 .fetch_token(repo, &realm, service.as_deref(), &scopes)
                 .await?;
@@ -123,8 +148,8 @@ impl Client {
             return Ok(());
         }
         if basic.is_some() {
-            return match self.credentials(&repo.registry).await? {
-                Some(Credentials::Basic { .. }) => {
+            return match credentials {
+                Some(Credentials::Basic { .. } | Credentials::RegistryToken { .. }) => {
                     self.inner.auth.hosts.lock().insert(host, HostAuth::Basic);
                     Ok(())
                 }
@@ -132,9 +157,7 @@ impl Client {
                     "the registry wants basic authentication but only an identity token is configured"
                         .into(),
                 )),
-                None => Err(unauthorized(format!(
-                    "the registry wants basic authentication and no credentials are configured ({detail})"
-                ))),
+                None => Err(no_credentials()),
             };
         }
         Err(unauthorized(format!(
@@ -142,22 +165,65 @@ impl Client {
         )))
     }
 
-    /// The credentials for `registry`: the configured user, else the Docker
-    /// config (looked up once per registry).
-    async fn credentials(&self, registry: &str) -> Result<Option<Credentials>> {
+    /// The error for a request refused again after renewing: no
+    /// credentials, or credentials the registry does not accept.
+    pub(crate) async fn refused_again(&self, repo: &Reference, detail: String) -> Error {
+        match self.credentials(repo).await {
+            Ok(None) => Error::NoCredentials {
+                registry: repo.registry.clone(),
+                repository: repo.repository.clone(),
+                detail,
+            },
+            Ok(Some(_)) => Error::Unauthorized {
+                registry: repo.registry.clone(),
+                repository: repo.repository.clone(),
+                detail,
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// The credentials for `repo`: the configured user, else the keychain
+    /// (asked every time: it answers from memory and may have a newer
+    /// entry), else the Docker config (looked up once per registry, again
+    /// after [`Client::forget_credentials`]).
+    pub(crate) async fn credentials(&self, repo: &Reference) -> Result<Option<Credentials>> {
         if let Some((username, password)) = &self.inner.config.user {
             return Ok(Some(Credentials::Basic {
                 username: username.clone(),
-                password: password.clone(),
+                password: Secret::new(password.as_str()),
             }));
         }
+        if let Some(keychain) = &self.inner.config.keychain {
+            if let Some(found) = keychain.credentials(&repo.registry, &repo.repository) {
+                return Ok(Some(found));
+            }
+        }
+        let registry = repo.registry.as_str();
         let mut cache = self.inner.auth.credentials.lock().await;
         if let Some(found) = cache.get(registry) {
             return Ok(found.clone());
         }
-        let found = self.inner.docker.credentials(registry).await?;
+        let docker = self.inner.docker.read().clone();
+        let found = docker.credentials(registry).await?;
         cache.insert(registry.to_string(), found.clone());
         Ok(found)
+    }
+
+    /// Drops what was looked up for `registry` and reads the Docker config
+    /// file again, so that the next lookup sees a rotated password and runs
+    /// the credential helper again (an ECR token lasts 12 hours).
+    pub(crate) async fn forget_credentials(&self, registry: &str) {
+        let mut cache = self.inner.auth.credentials.lock().await;
+        cache.remove(registry);
+        let current = self.inner.docker.read().clone();
+        match current.reload() {
+            Ok(fresh) => *self.inner.docker.write() = Arc::new(fresh),
+            Err(e) => {
+                tracing::warn!(error = %sochi_format::error_chain(&e), "keeping the Docker config read before")
+            }
+        }
+        tracing::debug!(registry, "credentials will be looked up again");
     }
 
     async fn fetch_token(
@@ -172,41 +238,62 @@ impl Client {
             repository: repo.repository.clone(),
             detail,
         };
-        let mut url = Url::parse(realm)
+        let url = Url::parse(realm)
             .map_err(|e| unauthorized(format!("token realm {realm:?} is not a url: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(unauthorized(format!(
                 "token realm {realm:?} is not http(s)"
             )));
         }
-        let credentials = self.credentials(&repo.registry).await?;
-        let make = token_request(
-            &self.inner.http,
-            &mut url,
-            credentials.as_ref(),
-            service,
-            scopes,
-        );
-        tracing::debug!(realm, scopes = %scopes.join(" "), "fetching registry token");
-        let response = self.send_plain(&url, make).await?;
-        let status = response.status().as_u16();
-        let body = crate::client::read_limited(
-            response,
-            MAX_TOKEN_RESPONSE,
-            "token answer",
-            &url,
-            self.stall(),
-        )
-        .await?;
-        if status != 200 {
+        let mut renewed = false;
+        let (url, body) = loop {
+            let credentials = self.credentials(repo).await?;
+            let mut url = url.clone();
+            let make = token_request(
+                &self.inner.http,
+                &mut url,
+                credentials.as_ref(),
+                service,
+                scopes,
+            );
+            tracing::debug!(realm, scopes = %scopes.join(" "), "fetching registry token");
+            let response = self.send_plain(&url, make).await?;
+            let status = response.status().as_u16();
+            let body = crate::client::read_limited(
+                response,
+                MAX_TOKEN_RESPONSE,
+                "token answer",
+                &url,
+                self.stall(),
+            )
+            .await?;
+            if status == 200 {
+                break (url, body);
+            }
             let message = parse_error_body(&body)
                 .map(|e| format!("{}: {}", e.code, e.message))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
-            return Err(unauthorized(format!(
+            let detail = format!(
                 "token service {} answered {status}: {message}",
                 redact_url(&url)
-            )));
-        }
+            );
+            let refused = matches!(status, 401 | 403);
+            match credentials {
+                // Perhaps rotated since they were read: read them again, once.
+                Some(_) if refused && !renewed => {
+                    self.forget_credentials(&repo.registry).await;
+                    renewed = true;
+                }
+                None if refused => {
+                    return Err(Error::NoCredentials {
+                        registry: repo.registry.clone(),
+                        repository: repo.repository.clone(),
+                        detail,
+                    })
+                }
+                _ => return Err(unauthorized(detail)),
+            }
+        };
         let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
             unauthorized(format!(
                 "token service {} answered invalid json: {e}",
@@ -252,7 +339,7 @@ fn token_request(
         Some(Credentials::IdentityToken { token }) => {
             let mut form = vec![
                 ("grant_type", "refresh_token".to_string()),
-                ("refresh_token", token.clone()),
+                ("refresh_token", token.expose().to_string()),
                 ("client_id", CLIENT_ID.to_string()),
                 ("scope", scopes.join(" ")),
             ];
@@ -280,7 +367,7 @@ fn token_request(
             }
             let auth = match other {
                 Some(Credentials::Basic { username, password }) => {
-                    Some(basic_header(username, password))
+                    Some(basic_header(username, password.expose()))
                 }
                 _ => None,
             };

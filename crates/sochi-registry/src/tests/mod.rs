@@ -149,7 +149,8 @@ async fn refused_tokens_are_an_error_naming_registry_and_repository() {
         .get_manifest(&fake.reference("team/app:v1"))
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
+    // Refused although anonymous: what is missing is credentials.
+    assert!(matches!(e, Error::NoCredentials { .. }), "{e:?}");
     let text = e.to_string();
     assert!(
         text.contains(&fake.addr.to_string())
@@ -204,7 +205,9 @@ async fn basic_auth_with_and_without_credentials() {
     let dir = tempfile::tempdir().unwrap();
 
     let anonymous = client(&dir);
-    let e = anonymous.get_manifest(&r).await.unwrap_err().to_string();
+    let e = anonymous.get_manifest(&r).await.unwrap_err();
+    assert!(matches!(e, Error::NoCredentials { .. }), "{e:?}");
+    let e = e.to_string();
     assert!(e.contains("no credentials are configured"), "{e}");
 
     let wrong = client_with(&dir, |c| c.user = Some(("bob".into(), "nope".into())));
@@ -250,6 +253,148 @@ async fn credentials_come_from_the_docker_config() {
         .get_manifest(&fake.reference("app:v1"))
         .await
         .unwrap();
+}
+
+/// Basic auth whose password the test changes while the client runs.
+async fn rotating_registry(password: &str) -> (FakeRegistry, crate::Reference) {
+    let fake = FakeRegistry::start(Config {
+        auth: Auth::Basic {
+            user: "dave".into(),
+            password: password.into(),
+        },
+        ..Config::default()
+    })
+    .await;
+    fake.add_manifest(
+        "team/app",
+        Some("v1"),
+        media_types::OCI_MANIFEST,
+        &oci_manifest(&[], None, None),
+    );
+    let r = fake.reference("team/app:v1");
+    (fake, r)
+}
+
+fn rotate(fake: &FakeRegistry, password: &str) {
+    fake.state.lock().config.auth = Auth::Basic {
+        user: "dave".into(),
+        password: password.into(),
+    };
+}
+
+#[tokio::test]
+async fn a_password_rotated_in_the_docker_config_is_read_again_after_a_401() {
+    let (fake, r) = rotating_registry("first").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let write = |password: &str| {
+        let json = format!(
+            r#"{{"auths":{{"{}":{{"username":"dave","password":"{password}"}}}}}}"#,
+            fake.addr
+        );
+        std::fs::write(&config, json).unwrap();
+    };
+    write("first");
+    let client = client_with(&dir, |c| c.docker_config = Some(config.clone()));
+    client.get_manifest(&r).await.unwrap();
+
+    rotate(&fake, "second");
+    write("second");
+    client.get_manifest(&r).await.unwrap();
+    let basic = |password: &str| {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("dave:{password}"));
+        format!("Basic {encoded}")
+    };
+    let sent: Vec<Option<String>> = fake
+        .log()
+        .iter()
+        .rev()
+        .take(2)
+        .map(|l| l.header("authorization").map(str::to_string))
+        .collect();
+    assert_eq!(
+        sent,
+        [Some(basic("second")), Some(basic("first"))],
+        "the old password once, then the new one"
+    );
+}
+
+/// A keychain the test fills, as the snapshotter's CRI keychain is filled
+/// by image pulls.
+#[derive(Debug, Default)]
+struct TestKeychain(parking_lot::Mutex<BTreeMap<(String, String), crate::Credentials>>);
+
+impl crate::Keychain for TestKeychain {
+    fn credentials(&self, registry: &str, repository: &str) -> Option<crate::Credentials> {
+        self.0
+            .lock()
+            .get(&(registry.to_string(), repository.to_string()))
+            .cloned()
+    }
+}
+
+#[tokio::test]
+async fn the_keychain_is_asked_per_repository_and_its_newest_entry_wins() {
+    let (fake, r) = rotating_registry("first").await;
+    let dir = tempfile::tempdir().unwrap();
+    let keychain = std::sync::Arc::new(TestKeychain::default());
+    let put = |repository: &str, password: &str| {
+        keychain.0.lock().insert(
+            (r.registry.clone(), repository.to_string()),
+            crate::Credentials::Basic {
+                username: "dave".into(),
+                password: crate::Secret::new(password),
+            },
+        );
+    };
+    let client = client_with(&dir, |c| c.keychain = Some(keychain.clone()));
+    // Another repository's credentials are not this one's.
+    put("team/other", "first");
+    let e = client.get_manifest(&r).await.unwrap_err();
+    assert!(matches!(e, Error::NoCredentials { .. }), "{e:?}");
+
+    put("team/app", "first");
+    client.get_manifest(&r).await.unwrap();
+    rotate(&fake, "second");
+    put("team/app", "second");
+    client.get_manifest(&r).await.unwrap();
+    // The secret shows nowhere the client prints.
+    assert!(!format!("{client:?}").contains("second"));
+}
+
+#[tokio::test]
+async fn a_registry_token_from_the_keychain_is_sent_as_it_is() {
+    let fake = FakeRegistry::start(Config {
+        auth: Auth::Bearer { credentials: None },
+        ..Config::default()
+    })
+    .await;
+    fake.add_manifest(
+        "app",
+        Some("v1"),
+        media_types::OCI_MANIFEST,
+        &oci_manifest(&[], None, None),
+    );
+    let r = fake.reference("app:v1");
+    let dir = tempfile::tempdir().unwrap();
+    let keychain = std::sync::Arc::new(TestKeychain::default());
+    keychain.0.lock().insert(
+        (r.registry.clone(), r.repository.clone()),
+        crate::Credentials::RegistryToken {
+            token: crate::Secret::new("not-issued-here"),
+        },
+    );
+    let client = client_with(&dir, |c| c.keychain = Some(keychain.clone()));
+    let e = client.get_manifest(&r).await.unwrap_err();
+    // The fake issued no such token: refused, and no token was asked for.
+    assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
+    assert_eq!(fake.state.lock().tokens_issued, 0);
+    let sent = fake.requests("GET", "/manifests/");
+    assert_eq!(
+        sent.last().unwrap().header("authorization"),
+        Some("Bearer not-issued-here")
+    );
 }
 
 // --- retries ---

@@ -13,7 +13,7 @@
 //! - anything else is handed back to the caller, who turns an unexpected
 //!   status into [`Error::Status`] with [`status_error`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +34,7 @@ use crate::credentials::Keychain;
 use crate::digest::{digest_like, sha256_of};
 use crate::docker_config::DockerConfig;
 use crate::error::{parse_error_body, Error, Result};
+use crate::hosts::{HostsCache, HostsConfig, RegistryHost};
 use crate::reference::{check_digest, Reference};
 use crate::retry::{is_retryable_status, parse_retry_after, RetryPolicy};
 
@@ -54,11 +55,13 @@ const ERROR_BODY_STALL: Duration = Duration::from_secs(10);
 /// Request bodies are handed to the connection in pieces of this size, so
 /// that progress of an upload can be seen.
 const UPLOAD_PIECE: usize = 64 << 10;
+/// How long a mirror that did not answer is passed over.
+const MIRROR_PAUSE: Duration = Duration::from_secs(10);
 /// Redirects followed per request.
 const MAX_REDIRECTS: u32 = 10;
 /// Query parameters shown in URLs of errors and logs; the values of the
 /// others (signatures of presigned URLs, upload `_state`) are redacted.
-const SHOWN_QUERY_PARAMS: &[&str] = &["digest", "mount", "from", "artifactType", "n", "last"];
+const SHOWN_QUERY_PARAMS: &[&str] = &["digest", "mount", "from", "artifactType", "n", "last", "ns"];
 
 /// How a [`Client`] connects and authenticates.
 #[derive(Clone)]
@@ -95,6 +98,10 @@ pub struct ClientConfig {
     /// Asked for credentials before the Docker config (after `user`): the
     /// snapshotter's store of what the kubelet sent with its pulls.
     pub keychain: Option<Arc<dyn Keychain>>,
+    /// Mirrors and other hosts per registry (containerd's `hosts.toml`
+    /// directory, sochi's mirror list); the default asks each registry
+    /// itself.
+    pub hosts: HostsConfig,
 }
 
 impl Default for ClientConfig {
@@ -113,6 +120,7 @@ impl Default for ClientConfig {
             chunk_size: 16 << 20,
             user_agent: format!("sochi/{}", env!("CARGO_PKG_VERSION")),
             keychain: None,
+            hosts: HostsConfig::default(),
         }
     }
 }
@@ -134,6 +142,7 @@ impl fmt::Debug for ClientConfig {
             .field("chunk_size", &self.chunk_size)
             .field("user_agent", &self.user_agent)
             .field("keychain", &self.keychain)
+            .field("hosts", &self.hosts)
             .finish()
     }
 }
@@ -162,6 +171,26 @@ pub(crate) struct Inner {
     pub docker: parking_lot::RwLock<Arc<DockerConfig>>,
     /// Whether `registry/repository` has the referrers API, once known.
     pub referrers: Mutex<HashMap<String, bool>>,
+    /// Each registry's hosts, from `config.hosts`.
+    pub hosts: HostsCache,
+    /// HTTP clients for hosts with their own CAs or `skip_verify`.
+    pub host_clients: Mutex<HashMap<(Vec<PathBuf>, bool), reqwest::Client>>,
+    /// Mirrors that failed to answer, until when they are passed over.
+    pub down: Mutex<HashMap<String, Instant>>,
+    /// Requests per host, for metrics.
+    pub host_stats: Mutex<BTreeMap<String, HostStats>>,
+}
+
+/// What a client sent to one registry host (a mirror or an origin).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostStats {
+    /// Requests sent (each retry counts).
+    pub requests: u64,
+    /// Requests that failed to get an answer, or got an error status that
+    /// sent them to the next host.
+    pub failures: u64,
+    /// Times a request went on to the next host after this one failed.
+    pub failovers: u64,
 }
 
 /// What [`Client::put_manifest`] did.
@@ -175,6 +204,7 @@ pub struct PutManifest {
 }
 
 /// One request as [`Client::execute`] sends it (and sends again).
+#[derive(Clone)]
 pub(crate) struct RequestSpec {
     pub method: Method,
     pub url: Url,
@@ -216,43 +246,14 @@ impl Client {
     /// A client with `config`. Reads the CA file and the Docker config now
     /// (credential helpers run later, once per registry).
     pub fn new(config: ClientConfig) -> Result<Client> {
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(config.user_agent.clone());
-        if !config.connect_timeout.is_zero() {
-            builder = builder.connect_timeout(config.connect_timeout);
-        }
-        // No `read_timeout`: reqwest applies it to the whole wait for the
-        // response headers, upload included, so a big PUT on a slow link
-        // would time out while bytes still flow. Stalls are watched here
-        // instead: see `send_watched` and `next_chunk`.
-        if config.insecure {
-            builder = builder.tls_danger_accept_invalid_certs(true);
-        }
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Config {
-                path: path.clone(),
-                detail: format!("not a PEM certificate bundle: {e}"),
-            })?;
-            if certs.is_empty() {
-                return Err(Error::Config {
-                    path: path.clone(),
-                    detail: "no certificate in the file".into(),
-                });
-            }
-            builder = builder.tls_certs_merge(certs);
-        }
-        let http = builder.build().map_err(|source| Error::Client { source })?;
+        let http = http_client(&config, &[], false)?;
         let docker = DockerConfig::load(config.docker_config.as_deref())?;
         let retry = RetryPolicy::new(
             config.max_retries,
             config.min_retry_wait,
             config.max_retry_wait,
         );
+        let hosts = HostsCache::new(config.hosts.clone());
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -261,8 +262,18 @@ impl Client {
                 auth: AuthCache::default(),
                 docker: parking_lot::RwLock::new(Arc::new(docker)),
                 referrers: Mutex::new(HashMap::new()),
+                hosts,
+                host_clients: Mutex::new(HashMap::new()),
+                down: Mutex::new(HashMap::new()),
+                host_stats: Mutex::new(BTreeMap::new()),
             }),
         })
+    }
+
+    /// Requests sent to each registry host so far (`host[:port]`), with
+    /// failures and failovers: what the metrics endpoint shows.
+    pub fn host_stats(&self) -> BTreeMap<String, HostStats> {
+        self.inner.host_stats.lock().clone()
     }
 
     /// `http` with `plain_http`, and for loopback registries unless a CA
@@ -290,10 +301,161 @@ impl Client {
         })
     }
 
-    /// Sends `spec` to `repo`'s registry: authentication, retries and
-    /// redirects as the module doc says. Returns the final response,
-    /// whatever its status.
+    /// `<scheme>://<host>/v2`: where requests go without a hosts
+    /// configuration.
+    fn origin_base(&self, repo: &Reference) -> Result<Url> {
+        let text = format!("{}://{}/v2", self.scheme(repo), repo.api_host());
+        Url::parse(&text).map_err(|e| Error::InvalidArgument {
+            what: "reference",
+            detail: format!("{repo} does not make a valid url ({e})"),
+        })
+    }
+
+    /// Sends `spec` to `repo`'s registry: to its mirrors first, if it has
+    /// any (see the hosts module), then to the registry itself, with
+    /// authentication, retries and redirects as the module doc says.
+    /// Returns the final response, whatever its status.
     pub(crate) async fn execute(&self, repo: &Reference, spec: RequestSpec) -> Result<Response> {
+        let origin = self.origin_base(repo)?;
+        let hosts = self.inner.hosts.hosts(repo, &origin)?;
+        let read = spec.method == Method::GET || spec.method == Method::HEAD;
+        let resolve = read && is_by_tag(&spec.url);
+        let candidates: Vec<&RegistryHost> = hosts
+            .iter()
+            .filter(|h| {
+                !h.mirror
+                    || (read
+                        && if resolve {
+                            h.capabilities.resolve
+                        } else {
+                            h.capabilities.pull
+                        })
+            })
+            .collect();
+        let last = candidates.len().saturating_sub(1);
+        for (i, host) in candidates.iter().enumerate() {
+            let is_last = i == last;
+            let authority = host.authority();
+            if !is_last && self.is_down(&authority) {
+                continue;
+            }
+            let (target, url) = self.on_host(repo, host, &spec.url)?;
+            let http = self.http_for(host)?;
+            let attempt = RequestSpec {
+                url,
+                ..spec.clone()
+            };
+            let retries = if is_last {
+                self.inner.retry.max_retries
+            } else {
+                0
+            };
+            let result = self
+                .execute_on(&target, &http, &attempt, retries, &authority)
+                .await;
+            if is_last {
+                return result;
+            }
+            let failure = match result {
+                Ok(response) if response.status().as_u16() < 400 => {
+                    self.inner.down.lock().remove(&authority);
+                    return Ok(response);
+                }
+                Ok(response) => format!("answered {}", response.status().as_u16()),
+                Err(e) => {
+                    if is_network(&e) {
+                        self.inner
+                            .down
+                            .lock()
+                            .insert(authority.clone(), Instant::now() + MIRROR_PAUSE);
+                    }
+                    sochi_format::error_chain(&e)
+                }
+            };
+            {
+                let mut stats = self.inner.host_stats.lock();
+                let entry = stats.entry(authority.clone()).or_default();
+                entry.failures += 1;
+                entry.failovers += 1;
+            }
+            tracing::warn!(
+                registry = %repo.registry,
+                host = %authority,
+                method = %spec.method,
+                url = %redact_url(&attempt.url),
+                failure,
+                "registry host failed; trying the next one"
+            );
+        }
+        // Not reached: the origin is always a candidate.
+        Err(Error::InvalidArgument {
+            what: "registry hosts",
+            detail: format!("no host to ask for {}", repo.registry),
+        })
+    }
+
+    /// Whether the mirror at `authority` failed lately and is passed over.
+    fn is_down(&self, authority: &str) -> bool {
+        let mut down = self.inner.down.lock();
+        match down.get(authority) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                down.remove(authority);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The reference a request to `host` is authenticated as (a mirror is
+    /// its own registry: its own credentials and tokens, never the
+    /// origin's), and `url` moved onto `host`. Mirrors get `ns=<registry>`,
+    /// as containerd sends it, so one mirror can serve many registries.
+    fn on_host(
+        &self,
+        repo: &Reference,
+        host: &RegistryHost,
+        url: &Url,
+    ) -> Result<(Reference, Url)> {
+        let suffix = url.path().strip_prefix("/v2").unwrap_or(url.path());
+        let mut moved = host.base.clone();
+        moved.set_path(&format!("{}{suffix}", host.base.path()));
+        moved.set_query(url.query());
+        if !host.mirror {
+            return Ok((repo.clone(), moved));
+        }
+        moved.query_pairs_mut().append_pair("ns", &repo.registry);
+        let target = Reference {
+            registry: host.authority(),
+            ..repo.clone()
+        };
+        Ok((target, moved))
+    }
+
+    /// The HTTP client for `host`: the shared one, or one with the host's
+    /// own CAs or `skip_verify`.
+    fn http_for(&self, host: &RegistryHost) -> Result<reqwest::Client> {
+        if host.ca.is_empty() && !host.skip_verify {
+            return Ok(self.inner.http.clone());
+        }
+        let key = (host.ca.clone(), host.skip_verify);
+        if let Some(client) = self.inner.host_clients.lock().get(&key) {
+            return Ok(client.clone());
+        }
+        let client = http_client(&self.inner.config, &host.ca, host.skip_verify)?;
+        self.inner.host_clients.lock().insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Sends `spec` to one host, with up to `max_retries` retries.
+    async fn execute_on(
+        &self,
+        repo: &Reference,
+        http: &reqwest::Client,
+        spec: &RequestSpec,
+        max_retries: u32,
+        authority: &str,
+    ) -> Result<Response> {
         let retry = self.inner.retry;
         let mut url = spec.url.clone();
         let mut attempt = 0u32;
@@ -301,9 +463,7 @@ impl Client {
         let mut redirects = 0u32;
         loop {
             let on_registry = same_origin(&url, &spec.url);
-            let mut request = self
-                .inner
-                .http
+            let mut request = http
                 .request(spec.method.clone(), url.clone())
                 .headers(spec.headers.clone());
             let mut sent_credentials = false;
@@ -320,10 +480,16 @@ impl Client {
                     .body(progress_body(body.clone(), progress.clone()));
             }
             tracing::debug!(method = %spec.method, url = %redact_url(&url), attempt, "registry request");
+            self.inner
+                .host_stats
+                .lock()
+                .entry(authority.to_string())
+                .or_default()
+                .requests += 1;
             let sent = self.send_watched(request, &progress, &url).await;
             let response = match sent {
                 Ok(r) => r,
-                Err(e) if attempt < retry.max_retries && is_network(&e) => {
+                Err(e) if attempt < max_retries && is_network(&e) => {
                     let wait = retry.backoff(attempt);
                     tracing::debug!(url = %redact_url(&url), error = %e, ?wait, "retrying after a connection error");
                     attempt += 1;
@@ -355,7 +521,7 @@ impl Client {
                 reauthenticated = true;
                 continue;
             }
-            if is_retryable_status(status) && attempt < retry.max_retries {
+            if is_retryable_status(status) && attempt < max_retries {
                 let retry_after = header_str(&response, RETRY_AFTER)
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
                 let wait = retry.wait(attempt, retry_after);
@@ -668,6 +834,54 @@ impl Client {
 }
 
 /// The descriptor of manifest `bytes` fetched for `r`, verified.
+/// Whether `url` asks for a manifest by tag (resolving), which goes only to
+/// hosts that may `resolve`; by digest it is a pull.
+fn is_by_tag(url: &Url) -> bool {
+    let mut segments = url.path().rsplit('/');
+    let reference = segments.next().unwrap_or("");
+    segments.next() == Some("manifests") && !reference.contains(':')
+}
+
+/// An HTTP client with `config`'s settings, trusting `extra_ca` besides
+/// the config's CA file, and any certificate with `skip_verify`.
+fn http_client(
+    config: &ClientConfig,
+    extra_ca: &[PathBuf],
+    skip_verify: bool,
+) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(config.user_agent.clone());
+    if !config.connect_timeout.is_zero() {
+        builder = builder.connect_timeout(config.connect_timeout);
+    }
+    // No `read_timeout`: reqwest applies it to the whole wait for the
+    // response headers, upload included, so a big PUT on a slow link
+    // would time out while bytes still flow. Stalls are watched here
+    // instead: see `send_watched` and `next_chunk`.
+    if config.insecure || skip_verify {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    for path in config.ca_file.iter().chain(extra_ca) {
+        let pem = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Config {
+            path: path.clone(),
+            detail: format!("not a PEM certificate bundle: {e}"),
+        })?;
+        if certs.is_empty() {
+            return Err(Error::Config {
+                path: path.clone(),
+                detail: "no certificate in the file".into(),
+            });
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|source| Error::Client { source })
+}
+
 fn manifest_descriptor(
     r: &Reference,
     url: &Url,

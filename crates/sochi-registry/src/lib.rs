@@ -46,10 +46,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub use blob::BlobStream;
-pub use client::{Client, ClientConfig, PutManifest};
+pub use client::{Client, ClientConfig, HostStats, PutManifest};
 pub use credentials::{Credentials, Keychain, Secret};
 pub use discovery::{DiscoveredIndex, DiscoveryOptions, FoundBy};
 pub use error::{Error, Result};
+pub use hosts::{Capabilities, HostsConfig, Mirror, RegistryHost};
 pub use push::PushBlob;
 pub use reference::Reference;
 pub use referrers::ReferrerPush;
@@ -62,6 +63,7 @@ mod digest;
 mod discovery;
 mod docker_config;
 mod error;
+mod hosts;
 mod push;
 mod reference;
 mod referrers;

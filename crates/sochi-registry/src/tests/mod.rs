@@ -3,6 +3,7 @@
 //! referrers. Each test starts its own fake on its own port.
 
 mod discovery;
+mod mirrors;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,7 +28,10 @@ impl FakeReference for FakeRegistry {
 }
 
 /// A client for tests: no Docker config, fast retries.
-fn client_with(dir: &tempfile::TempDir, change: impl FnOnce(&mut ClientConfig)) -> Client {
+pub(super) fn client_with(
+    dir: &tempfile::TempDir,
+    change: impl FnOnce(&mut ClientConfig),
+) -> Client {
     let mut config = ClientConfig {
         docker_config: Some(dir.path().join("no-config.json")),
         min_retry_wait: Duration::from_millis(1),
@@ -44,7 +48,7 @@ fn client(dir: &tempfile::TempDir) -> Client {
 }
 
 /// Deterministic content of `len` bytes.
-fn content(len: usize) -> Vec<u8> {
+pub(super) fn content(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 

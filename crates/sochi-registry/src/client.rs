@@ -186,10 +186,8 @@ pub(crate) struct Inner {
 pub struct HostStats {
     /// Requests sent (each retry counts).
     pub requests: u64,
-    /// Requests that failed to get an answer, or got an error status that
-    /// sent them to the next host.
-    pub failures: u64,
-    /// Times a request went on to the next host after this one failed.
+    /// Times a request went on to the next host after this one failed to
+    /// answer or answered an error.
     pub failovers: u64,
 }
 
@@ -374,9 +372,7 @@ impl Client {
             };
             {
                 let mut stats = self.inner.host_stats.lock();
-                let entry = stats.entry(authority.clone()).or_default();
-                entry.failures += 1;
-                entry.failovers += 1;
+                stats.entry(authority.clone()).or_default().failovers += 1;
             }
             tracing::warn!(
                 registry = %repo.registry,

@@ -3,6 +3,7 @@
 //! them; a missing key takes its default, and a missing default file means
 //! all defaults (a missing explicit `--config` is an error).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -29,6 +30,12 @@ pub struct Config {
     pub background_fetch: BackgroundFetch,
     /// Span cache.
     pub directory_cache: DirectoryCache,
+    /// Registry hosts: containerd's `hosts.toml` directory.
+    pub registry: Registry,
+    /// Mirrors per registry, as the reference names them.
+    pub resolver: Resolver,
+    /// Credentials from the kubelet's image pulls.
+    pub cri_keychain: CriKeychainConfig,
 }
 
 impl Default for Config {
@@ -41,6 +48,93 @@ impl Default for Config {
             blob: Blob::default(),
             background_fetch: BackgroundFetch::default(),
             directory_cache: DirectoryCache::default(),
+            registry: Registry::default(),
+            resolver: Resolver::default(),
+            cri_keychain: CriKeychainConfig::default(),
+        }
+    }
+}
+
+/// `[registry]`: as containerd's CRI plugin names it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Registry {
+    /// A directory of `<host>/hosts.toml` files (mirrors, CAs, plain-HTTP
+    /// hosts), e.g. `/etc/containerd/certs.d`; empty for none.
+    pub config_path: String,
+}
+
+/// `[resolver]`: the reference's mirror configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resolver {
+    /// `[resolver.host."<host>"]`.
+    pub host: BTreeMap<String, ResolverHost>,
+}
+
+/// `[resolver.host."<host>"]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResolverHost {
+    /// `[[resolver.host."<host>".mirrors]]`, tried in order before the
+    /// host itself.
+    pub mirrors: Vec<MirrorConfig>,
+}
+
+/// One mirror.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MirrorConfig {
+    /// `host[:port]`.
+    pub host: String,
+    /// Plain HTTP (and any certificate).
+    pub insecure: bool,
+}
+
+/// `[cri_keychain]`: the reference's keys.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CriKeychainConfig {
+    /// Serve CRI `runtime.v1.ImageService` on the snapshotter's socket,
+    /// keep the credentials of each `PullImage` and forward the call to
+    /// `image_service_path`; point the kubelet's
+    /// `--image-service-endpoint` at the snapshotter's socket.
+    pub enable_keychain: bool,
+    /// containerd's CRI socket.
+    pub image_service_path: String,
+}
+
+impl Default for CriKeychainConfig {
+    fn default() -> Self {
+        CriKeychainConfig {
+            enable_keychain: false,
+            image_service_path: "/run/containerd/containerd.sock".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Where the registry client sends each registry's requests.
+    pub fn hosts(&self) -> sochi_registry::HostsConfig {
+        sochi_registry::HostsConfig {
+            dir: (!self.registry.config_path.is_empty())
+                .then(|| std::path::PathBuf::from(&self.registry.config_path)),
+            mirrors: self
+                .resolver
+                .host
+                .iter()
+                .map(|(host, settings)| {
+                    let mirrors = settings
+                        .mirrors
+                        .iter()
+                        .map(|m| sochi_registry::Mirror {
+                            host: m.host.clone(),
+                            insecure: m.insecure,
+                        })
+                        .collect();
+                    (host.clone(), mirrors)
+                })
+                .collect(),
         }
     }
 }
@@ -196,5 +290,45 @@ mod tests {
         assert!(partial.pull_modes.soci_v2.enable);
         assert_eq!(partial.no_index_ttl_sec, 60);
         assert!(toml::from_str::<Config>("fuse = 3").is_err());
+    }
+
+    #[test]
+    fn registry_hosts_mirrors_and_the_keychain_as_the_reference_names_them() {
+        let config: Config = toml::from_str(
+            r#"
+[registry]
+config_path = "/etc/containerd/certs.d"
+
+[[resolver.host."docker.io".mirrors]]
+host = "mirror.local:5000"
+insecure = true
+request_timeout_sec = 5
+
+[[resolver.host."docker.io".mirrors]]
+host = "second.local"
+
+[cri_keychain]
+enable_keychain = true
+image_service_path = "/run/k3s/containerd/containerd.sock"
+"#,
+        )
+        .unwrap();
+        let hosts = config.hosts();
+        assert_eq!(
+            hosts.dir.as_deref(),
+            Some(Path::new("/etc/containerd/certs.d"))
+        );
+        let mirrors = &hosts.mirrors["docker.io"];
+        assert_eq!(mirrors.len(), 2);
+        assert!(mirrors[0].insecure && !mirrors[1].insecure);
+        assert_eq!(mirrors[1].host, "second.local");
+        assert!(config.cri_keychain.enable_keychain);
+        assert_eq!(
+            config.cri_keychain.image_service_path,
+            "/run/k3s/containerd/containerd.sock"
+        );
+        let defaults = Config::default();
+        assert!(!defaults.cri_keychain.enable_keychain);
+        assert!(defaults.hosts().dir.is_none());
     }
 }

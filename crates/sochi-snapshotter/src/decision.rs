@@ -46,6 +46,8 @@ pub enum Offer {
     NoIndex,
     /// The image manifest does not list the layer.
     LayerNotInImage,
+    /// The registry wants credentials sochi does not have, with the error.
+    NoCredentials(String),
     /// Finding out failed (registry, index, zTOC), with the error.
     PlanFailed(String),
 }
@@ -57,6 +59,9 @@ pub enum Fallback {
     NoLabels,
     /// The image has no SOCI index.
     NoIndex,
+    /// The registry wants credentials sochi does not have (the image was
+    /// pulled around sochi's CRI image service, or the node has none).
+    NoCredentials(String),
     /// Providing it failed, with the error.
     Failed(String),
 }
@@ -68,6 +73,9 @@ impl Fallback {
         match self {
             Fallback::NoLabels => "no image labels (the client passed no cri.* labels)".into(),
             Fallback::NoIndex => "the image has no SOCI index".into(),
+            Fallback::NoCredentials(why) => format!(
+                "no credentials for the image's registry (pull through sochi's CRI image service, or give the node credentials): {why}"
+            ),
             Fallback::Failed(why) => format!("sochi could not provide it: {why}"),
         }
     }
@@ -77,6 +85,7 @@ impl Fallback {
         match self {
             Fallback::NoLabels => "containerd_no_labels",
             Fallback::NoIndex => "containerd_no_index",
+            Fallback::NoCredentials(_) => "containerd_no_credentials",
             Fallback::Failed(_) => "containerd_error",
         }
     }
@@ -145,6 +154,7 @@ pub fn decide(
             "layer {} is not in image {}",
             request.layer, request.manifest
         ))),
+        Offer::NoCredentials(why) => Decision::HandBack(Fallback::NoCredentials(why)),
         Offer::PlanFailed(why) => Decision::HandBack(Fallback::Failed(why)),
     }
 }
@@ -296,6 +306,14 @@ mod tests {
                 Offer::PlanFailed("registry down".into()),
                 failed("registry down"),
             ),
+            (
+                "no credentials",
+                Kind::Active,
+                &full,
+                false,
+                Offer::NoCredentials("401".into()),
+                Decision::HandBack(Fallback::NoCredentials("401".into())),
+            ),
         ];
         for (what, kind, labels, exists, offer, expected) in cases {
             let decision = decide(kind, labels, |_| exists, |_| offer);
@@ -347,6 +365,11 @@ mod tests {
                 Fallback::Failed("boom".into()),
                 "containerd_error",
                 "could not provide it: boom",
+            ),
+            (
+                Fallback::NoCredentials("401".into()),
+                "containerd_no_credentials",
+                "no credentials for the image's registry",
             ),
         ] {
             assert_eq!(fallback.outcome(), outcome);

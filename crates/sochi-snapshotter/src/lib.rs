@@ -20,6 +20,7 @@ pub mod config;
 pub mod decision;
 mod error;
 mod filter;
+pub mod keychain;
 pub mod metadata;
 pub mod remote;
 pub mod service;
@@ -48,6 +49,7 @@ pub mod api {
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use keychain::CriKeychain;
 pub use service::{Service, Snapshotter};
 
 /// What `serve` needs.
@@ -58,8 +60,9 @@ pub struct Daemon {
     pub root: PathBuf,
     /// Configuration.
     pub config: Arc<Config>,
-    /// Registry client for layers and indexes.
-    pub client: sochi_registry::Client,
+    /// How to reach registries (TLS, credentials); the configuration's
+    /// `[registry]`, `[resolver]` and `[cri_keychain]` are added to it.
+    pub registry: sochi_registry::ClientConfig,
     /// How to start the FUSE keeper (`fuse.keep_connections`): a program
     /// and its arguments, to which `--socket PATH` is appended.
     pub keeper_command: Option<(PathBuf, Vec<std::ffi::OsString>)>,
@@ -104,8 +107,14 @@ pub async fn serve(daemon: Daemon) -> Result<()> {
     let runtime = tokio::runtime::Handle::current();
     sochi_lazy::root_dir(&daemon.root).map_err(|e| serve_error("creating the root", e))?;
     let keeper = start_keeper(&daemon);
+    let keychain = daemon
+        .config
+        .cri_keychain
+        .enable_keychain
+        .then(|| Arc::new(CriKeychain::new(keeper.clone())));
+    let client = registry_client(&daemon, keychain.clone())?;
     let remote = Arc::new(remote::RemoteLayers::new(
-        daemon.client.clone(),
+        client.clone(),
         runtime.clone(),
         daemon.root.clone(),
         Arc::clone(&daemon.config),
@@ -127,6 +136,7 @@ pub async fn serve(daemon: Daemon) -> Result<()> {
             sochi_spans::LayerMetrics::render_help(&mut out);
             remote.render_metrics(&mut out);
             render_counters(&snapshotter.counters, &mut out);
+            render_registry_hosts(&client.host_stats(), &mut out);
             out
         });
         let bound =
@@ -153,6 +163,26 @@ pub async fn serve(daemon: Daemon) -> Result<()> {
         .map_err(|e| serve_error("shutting down", e))?;
     let _ = std::fs::remove_file(&daemon.address);
     Ok(())
+}
+
+/// The registry client: the daemon's connection settings, the
+/// configuration's hosts (its `config_path` before the command line's) and
+/// mirrors, and the CRI keychain.
+fn registry_client(
+    daemon: &Daemon,
+    keychain: Option<Arc<CriKeychain>>,
+) -> Result<sochi_registry::Client> {
+    let mut config = daemon.registry.clone();
+    let hosts = daemon.config.hosts();
+    if hosts.dir.is_some() {
+        config.hosts.dir = hosts.dir;
+    }
+    config.hosts.mirrors.extend(hosts.mirrors);
+    if let Some(keychain) = keychain {
+        config.keychain = Some(keychain);
+    }
+    sochi_registry::Client::new(config)
+        .map_err(|e| serve_error("configuring the registry client", e))
 }
 
 fn bind(address: &Path) -> Result<tokio::net::UnixListener> {
@@ -190,6 +220,31 @@ async fn shutdown_signal() {
     }
 }
 
+fn render_registry_hosts(
+    stats: &std::collections::BTreeMap<String, sochi_registry::HostStats>,
+    out: &mut String,
+) {
+    use std::fmt::Write as _;
+    for (name, help, value) in [
+        (
+            "sochi_registry_requests_total",
+            "Requests sent to each registry host (mirrors and origins), retries included.",
+            (|s: &sochi_registry::HostStats| s.requests) as fn(&sochi_registry::HostStats) -> u64,
+        ),
+        (
+            "sochi_registry_failovers_total",
+            "Requests that went on to the next host after this one failed.",
+            |s: &sochi_registry::HostStats| s.failovers,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (host, host_stats) in stats {
+            let _ = writeln!(out, "{name}{{host=\"{host}\"}} {}", value(host_stats));
+        }
+    }
+}
+
 fn render_counters(counters: &service::Counters, out: &mut String) {
     use std::fmt::Write as _;
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -204,6 +259,7 @@ fn render_counters(counters: &service::Counters, out: &mut String) {
         ("containerd_no_index", g(&counters.no_index)),
         ("containerd_error", g(&counters.failed)),
         ("containerd_no_labels", g(&counters.no_labels)),
+        ("containerd_no_credentials", g(&counters.no_credentials)),
     ] {
         let _ = writeln!(
             out,

@@ -40,7 +40,37 @@ pub enum Outcome {
     Failed(String),
 }
 
-type PlanResult = Result<Arc<ImagePlan>, String>;
+type PlanResult = Result<Arc<ImagePlan>, PlanFailure>;
+
+/// Why an image could not be planned.
+#[derive(Clone, Debug)]
+struct PlanFailure {
+    /// The error chain.
+    reason: String,
+    /// The registry wanted credentials sochi does not have. Not cached: a
+    /// pull through the CRI image service may bring them any moment.
+    no_credentials: bool,
+}
+
+impl PlanFailure {
+    fn of(error: &(dyn std::error::Error + 'static)) -> PlanFailure {
+        let mut no_credentials = false;
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            let registry = e
+                .downcast_ref::<sochi_registry::Error>()
+                .or_else(|| e.downcast_ref::<Box<sochi_registry::Error>>().map(|b| &**b));
+            if matches!(registry, Some(sochi_registry::Error::NoCredentials { .. })) {
+                no_credentials = true;
+            }
+            cause = e.source();
+        }
+        PlanFailure {
+            reason: sochi_format::error_chain(error),
+            no_credentials,
+        }
+    }
+}
 
 /// What a snapshot's layer mount is called among the users of a layer's
 /// local state and in the FUSE keeper.
@@ -104,6 +134,9 @@ impl RemoteLayers {
             }
         }
         let result = self.fetch_plan(request);
+        if matches!(&result, Err(failure) if failure.no_credentials) {
+            return result;
+        }
         self.plans.lock().insert(
             request.manifest.clone().to_string(),
             (Instant::now(), result.clone()),
@@ -112,8 +145,10 @@ impl RemoteLayers {
     }
 
     fn fetch_plan(&self, request: &LayerRequest) -> PlanResult {
-        let repository = Reference::parse(&request.image_ref)
-            .map_err(|e| format!("image reference {:?}: {e}", request.image_ref))?;
+        let repository = Reference::parse(&request.image_ref).map_err(|e| PlanFailure {
+            reason: format!("image reference {:?}: {e}", request.image_ref),
+            no_credentials: false,
+        })?;
         let discovery = DiscoveryOptions {
             v1: self.config.pull_modes.soci_v1.enable,
             v2: self.config.pull_modes.soci_v2.enable,
@@ -127,8 +162,7 @@ impl RemoteLayers {
             &discovery,
             Some(&cache),
         ));
-        plan.map(Arc::new)
-            .map_err(|e| sochi_format::error_chain(&e))
+        plan.map(Arc::new).map_err(|e| PlanFailure::of(&e))
     }
 
     /// What the image of `request` offers for its layer (the plan is
@@ -136,7 +170,8 @@ impl RemoteLayers {
     pub fn offer(&self, request: &LayerRequest) -> Offer {
         let plan = match self.plan(request) {
             Ok(plan) => plan,
-            Err(error) => return Offer::PlanFailed(error),
+            Err(failure) if failure.no_credentials => return Offer::NoCredentials(failure.reason),
+            Err(failure) => return Offer::PlanFailed(failure.reason),
         };
         if plan.index.is_none() {
             return Offer::NoIndex;
@@ -167,7 +202,7 @@ impl RemoteLayers {
     ) -> Outcome {
         let plan = match self.plan(request) {
             Ok(plan) => plan,
-            Err(error) => return Outcome::Failed(error),
+            Err(failure) => return Outcome::Failed(failure.reason),
         };
         let Some(index) = &plan.index else {
             return Outcome::NoIndex;

@@ -50,6 +50,9 @@ pub struct Counters {
     /// Layers handed back to containerd because the client sent no image
     /// labels (e.g. `ctr pull`).
     pub no_labels: AtomicU64,
+    /// Layers handed back to containerd because the registry wants
+    /// credentials sochi does not have.
+    pub no_credentials: AtomicU64,
 }
 
 /// The service state shared by all requests.
@@ -250,6 +253,7 @@ impl Snapshotter {
         let counter = match fallback {
             Fallback::NoLabels => &self.counters.no_labels,
             Fallback::NoIndex => &self.counters.no_index,
+            Fallback::NoCredentials(_) => &self.counters.no_credentials,
             Fallback::Failed(_) => &self.counters.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);

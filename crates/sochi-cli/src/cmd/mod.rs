@@ -48,6 +48,10 @@ pub struct RegistryArgs {
         hide_env_values = true
     )]
     pub user: Option<String>,
+    /// A directory of containerd registry host files (`<host>/hosts.toml`:
+    /// mirrors, CAs, plain-HTTP hosts), as in containerd's `config_path`.
+    #[arg(long, global = true, value_name = "DIR", env = "SOCHI_HOSTS_DIR")]
+    pub hosts_dir: Option<PathBuf>,
 }
 
 impl Global {
@@ -69,6 +73,10 @@ impl Global {
             ca_file: flags.ca_file.clone(),
             user,
             user_agent: format!("sochi/{}", env!("CARGO_PKG_VERSION")),
+            hosts: sochi_registry::HostsConfig {
+                dir: flags.hosts_dir.clone(),
+                ..sochi_registry::HostsConfig::default()
+            },
             ..sochi_registry::ClientConfig::default()
         })
     }

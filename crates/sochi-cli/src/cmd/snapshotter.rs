@@ -85,7 +85,7 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
         address: args.address.clone(),
         root: global.root.clone(),
         config,
-        client: registry.client.clone(),
+        registry: global.client_config()?,
         keeper_command: std::env::current_exe().ok().map(|exe| {
             let args = ["--log-level", "info", "snapshotter", "keeper"];
             (exe, args.iter().map(Into::into).collect())

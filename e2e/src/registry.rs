@@ -56,6 +56,7 @@ pub struct RegistryBuilder {
     tls: bool,
     credentials: Option<Credentials>,
     listen_ip: Ipv4Addr,
+    proxy: Option<String>,
 }
 
 impl Default for RegistryBuilder {
@@ -64,6 +65,7 @@ impl Default for RegistryBuilder {
             tls: false,
             credentials: None,
             listen_ip: Ipv4Addr::LOCALHOST,
+            proxy: None,
         }
     }
 }
@@ -87,6 +89,14 @@ impl RegistryBuilder {
     /// Require basic auth with these credentials (an htpasswd file).
     pub fn htpasswd(mut self, user: &str, password: &str) -> RegistryBuilder {
         self.credentials = Some(Credentials::new(user, password));
+        self
+    }
+
+    /// Run as a pull-through cache of `remote_url` (`proxy.remoteurl`,
+    /// e.g. `http://127.0.0.1:41234`); the upstream must answer when the
+    /// cache starts.
+    pub fn proxy(mut self, remote_url: &str) -> RegistryBuilder {
+        self.proxy = Some(remote_url.to_string());
         self
     }
 
@@ -114,6 +124,7 @@ pub struct Registry {
     addr: SocketAddr,
     tls: Option<TlsFiles>,
     credentials: Option<Credentials>,
+    proxy: Option<String>,
     log: PathBuf,
     // Last: removed after the process is gone.
     dir: TempDir,
@@ -177,9 +188,10 @@ impl Registry {
             &config,
             &config_yaml(
                 dir.path(),
-                options.listen_ip,
+                SocketAddr::from((options.listen_ip, 0)),
                 tls.as_ref(),
                 htpasswd.as_deref(),
+                options.proxy.as_deref(),
             ),
         );
 
@@ -206,6 +218,7 @@ impl Registry {
             addr: SocketAddr::from((options.listen_ip, 0)),
             tls,
             credentials: options.credentials,
+            proxy: options.proxy,
             log,
             dir,
         };
@@ -429,6 +442,102 @@ impl Registry {
     }
 }
 
+/// One request in the registry's access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub bytes: u64,
+}
+
+impl Registry {
+    /// Every request answered so far, from the access log (the combined
+    /// log format distribution writes to stdout).
+    pub fn accesses(&self) -> Vec<Access> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().filter_map(parse_access).collect()
+    }
+
+    /// Kills the registry (its storage stays); see [`Registry::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again on the same address and storage, with a
+    /// new password when one is given (distribution reads its htpasswd
+    /// file once, at start).
+    #[track_caller]
+    pub fn restart(&mut self, password: Option<&str>) {
+        self.stop();
+        if let (Some(password), Some(creds)) = (password, self.credentials.as_mut()) {
+            creds.password = password.to_string();
+            let hash = match bcrypt::hash(password, BCRYPT_COST) {
+                Ok(hash) => hash,
+                Err(err) => panic!("bcrypt: {err}"),
+            };
+            write_file(
+                &self.dir.path().join("htpasswd"),
+                &format!("{}:{hash}\n", creds.user),
+            );
+        }
+        let htpasswd = self
+            .credentials
+            .is_some()
+            .then(|| self.dir.path().join("htpasswd"));
+        let config = self.dir.path().join("config.yml");
+        write_file(
+            &config,
+            &config_yaml(
+                self.dir.path(),
+                self.addr,
+                self.tls.as_ref(),
+                htpasswd.as_deref(),
+                self.proxy.as_deref(),
+            ),
+        );
+        let log_file = match std::fs::OpenOptions::new().append(true).open(&self.log) {
+            Ok(file) => file,
+            Err(err) => panic!("opening {}: {err}", self.log.display()),
+        };
+        let log_err = match log_file.try_clone() {
+            Ok(file) => file,
+            Err(err) => panic!("cloning the log file handle: {err}"),
+        };
+        let mut cmd = registry_command(&registry_bin(), &config);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(log_err));
+        self.child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(err) => panic!("restarting the registry: {err}"),
+        };
+        self.wait_ready();
+    }
+}
+
+/// `"GET /v2/x HTTP/1.1" 200 1234` in a combined-log-format line.
+fn parse_access(line: &str) -> Option<Access> {
+    let start = line.find('"')? + 1;
+    let request_end = start + line[start..].find('"')?;
+    let mut request = line[start..request_end].split(' ');
+    let method = request.next()?.to_string();
+    let path = request.next()?.to_string();
+    if !request.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    let mut rest = line[request_end + 1..].split_whitespace();
+    let status = rest.next()?.parse().ok()?;
+    let bytes = rest.next()?.parse().unwrap_or(0);
+    Some(Access {
+        method,
+        path,
+        status,
+        bytes,
+    })
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -453,9 +562,10 @@ fn registry_command(bin: &Path, config: &Path) -> Command {
 
 fn config_yaml(
     dir: &Path,
-    listen_ip: Ipv4Addr,
+    listen: SocketAddr,
     tls: Option<&TlsFiles>,
     htpasswd: Option<&Path>,
+    proxy: Option<&str>,
 ) -> String {
     let mut yaml = format!(
         "version: 0.1
@@ -473,7 +583,7 @@ storage:
     uploadpurging:
       enabled: false
 http:
-  addr: {listen_ip}:0
+  addr: {listen}
   secret: sochi-e2e-{secret:016x}
 ",
         data = dir.join("data").display(),
@@ -491,6 +601,9 @@ http:
             "auth:\n  htpasswd:\n    realm: sochi-e2e\n    path: {}\n",
             htpasswd.display()
         ));
+    }
+    if let Some(remote) = proxy {
+        yaml.push_str(&format!("proxy:\n  remoteurl: {remote}\n"));
     }
     yaml
 }

@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
 # Starts or stops a private containerd (Debian's 1.6) for tests and by hand.
 #
-# Usage: containerd.sh start DIR [--snapshotter-socket PATH]
-#        containerd.sh config DIR [--snapshotter-socket PATH]
+# Usage: containerd.sh start DIR [OPTIONS]
+#        containerd.sh config DIR [OPTIONS]
 #        containerd.sh stop DIR
+#
+# Options (start and config):
+#   --snapshotter-socket PATH   the proxy snapshotter's socket
+#   --cri                       enable the CRI plugin (see below)
+#   --sandbox-image REF         with --cri: the pod sandbox ("pause") image
+#   --registry-config-path DIR  with --cri: containerd reads
+#                               DIR/<host:port>/hosts.toml per registry
 #
 # config writes DIR/config.toml and prints its path: root DIR/root, state
 #        DIR/state, sockets DIR/containerd.sock(.ttrpc) and DIR/debug.sock,
 #        the opt plugin under DIR/opt, the CRI plugin disabled, and a proxy
 #        snapshotter `sochi` at DIR/sochi.sock (or PATH). containerd starts
 #        fine while that socket does not exist yet.
+#        With --cri the CRI plugin is on instead, serving runtime.v1 on
+#        DIR/containerd.sock, set up as a private instance on this machine
+#        kind needs it (environment.md, "Interop notes found later"): images
+#        unpacked with the `sochi` snapshotter with the cri.* snapshot
+#        labels on (disable_snapshot_annotations = false), no TCP service,
+#        the streaming server on 127.0.0.1 (a free port), runc not asked to
+#        lower oom_score_adj (restrict_oom_score_adj), CNI bin and conf
+#        dirs empty under DIR/cni (host-network pods only).
 # start  writes the config, starts /usr/bin/containerd in the background
 #        (log DIR/containerd.log, pid DIR/containerd.pid), waits until
 #        `ctr -a DIR/containerd.sock version` answers and prints shell lines
@@ -45,12 +60,22 @@ cmd=$1
 dir=$2
 shift 2
 snapshotter_socket=""
+cri=false
+sandbox_image=""
+registry_config_path=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --snapshotter-socket) snapshotter_socket=${2:?--snapshotter-socket needs a path}; shift 2 ;;
+    --cri) cri=true; shift ;;
+    --sandbox-image) sandbox_image=${2:?--sandbox-image needs an image reference}; shift 2 ;;
+    --registry-config-path) registry_config_path=${2:?--registry-config-path needs a directory}; shift 2 ;;
     *) usage ;;
   esac
 done
+if ! $cri && { [ -n "$sandbox_image" ] || [ -n "$registry_config_path" ]; }; then
+  printf 'containerd.sh: error: --sandbox-image and --registry-config-path need --cri\n' >&2
+  exit 2
+fi
 
 containerd_bin=${SOCHI_CONTAINERD_BIN:-/usr/bin/containerd}
 ctr_bin=${SOCHI_CTR_BIN:-/usr/bin/ctr}
@@ -99,12 +124,18 @@ write_config() {
   # A unix socket path has at most 107 bytes (sun_path).
   [ ${#dir} -le 80 ] || die "$dir is too long for unix socket paths under it"
   mkdir -p "$dir/root" "$dir/state" "$dir/opt"
+  local plugins
+  if $cri; then
+    plugins="# The CRI plugin is on (--cri): its section is at the end."
+  else
+    plugins='# The CRI plugin wants a CNI config; ctr and sochi pull do not need it.
+disabled_plugins = ["io.containerd.grpc.v1.cri"]'
+  fi
   cat >"$dir/config.toml" <<EOF
 version = 2
 root = "$dir/root"
 state = "$dir/state"
-# The CRI plugin wants a CNI config; ctr and sochi pull do not need it.
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+$plugins
 
 [grpc]
   address = "$dir/containerd.sock"
@@ -124,7 +155,48 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     type = "snapshot"
     address = "$sock"
 EOF
+  if $cri; then
+    write_cri_config
+  fi
   printf '%s\n' "$sock" >"$dir/snapshotter.addr"
+}
+
+# Appends the CRI plugin's section to DIR/config.toml (--cri).
+write_cri_config() {
+  mkdir -p "$dir/cni/bin" "$dir/cni/conf"
+  if [ -n "$registry_config_path" ]; then
+    mkdir -p "$registry_config_path"
+    registry_config_path=$(cd "$registry_config_path" && pwd)
+  fi
+  {
+    printf '\n[plugins."io.containerd.grpc.v1.cri"]\n'
+    [ -z "$sandbox_image" ] || printf '  sandbox_image = "%s"\n' "$sandbox_image"
+    cat <<EOF
+  # runc cannot lower oom_score_adj to the sandbox's -998 in a VM like ours
+  # ("nsexec: failed to update /proc/self/oom_score_adj").
+  restrict_oom_score_adj = true
+  # A private instance: no TCP listener, streaming (exec, attach) on
+  # loopback at a port the kernel picks.
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "sochi"
+  # The cri.* labels tell the snapshotter which image a layer is of; 1.6
+  # leaves them out by default.
+  disable_snapshot_annotations = false
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  # Empty: only host-network pods, which need no CNI plugin.
+  bin_dir = "$dir/cni/bin"
+  conf_dir = "$dir/cni/conf"
+EOF
+    if [ -n "$registry_config_path" ]; then
+      printf '\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+      printf '  config_path = "%s"\n' "$registry_config_path"
+    fi
+  } >>"$dir/config.toml"
 }
 
 start() {

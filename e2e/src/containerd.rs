@@ -1,10 +1,13 @@
 //! `Containerd`: a private containerd (Debian's 1.6) per test, with its
 //! root, state and sockets in a `TempDir` and the config of
-//! `scripts/containerd.sh` (CRI off, proxy snapshotter `sochi` at
-//! `DIR/sochi.sock`). On drop (also while unwinding from a panic) it
-//! removes the tasks left running, kills this containerd's shims and
-//! containerd itself, waits, and unmounts whatever is still mounted under
-//! its dir before the dir goes.
+//! `scripts/containerd.sh` (proxy snapshotter `sochi` at `DIR/sochi.sock`;
+//! CRI off, or on with [`ContainerdOptions::cri`]). On drop (also while
+//! unwinding from a panic) it removes the tasks left running, kills this
+//! containerd's shims and containerd itself, waits, and unmounts whatever
+//! is still mounted under its dir before the dir goes.
+//! [`Containerd::restart`] stops containerd alone (its shims and their
+//! containers keep running, as on a node) and starts it again on the same
+//! root and state.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::cri::Cri;
 use crate::process::{describe_output, display_command, pid_alive, run_ok, tail, workspace_root};
 
 /// Where containerd and ctr are unless `SOCHI_CONTAINERD_BIN` /
@@ -23,9 +27,39 @@ const DEFAULT_CTR_BIN: &str = "/usr/bin/ctr";
 /// How long containerd may take to answer `ctr version`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long containerd may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long one `ctr` call may run before `timeout` ends it (a container
 /// that never exits must not hang the test).
 const CTR_TIMEOUT_SECS: u32 = 300;
+
+/// How containerd is configured.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerdOptions {
+    /// The CRI plugin on, with these settings (`containerd.sh --cri`);
+    /// `None`: off, as for `ctr` and `sochi pull`.
+    pub cri: Option<CriOptions>,
+}
+
+impl ContainerdOptions {
+    /// The CRI plugin on with `options`.
+    pub fn cri(options: CriOptions) -> ContainerdOptions {
+        ContainerdOptions { cri: Some(options) }
+    }
+}
+
+/// The CRI plugin's settings (`scripts/containerd.sh config --cri`).
+#[derive(Debug, Clone, Default)]
+pub struct CriOptions {
+    /// `sandbox_image`: the image of every pod's sandbox container
+    /// (`--sandbox-image`); containerd's default when `None`.
+    pub sandbox_image: Option<String>,
+    /// `registry.config_path`: a dir of `<host:port>/hosts.toml`
+    /// (`--registry-config-path`; [`crate::cri::RegistryHosts`] writes
+    /// one). Keep it until containerd is dropped.
+    pub registry_config_path: Option<PathBuf>,
+}
 
 /// A running containerd owned by one test. Keep it in the test (thread)
 /// that started it: the process also gets SIGKILL when that thread exits
@@ -34,16 +68,24 @@ const CTR_TIMEOUT_SECS: u32 = 300;
 pub struct Containerd {
     child: Child,
     log: PathBuf,
+    /// The CRI plugin is on.
+    cri: bool,
     // Last: removed after the process is gone and its mounts are undone.
     dir: TempDir,
 }
 
 impl Containerd {
-    /// Starts containerd and waits until `ctr version` answers. Panics,
-    /// with containerd's log, when the binary is missing or it does not
-    /// come up.
+    /// Starts containerd (CRI off) and waits until `ctr version` answers.
+    /// Panics, with containerd's log, when the binary is missing or it does
+    /// not come up.
     #[track_caller]
     pub fn start() -> Containerd {
+        Containerd::start_with(ContainerdOptions::default())
+    }
+
+    /// [`Containerd::start`] with `options`.
+    #[track_caller]
+    pub fn start_with(options: ContainerdOptions) -> Containerd {
         let bin = containerd_bin();
         if !bin.is_file() {
             panic!(
@@ -60,36 +102,71 @@ impl Containerd {
         };
         // One config, written by the script that users run by hand too.
         let script = workspace_root().join("scripts/containerd.sh");
-        run_ok(Command::new(&script).arg("config").arg(dir.path()));
-        let config = dir.path().join("config.toml");
+        let mut config_cmd = Command::new(&script);
+        config_cmd.arg("config").arg(dir.path());
+        if let Some(cri) = &options.cri {
+            config_cmd.arg("--cri");
+            if let Some(image) = &cri.sandbox_image {
+                config_cmd.arg("--sandbox-image").arg(image);
+            }
+            if let Some(path) = &cri.registry_config_path {
+                config_cmd.arg("--registry-config-path").arg(path);
+            }
+        }
+        run_ok(&mut config_cmd);
 
         let log = dir.path().join("containerd.log");
-        let log_file = match std::fs::File::create(&log) {
-            Ok(file) => file,
-            Err(err) => panic!("creating {}: {err}", log.display()),
-        };
-        let log_err = match log_file.try_clone() {
-            Ok(file) => file,
-            Err(err) => panic!("cloning the log file handle: {err}"),
-        };
-        let mut cmd = containerd_command(&bin, &config);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(log_err));
-        let child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(err) => panic!("starting {}: {err}", display_command(&cmd)),
-        };
+        let child = spawn(&bin, &dir.path().join("config.toml"), &log);
         // From here on a panic drops `containerd`, which stops the child.
-        let mut containerd = Containerd { child, log, dir };
+        let mut containerd = Containerd {
+            child,
+            log,
+            cri: options.cri.is_some(),
+            dir,
+        };
+        containerd.record_pid();
+        containerd.wait_ready();
+        containerd
+    }
+
+    #[track_caller]
+    fn record_pid(&self) {
         if let Err(err) = std::fs::write(
-            containerd.dir.path().join("containerd.pid"),
-            format!("{}\n", containerd.pid()),
+            self.dir.path().join("containerd.pid"),
+            format!("{}\n", self.pid()),
         ) {
             panic!("writing containerd.pid: {err}");
         }
-        containerd.wait_ready();
-        containerd
+    }
+
+    /// Stops containerd alone with SIGTERM (SIGKILL after 30 s), as a node's
+    /// service manager does, and starts it again with the same config, root
+    /// and state; waits until it answers. Shims and the containers they run
+    /// keep running meanwhile, and containerd takes them up again.
+    #[track_caller]
+    pub fn restart(&mut self) {
+        let pid = self.pid();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    eprintln!("containerd {pid} ignored SIGTERM for {STOP_TIMEOUT:?}: SIGKILL");
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+            }
+        }
+        self.child = spawn(&containerd_bin(), &self.config(), &self.log);
+        self.record_pid();
+        self.wait_ready();
     }
 
     #[track_caller]
@@ -138,6 +215,40 @@ impl Containerd {
     /// containerd's `root` (content store, snapshotters' data).
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")
+    }
+
+    /// containerd's `state` (tasks' bundles: a running container's root
+    /// filesystem is mounted at
+    /// `state/io.containerd.runtime.v2.task/<namespace>/<id>/rootfs`).
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Where the task of container `id` in `namespace` has its root
+    /// filesystem mounted while it runs (containerd's runc shim mounts it
+    /// there, in the host's mount namespace).
+    pub fn task_rootfs(&self, namespace: &str, id: &str) -> PathBuf {
+        self.state()
+            .join("io.containerd.runtime.v2.task")
+            .join(namespace)
+            .join(id)
+            .join("rootfs")
+    }
+
+    /// The config file containerd reads.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// A CRI client on containerd's socket (which serves CRI when it was
+    /// started with [`ContainerdOptions::cri`]); failures name containerd's
+    /// log. Panics when CRI is off or the socket does not answer.
+    #[track_caller]
+    pub fn cri(&self) -> Cri {
+        if !self.cri {
+            panic!("this containerd runs without CRI: start it with ContainerdOptions::cri");
+        }
+        Cri::connect(&self.address(), Some(self.log.clone()))
     }
 
     pub fn pid(&self) -> u32 {
@@ -258,6 +369,31 @@ fn containerd_command(bin: &Path, config: &Path) -> Command {
     let mut cmd = crate::process::dying_with_parent(bin);
     cmd.arg("--config").arg(config);
     cmd
+}
+
+/// Starts `containerd --config CONFIG`, appending its output to `log`.
+#[track_caller]
+fn spawn(bin: &Path, config: &Path, log: &Path) -> Child {
+    let log_file = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        Ok(file) => file,
+        Err(err) => panic!("opening {}: {err}", log.display()),
+    };
+    let log_err = match log_file.try_clone() {
+        Ok(file) => file,
+        Err(err) => panic!("cloning the log file handle: {err}"),
+    };
+    let mut cmd = containerd_command(bin, config);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log_file))
+        .stderr(Stdio::from(log_err));
+    match cmd.spawn() {
+        Ok(child) => child,
+        Err(err) => panic!("starting {}: {err}", display_command(&cmd)),
+    }
 }
 
 /// PIDs of the shims serving the containerd at `address`: processes

@@ -249,6 +249,15 @@ impl ImageLayout {
         digest
     }
 
+    /// Makes `args` what a container runs when it names no command of its
+    /// own: the config's `Entrypoint`, with no `Cmd`.
+    pub fn entrypoint(&mut self, args: &[&str]) {
+        self.config["config"]["Entrypoint"] = serde_json::json!(args);
+        if let Some(config) = self.config["config"].as_object_mut() {
+            config.remove("Cmd");
+        }
+    }
+
     /// Gives layer `index` a `diff_id` its bytes do not have.
     pub fn wrong_diff_id(&mut self, index: usize) -> String {
         let wrong = sha256(format!("not layer {index}").as_bytes());

@@ -26,6 +26,11 @@
 //! - [`Snapshotter`]: `sochi snapshotter` serving a [`Containerd`]'s proxy
 //!   plugin, with `kill9`/`restart`; stopped and its mounts undone on drop.
 //!   [`SnapshotView`]: a containerd snapshot view mounted read-only.
+//! - [`cri`]: containerd's CRI plugin driven as a kubelet drives it
+//!   ([`Containerd::start_with`] + [`ContainerdOptions::cri`],
+//!   [`Containerd::cri`]): a blocking CRI client, registry hosts files, a
+//!   sandbox image made from busybox, and [`cri::Pod`], a host-network pod
+//!   torn down on drop.
 //!
 //! A missing service (registry binary, skopeo, …) fails the test; nothing
 //! is skipped. Install what the harness needs with `scripts/e2e-deps.sh`.
@@ -35,7 +40,7 @@
 
 #![forbid(unsafe_code)]
 
-pub use crate::containerd::Containerd;
+pub use crate::containerd::{Containerd, ContainerdOptions, CriOptions};
 pub use crate::images::{TestImages, IMAGE_NAMES};
 pub use crate::process::{pid_alive, run_ok, workspace_root};
 pub use crate::proxy::{Fault, FaultProxy, RequestRecord};
@@ -44,6 +49,7 @@ pub use crate::snapshotter::{SnapshotView, Snapshotter, SnapshotterOptions};
 pub use crate::sochi::{sochi_bin, Sochi, SochiOutput};
 
 mod containerd;
+pub mod cri;
 mod images;
 pub mod layouts;
 pub mod lazy;

@@ -24,3 +24,6 @@ mod snapshotter;
 
 // Hostile images: no privilege, one xattr policy, nothing half-made.
 mod hostile;
+
+// containerd's CRI plugin as a kubelet drives it, on the sochi snapshotter.
+mod cri;

@@ -8,47 +8,9 @@ use base64::Engine as _;
 
 use crate::api;
 
-/// A credential: a password, a token. `Debug` and `Display` print
-/// `<redacted>`; the value is read only through [`Secret::expose`]. It has
-/// no `Serialize` on purpose.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps `value`.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The credential itself. Call it where the credential is used (a
-    /// request header), never to log or print it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// True when there is no credential (the field was not sent).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Secret {
-        Secret(value)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+/// A credential: a password, a token (sochi's one secret type, shared
+/// with the registry client).
+pub use sochi_registry::Secret;
 
 /// The registry credentials a kubelet sends with `PullImage` (CRI
 /// `AuthConfig`): a username and password, or the same as base64
@@ -151,11 +113,11 @@ impl From<api::AuthConfig> for AuthConfig {
     fn from(wire: api::AuthConfig) -> AuthConfig {
         AuthConfig {
             username: wire.username,
-            password: Secret(wire.password),
-            auth: Secret(wire.auth),
+            password: Secret::new(wire.password),
+            auth: Secret::new(wire.auth),
             server_address: wire.server_address,
-            identity_token: Secret(wire.identity_token),
-            registry_token: Secret(wire.registry_token),
+            identity_token: Secret::new(wire.identity_token),
+            registry_token: Secret::new(wire.registry_token),
         }
     }
 }

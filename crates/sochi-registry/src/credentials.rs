@@ -10,7 +10,7 @@
 use std::fmt;
 
 /// A password or a token. Prints as `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use sochi_cri::{AuthConfig, PullObserver};
 use sochi_fs::Keeper;
 use sochi_registry::{Credentials, Keychain, Reference, Secret};
 
@@ -163,6 +164,62 @@ impl CriKeychain {
     }
 }
 
+impl PullObserver for CriKeychain {
+    fn pulling(&self, image: &str, auth: Option<&AuthConfig>) {
+        let Some(auth) = auth.filter(|auth| !auth.is_empty()) else {
+            return;
+        };
+        let Some(credentials) = credentials_of(auth) else {
+            tracing::warn!(%image, ?auth, "pull credentials of no kind sochi reads (an undecodable auth?); not kept");
+            return;
+        };
+        if !auth.server_address().is_empty() {
+            let registry = Reference::parse(image).map(|reference| reference.registry);
+            let server = server_host(auth.server_address());
+            // containerd uses a pull's credentials only for the registry
+            // they name; so does sochi, lest an image of one registry
+            // carry credentials for another.
+            if registry.as_deref().ok() != Some(server.as_str()) {
+                tracing::warn!(%image, server_address = %auth.server_address(), "pull credentials for another registry than the image's; not kept");
+                return;
+            }
+        }
+        self.record(image, credentials);
+    }
+}
+
+/// The credentials of a CRI `AuthConfig`: username and password (or the
+/// same in `auth`) before an identity token before a registry token.
+fn credentials_of(auth: &AuthConfig) -> Option<Credentials> {
+    if let Some((username, password)) = auth.user_password() {
+        return Some(Credentials::Basic { username, password });
+    }
+    if let Some(token) = auth.identity_token() {
+        return Some(Credentials::IdentityToken {
+            token: token.clone(),
+        });
+    }
+    auth.registry_token()
+        .map(|token| Credentials::RegistryToken {
+            token: token.clone(),
+        })
+}
+
+/// The registry host of an `AuthConfig.server_address`, which a kubelet
+/// writes as a Docker config key: `registry.example:5000`,
+/// `https://registry.example/v2/`, or Docker Hub's
+/// `https://index.docker.io/v1/`.
+fn server_host(server_address: &str) -> String {
+    let rest = server_address
+        .split_once("://")
+        .map_or(server_address, |(_, rest)| rest);
+    let host = rest.split('/').next().unwrap_or_default();
+    // The same names a reference's registry goes through.
+    Reference::parse(&format!("{host}/x"))
+        .map(|reference| reference.registry)
+        .unwrap_or_else(|_| host.to_string())
+}
+
 impl Keychain for CriKeychain {
     fn credentials(&self, registry: &str, repository: &str) -> Option<Credentials> {
         self.entries
@@ -175,6 +232,39 @@ impl Keychain for CriKeychain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pull_records_the_credentials_of_the_image_registry_only() {
+        let keychain = CriKeychain::new(None);
+        let basic_auth = AuthConfig::basic("kube", Secret::new("pw"));
+        keychain.pulling("registry.example:5000/team/app:v1", Some(&basic_auth));
+        assert_eq!(
+            keychain.credentials("registry.example:5000", "team/app"),
+            Some(basic("pw"))
+        );
+        let elsewhere = basic_auth
+            .clone()
+            .with_server_address("https://other.example/v2/");
+        keychain.pulling("registry.example:5000/team/two:v1", Some(&elsewhere));
+        assert_eq!(
+            keychain.credentials("registry.example:5000", "team/two"),
+            None
+        );
+        let same = basic_auth
+            .clone()
+            .with_server_address("registry.example:5000");
+        keychain.pulling("registry.example:5000/team/three:v1", Some(&same));
+        assert!(keychain
+            .credentials("registry.example:5000", "team/three")
+            .is_some());
+        let hub = basic_auth.with_server_address("https://index.docker.io/v1/");
+        keychain.pulling("busybox", Some(&hub));
+        assert!(keychain
+            .credentials("docker.io", "library/busybox")
+            .is_some());
+        keychain.pulling("registry.example:5000/team/none:v1", None);
+        assert_eq!(keychain.len(), 3);
+    }
     use std::time::{Duration, Instant};
 
     fn basic(password: &str) -> Credentials {

@@ -150,8 +150,16 @@ pub async fn serve(daemon: Daemon) -> Result<()> {
     let service = api::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer::new(
         Service(Arc::clone(&snapshotter)),
     );
+    // The kubelet's image service endpoint: pulls pass through here so that
+    // their credentials are known before containerd prepares the layers.
+    let images = keychain.map(|keychain| {
+        let upstream = PathBuf::from(&daemon.config.cri_keychain.image_service_path);
+        tracing::info!(upstream = %upstream.display(), "serving the CRI image service: pull credentials are kept for lazy reads");
+        sochi_cri::ImageServiceProxy::new(upstream, keychain)
+    });
     tonic::transport::Server::builder()
         .add_service(service)
+        .add_optional_service(images)
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await
         .map_err(|e| serve_error("serving the snapshots API", e))?;

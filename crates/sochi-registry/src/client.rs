@@ -354,6 +354,7 @@ impl Client {
             if is_last {
                 return result;
             }
+            let missing = matches!(&result, Ok(response) if response.status().as_u16() == 404);
             let failure = match result {
                 Ok(response) if response.status().as_u16() < 400 => {
                     self.inner.down.lock().remove(&authority);
@@ -374,14 +375,26 @@ impl Client {
                 let mut stats = self.inner.host_stats.lock();
                 stats.entry(authority.clone()).or_default().failovers += 1;
             }
-            tracing::warn!(
-                registry = %repo.registry,
-                host = %authority,
-                method = %spec.method,
-                url = %redact_url(&attempt.url),
-                failure,
-                "registry host failed; trying the next one"
-            );
+            // A mirror that lacks something (404) is what mirrors do, not
+            // a failure worth a warning.
+            if missing {
+                tracing::info!(
+                    registry = %repo.registry,
+                    host = %authority,
+                    method = %spec.method,
+                    url = %redact_url(&attempt.url),
+                    "not on this registry host; trying the next one"
+                );
+            } else {
+                tracing::warn!(
+                    registry = %repo.registry,
+                    host = %authority,
+                    method = %spec.method,
+                    url = %redact_url(&attempt.url),
+                    failure,
+                    "registry host failed; trying the next one"
+                );
+            }
         }
         // Not reached: the origin is always a candidate.
         Err(Error::InvalidArgument {

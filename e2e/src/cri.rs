@@ -57,6 +57,34 @@ impl Cri {
     /// it answers `Version`. `log` is the runtime's log, for failures.
     #[track_caller]
     pub fn connect(address: &Path, log: Option<PathBuf>) -> Cri {
+        let cri = Cri::connect_only(address, log);
+        cri.wait_ready();
+        cri
+    }
+
+    /// Connects to a CRI image service only (a kubelet's
+    /// `--image-service-endpoint`: the sochi snapshotter's socket with
+    /// `[cri_keychain]` on) and waits (up to 30 s) until it answers
+    /// `ListImages`. `log` is the log printed when a call fails.
+    #[track_caller]
+    pub fn connect_image_service(address: &Path, log: Option<PathBuf>) -> Cri {
+        let cri = Cri::connect_only(address, log);
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            match cri.block_on(cri.client.list_images()) {
+                Ok(_) => return cri,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(err) => {
+                    cri.ok(Err::<(), _>(err));
+                }
+            }
+        }
+    }
+
+    #[track_caller]
+    fn connect_only(address: &Path, log: Option<PathBuf>) -> Cri {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -78,13 +106,11 @@ impl Cri {
                 ),
             }
         };
-        let cri = Cri {
+        Cri {
             client,
             log,
             runtime,
-        };
-        cri.wait_ready();
-        cri
+        }
     }
 
     /// The async client, for calls this type does not wrap (run them with
@@ -237,12 +263,16 @@ impl RegistryHosts {
         for registry in registries {
             let host_dir = dir.path().join(registry.addr());
             let server = format!("{}://{}", registry.scheme(), registry.addr());
-            let mut text = format!(
-                "server = \"{server}\"\n\n[host.\"{server}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            // The CA on the server too: a [host] entry is tried first, but
+            // whoever falls back to the server must trust it as well.
+            let ca = registry
+                .ca_file()
+                .map(|ca| format!("  ca = \"{}\"\n", ca.display()))
+                .unwrap_or_default();
+            let text = format!(
+                "server = \"{server}\"\n{}\n[host.\"{server}\"]\n  capabilities = [\"pull\", \"resolve\"]\n{ca}",
+                ca.trim_start()
             );
-            if let Some(ca) = registry.ca_file() {
-                text.push_str(&format!("  ca = \"{}\"\n", ca.display()));
-            }
             if let Err(err) = std::fs::create_dir_all(&host_dir)
                 .and_then(|()| std::fs::write(host_dir.join("hosts.toml"), text))
             {

@@ -28,11 +28,11 @@ use sochi_e2e::{
 };
 
 /// What debian-python's `/app/main.py` prints.
-const READY: &str = "sochi debian-python ready python=3";
+pub(crate) const READY: &str = "sochi debian-python ready python=3";
 
 /// How long a container may take to print its ready line (a cold lazy
 /// start on a busy machine).
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Labels sochi writes on the layers it provides.
 const LABEL_REMOTE: &str = "containerd.io/snapshot/remote";
@@ -91,7 +91,7 @@ impl Node {
 }
 
 /// The layer digests of debian-python, bottom first.
-fn layer_digests() -> Vec<String> {
+pub(crate) fn layer_digests() -> Vec<String> {
     TestImages::get().manifest("debian-python")["layers"]
         .as_array()
         .unwrap()
@@ -129,8 +129,8 @@ fn chain_ids() -> Vec<String> {
 }
 
 /// `sochi snapshotter layers --image IMAGE --json` on the snapshotter's
-/// root: layer digest → how it was provided.
-fn layer_modes(snapshotter: &Snapshotter, image: &str) -> Vec<(String, String)> {
+/// root: one record per layer (`layer`, `mode`, `reason`, …).
+pub(crate) fn layer_records(snapshotter: &Snapshotter, image: &str) -> Vec<serde_json::Value> {
     let output = run_ok(
         Command::new(sochi_bin())
             .arg("--root")
@@ -139,8 +139,15 @@ fn layer_modes(snapshotter: &Snapshotter, image: &str) -> Vec<(String, String)> 
     );
     String::from_utf8_lossy(&output.stdout)
         .lines()
-        .map(|line| {
-            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// [`layer_records`]: layer digest → how it was provided.
+pub(crate) fn layer_modes(snapshotter: &Snapshotter, image: &str) -> Vec<(String, String)> {
+    layer_records(snapshotter, image)
+        .iter()
+        .map(|record| {
             (
                 record["layer"].as_str().unwrap().to_string(),
                 record["mode"].as_str().unwrap().to_string(),
@@ -219,11 +226,11 @@ fn assert_lazy_snapshots(node: &Node, image: &str) {
 
 /// The `data=sha256:` the ready line must carry: that of the oracle's
 /// `/app/data.bin`.
-fn data_digest() -> String {
+pub(crate) fn data_digest() -> String {
     sha256_file(&oracle_rootfs("debian-python").join("app/data.bin"))
 }
 
-fn sha256_file(path: &Path) -> String {
+pub(crate) fn sha256_file(path: &Path) -> String {
     match fs::read(path) {
         Ok(bytes) => hex::encode(Sha256::digest(bytes)),
         Err(err) => panic!("reading {}: {err}", path.display()),
@@ -232,7 +239,7 @@ fn sha256_file(path: &Path) -> String {
 
 /// Waits until container `id` runs.
 #[track_caller]
-fn wait_running(cri: &Cri, id: &str) {
+pub(crate) fn wait_running(cri: &Cri, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status = cri.container_status(id);
@@ -355,7 +362,7 @@ fn python_pod_runs_lazily_through_cri() {
 // --- 2. a node restart: snapshotter and containerd ---------------------------------------
 
 /// Files of debian-python that `python3 /app/main.py` does not read.
-fn unread_files(oracle: &Path) -> Vec<String> {
+pub(crate) fn unread_files(oracle: &Path) -> Vec<String> {
     let files: Vec<String> = [
         "etc/os-release",
         "usr/lib/python3.11/json/decoder.py",
@@ -372,7 +379,7 @@ fn unread_files(oracle: &Path) -> Vec<String> {
 /// A directory nothing in the container has read, whose files sit at the
 /// end of the two big layers' tars (paths in order: `/var` after `/usr`),
 /// in spans a python start does not touch: reading it fetches.
-const UNREAD_DIR: &str = "var/lib/dpkg";
+pub(crate) const UNREAD_DIR: &str = "var/lib/dpkg";
 
 #[test]
 fn a_running_pod_survives_snapshotter_and_containerd_restarts() {

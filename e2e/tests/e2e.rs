@@ -27,3 +27,6 @@ mod hostile;
 
 // containerd's CRI plugin as a kubelet drives it, on the sochi snapshotter.
 mod cri;
+
+// A Kubernetes node's registry side: kubelet credentials, rotation, mirrors.
+mod kube;

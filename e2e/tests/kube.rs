@@ -19,7 +19,6 @@ use sochi_cri::{AuthConfig, Secret};
 use sochi_e2e::cri::{push_pause_image, ContainerSpec, Cri, Pod, RegistryHosts};
 use sochi_e2e::lazy::oracle_rootfs;
 use sochi_e2e::oracle::compare_trees;
-use sochi_e2e::snapshotter::mounts_under;
 use sochi_e2e::{
     Containerd, ContainerdOptions, CriOptions, Registry, Snapshotter, SnapshotterOptions, Sochi,
     TestImages,
@@ -119,10 +118,14 @@ fn start_python(cri: &Cri, pod: &mut Pod, image_id: &str) -> u32 {
     cri.container_pid(&id)
 }
 
-/// The regular files under `dir` (not following mounts, which hold image
-/// content) that contain `needle`.
+/// The regular files of at most 16 MiB under `dir` that contain
+/// `needle`; mounts under `dir` (layers, container roots, other tests'
+/// FUSE mounts) are not entered.
 fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
-    let mounts = mounts_under(dir);
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(device) = fs::metadata(dir).map(|meta| meta.dev()) else {
+        return Vec::new();
+    };
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -131,12 +134,15 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(kind) = entry.file_type() else {
+            let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;
             };
-            if kind.is_dir() && !mounts.contains(&path) {
+            if meta.dev() != device {
+                continue;
+            }
+            if meta.is_dir() {
                 stack.push(path);
-            } else if kind.is_file() {
+            } else if meta.is_file() && meta.len() <= 16 << 20 {
                 if let Ok(bytes) = fs::read(&path) {
                     if bytes
                         .windows(needle.len())
@@ -165,6 +171,9 @@ fn kubelet_credentials_serve_lazy_reads_across_rotation_and_restart() {
     let pause = push_pause_image(&public);
     let image = convert(&private, "debian-python", "team/py:soci");
     let tools = convert(&private, "busybox", "team/tools:soci");
+    // Another image of the application's repository, pulled after the
+    // password changes.
+    let sibling = convert(&private, "busybox", "team/py:busybox");
     let user = private.credentials().unwrap().user.clone();
     let old_password = private.credentials().unwrap().password.clone();
     // As a kubelet writes it (a Docker config key); containerd refuses a
@@ -209,11 +218,18 @@ fn kubelet_credentials_serve_lazy_reads_across_rotation_and_restart() {
     let mut pod = Pod::run(&runtime, "private");
     let pid = start_python(&runtime, &mut pod, &image_id);
 
-    // The password changes. The kubelet's next pull of the repository
-    // carries the new one; lazy reads of the running container use it.
-    let new_password = format!("rotated-{}", std::process::id());
+    // The password changes. The kubelet's next pull from the repository
+    // (another image) carries the new one; lazy reads of the running
+    // container use it.
+    let new_password = format!(
+        "rotated-{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
     private.restart(Some(&new_password));
-    images.pull_image(&image, Some(&auth(&new_password)));
+    images.pull_image(&sibling, Some(&auth(&new_password)));
     let before = demand(&snapshotter);
     assert_tree_served(pid, UNREAD_EARLY, "after the password changed");
     assert!(demand(&snapshotter) > before, "nothing was fetched");
@@ -232,16 +248,17 @@ fn kubelet_credentials_serve_lazy_reads_across_rotation_and_restart() {
         snapshotter.log_tail(30)
     );
 
-    // No password on any disk sochi or containerd wrote, in sochi's log,
-    // or in its metrics.
-    let snapshotter_dir = snapshotter.root().parent().unwrap().to_path_buf();
+    // No password on any disk sochi or containerd wrote (their dirs are
+    // under /tmp), in sochi's log, metrics or `--json` output.
+    let layers_json = format!("{:?}", layer_records(&snapshotter, &image));
     for password in [&old_password, &new_password] {
-        for dir in [&snapshotter_dir, &containerd.dir().to_path_buf()] {
+        for dir in [Path::new("/tmp"), &snapshotter.root(), containerd.dir()] {
             let found = files_containing(dir, password);
             assert!(found.is_empty(), "a password in {found:?}");
         }
         assert!(!snapshotter.log().contains(password.as_str()));
         assert!(!snapshotter.metrics().text().contains(password.as_str()));
+        assert!(!layers_json.contains(password.as_str()));
     }
     pod.stop();
 }

@@ -203,7 +203,7 @@ fn serve(
         fetch_timeout: request.fetch_timeout,
         fuse_threads: request.fuse_threads,
         span_cache_limit: request.span_cache_limit,
-        memory_cache_limit: sochi_spans::DEFAULT_MEMORY_LIMIT,
+        span_memory: sochi_spans::SpanMemory::new(sochi_spans::DEFAULT_MEMORY_LIMIT),
         keeper: None,
     };
     let target = if request.layer.is_some() {

@@ -52,8 +52,9 @@ pub struct MountOptions {
     pub fuse_threads: usize,
     /// Bound of each layer's on-disk span cache, in bytes.
     pub span_cache_limit: Option<u64>,
-    /// Bound of each layer's in-memory span cache, in bytes.
-    pub memory_cache_limit: u64,
+    /// The in-memory span cache the layers share, and its limit (a
+    /// snapshotter gives all its layers one: the node's budget).
+    pub span_memory: Arc<sochi_spans::SpanMemory>,
     /// The FUSE keeper to hand a layer's connection to, for a mount of one
     /// layer ([`MountTarget::Layer`]): the mount then survives this
     /// process, and a later mount with the same `mount_id` takes it over.
@@ -288,7 +289,8 @@ impl ImageMount {
             threads: self.options.fuse_threads,
             spans: SpanStoreConfig {
                 cache_dir: Some(state.path().join("spans")),
-                memory_limit: self.options.memory_cache_limit,
+                memory_limit: self.options.span_memory.limit(),
+                memory: Some(Arc::clone(&self.options.span_memory)),
                 disk_limit: self.options.span_cache_limit,
                 wait_bound: self.options.fetch_timeout * 2,
             },

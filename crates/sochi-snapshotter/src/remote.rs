@@ -89,6 +89,9 @@ pub struct RemoteLayers {
     config: Arc<Config>,
     plans: Mutex<HashMap<String, (Instant, PlanResult)>>,
     mounts: Mutex<HashMap<u64, ImageMount>>,
+    /// The spans in memory of all layers: `[directory_cache] memory_bytes`
+    /// for the node, not per layer.
+    span_memory: Arc<sochi_spans::SpanMemory>,
     keeper: Option<Arc<Keeper>>,
 }
 
@@ -102,6 +105,7 @@ impl RemoteLayers {
         config: Arc<Config>,
         keeper: Option<Arc<Keeper>>,
     ) -> RemoteLayers {
+        let span_memory = sochi_spans::SpanMemory::new(config.directory_cache.memory_bytes);
         RemoteLayers {
             client,
             runtime,
@@ -109,6 +113,7 @@ impl RemoteLayers {
             config,
             plans: Mutex::new(HashMap::new()),
             mounts: Mutex::new(HashMap::new()),
+            span_memory,
             keeper,
         }
     }
@@ -239,7 +244,7 @@ impl RemoteLayers {
             fetch_timeout: Duration::from_secs(self.config.blob.fetching_timeout_sec.max(1)),
             fuse_threads: self.config.fuse.threads.max(1),
             span_cache_limit: self.config.directory_cache.max_bytes,
-            memory_cache_limit: self.config.directory_cache.memory_bytes,
+            span_memory: Arc::clone(&self.span_memory),
             keeper: self.keeper.clone(),
         };
         match ImageMount::mount(
@@ -297,8 +302,27 @@ impl RemoteLayers {
 
     /// Prometheus text of every mounted layer.
     pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
         for mount in self.mounts.lock().values() {
             mount.render_layer_metrics(out);
+        }
+        let memory = &self.span_memory;
+        for (name, help, value) in [
+            (
+                "sochi_span_memory_bytes",
+                "Uncompressed spans held in memory, all layers together.",
+                memory.bytes(),
+            ),
+            (
+                "sochi_span_memory_limit_bytes",
+                "The node's span memory budget ([directory_cache] memory_bytes).",
+                memory.limit(),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
     }
 }

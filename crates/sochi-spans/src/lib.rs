@@ -50,6 +50,7 @@
 pub use background::BackgroundOptions;
 pub use blob::{BlobError, BlobErrorKind, BlobReader, FileBlob, MemoryBlob};
 pub use error::{Error, Result};
+pub use memory::SpanMemory;
 pub use metrics::{Histogram, LayerMetrics};
 pub use sochi_format::SpanId;
 pub use spans::{SpanManager, SpanStoreConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND};
@@ -58,6 +59,7 @@ pub use verify::HeaderCheck;
 mod background;
 mod blob;
 mod error;
+mod memory;
 mod metrics;
 mod spans;
 mod verify;

@@ -28,9 +28,10 @@
 //! - A finished fetch stores its spans in the caches before it removes
 //!   their flights, so a reader that finds no flight finds the span cached
 //!   (or starts a fetch that another reader may duplicate, never corrupt).
-//! - `MemoryCache::bytes` and `DiskIndex::bytes` are the sums of their
-//!   entries' lengths; after each insert they are at most their limits
-//!   (least recently used go first).
+//! - The memory cache ([`SpanMemory`], maybe shared by many layers) and
+//!   `DiskIndex::bytes` stay within their limits after each insert (least
+//!   recently used go first); a manager's spans leave the memory cache
+//!   when it is dropped.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -44,6 +45,7 @@ use sochi_format::{CheckpointRef, CompressionAlgorithm, Sha256Digest, SpanId, Zi
 
 use crate::blob::BlobReader;
 use crate::error::{Error, Result};
+use crate::memory::{LayerKey, SpanMemory};
 use crate::metrics::LayerMetrics;
 
 /// Default bound of the in-memory span cache, in uncompressed bytes.
@@ -86,45 +88,6 @@ impl Span {
     pub(crate) fn uncompressed_len(&self) -> u64 {
         self.end_uncompressed
             .saturating_sub(self.start_uncompressed)
-    }
-}
-
-/// Uncompressed spans by id, each with the tick of its last use.
-#[derive(Default)]
-struct MemoryCache {
-    entries: HashMap<usize, (Arc<[u8]>, u64)>,
-    bytes: u64,
-    tick: u64,
-}
-
-impl MemoryCache {
-    fn get(&mut self, span: usize) -> Option<Arc<[u8]>> {
-        self.tick += 1;
-        let tick = self.tick;
-        let entry = self.entries.get_mut(&span)?;
-        entry.1 = tick;
-        Some(Arc::clone(&entry.0))
-    }
-
-    fn insert(&mut self, span: usize, data: Arc<[u8]>, limit: u64) {
-        self.tick += 1;
-        self.bytes += data.len() as u64;
-        if let Some((old, _)) = self.entries.insert(span, (data, self.tick)) {
-            self.bytes = self.bytes.saturating_sub(old.len() as u64);
-        }
-        while self.bytes > limit {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, (_, tick))| *tick)
-                .map(|(span, _)| *span)
-            else {
-                break;
-            };
-            if let Some((old, _)) = self.entries.remove(&oldest) {
-                self.bytes = self.bytes.saturating_sub(old.len() as u64);
-            }
-        }
     }
 }
 
@@ -225,7 +188,12 @@ pub struct SpanManager {
     /// The layer's cache directory: its span cache files (see
     /// [`disk`]) and the background fetch's record of a verified blob.
     pub(crate) cache_dir: Option<PathBuf>,
-    memory: Mutex<MemoryCache>,
+    /// The in-memory span cache, maybe shared with other layers, and this
+    /// layer's key in it.
+    memory: Arc<SpanMemory>,
+    memory_key: LayerKey,
+    memory_shared: bool,
+    /// This layer's cap within `memory`.
     memory_limit: u64,
     disk: Option<disk::DiskUse>,
     flights: Mutex<HashMap<usize, Arc<Flight>>>,
@@ -251,8 +219,11 @@ pub struct SpanStoreConfig {
     /// The on-disk cache of the layer (created if missing); `None` for
     /// memory only.
     pub cache_dir: Option<PathBuf>,
-    /// Bound of the in-memory cache, in uncompressed bytes.
+    /// Bound of this layer's spans in memory, in uncompressed bytes.
     pub memory_limit: u64,
+    /// The in-memory cache to share with other layers (a node-wide
+    /// budget); `None`: a cache of the layer's own, of `memory_limit`.
+    pub memory: Option<Arc<SpanMemory>>,
     /// Bound of the on-disk cache, in uncompressed bytes (`None`:
     /// unbounded).
     pub disk_limit: Option<u64>,
@@ -265,6 +236,7 @@ impl Default for SpanStoreConfig {
         SpanStoreConfig {
             cache_dir: None,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            memory: None,
             disk_limit: None,
             wait_bound: DEFAULT_WAIT_BOUND,
         }
@@ -281,6 +253,9 @@ impl SpanManager {
         let mut spans = SpanManager::new(ztoc, blob, config.cache_dir.clone())?
             .with_memory_limit(config.memory_limit)
             .with_wait_bound(config.wait_bound);
+        if let Some(memory) = &config.memory {
+            spans = spans.with_shared_memory(Arc::clone(memory));
+        }
         if let Some(limit) = config.disk_limit {
             spans = spans.with_disk_limit(limit);
         }
@@ -340,6 +315,8 @@ impl SpanManager {
             Some(dir) => Some(disk::DiskCache::open(dir, &spans)?),
             None => None,
         };
+        let memory = SpanMemory::new(DEFAULT_MEMORY_LIMIT);
+        let memory_key = memory.register();
         Ok(SpanManager {
             algorithm: geometry.algorithm(),
             zinfo: ztoc.compression.checkpoints.clone(),
@@ -347,7 +324,9 @@ impl SpanManager {
             uncompressed_size: geometry.uncompressed_archive_size(),
             blob,
             cache_dir,
-            memory: Mutex::new(MemoryCache::default()),
+            memory_key,
+            memory,
+            memory_shared: false,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             disk,
             flights: Mutex::new(HashMap::new()),
@@ -362,10 +341,25 @@ impl SpanManager {
         })
     }
 
-    /// Bounds the in-memory cache to `bytes` of uncompressed spans
-    /// (default [`DEFAULT_MEMORY_LIMIT`]).
+    /// Bounds this layer's spans in memory to `bytes` (default
+    /// [`DEFAULT_MEMORY_LIMIT`]); a cache of its own gets that limit too.
     pub fn with_memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = bytes;
+        if !self.memory_shared {
+            self.memory = SpanMemory::new(bytes);
+            self.memory_key = self.memory.register();
+        }
+        self
+    }
+
+    /// Keeps this layer's spans in `memory`, shared with other layers under
+    /// its limit (evicting across layers by recency), besides this layer's
+    /// own cap ([`SpanManager::with_memory_limit`]).
+    pub fn with_shared_memory(mut self, memory: Arc<SpanMemory>) -> Self {
+        self.memory.remove_layer(self.memory_key);
+        self.memory_key = memory.register();
+        self.memory = memory;
+        self.memory_shared = true;
         self
     }
 
@@ -415,17 +409,16 @@ impl SpanManager {
 
     /// Number of spans held in the in-memory cache now.
     pub fn cached_spans(&self) -> usize {
-        self.memory.lock().entries.len()
+        self.memory.layer_spans(self.memory_key)
     }
 
     /// Compressed size of the spans held locally (memory or disk): what the
     /// reference's status file calls `fetchedSize`.
     pub fn resident_compressed_bytes(&self) -> u64 {
-        let memory = self.memory.lock();
         self.spans
             .iter()
             .enumerate()
-            .filter(|(id, _)| memory.entries.contains_key(id) || self.on_disk(*id))
+            .filter(|(id, _)| self.in_memory(*id) || self.on_disk(*id))
             .map(|(_, span)| span.end_compressed - span.start_compressed)
             .sum()
     }
@@ -501,7 +494,7 @@ impl SpanManager {
     /// only the bytes asked for are read). `false`: not here.
     fn read_cached_slice(&self, span: usize, from: u64, target: &mut [u8]) -> Result<bool> {
         let start = usize::try_from(from).map_err(|_| self.corrupt(span))?;
-        if let Some(data) = self.memory.lock().get(span) {
+        if let Some(data) = self.memory.get(self.memory_key, span) {
             let piece = data
                 .get(start..start + target.len())
                 .ok_or_else(|| self.corrupt(span))?;
@@ -602,7 +595,7 @@ impl SpanManager {
             let mut end = span + 1;
             while end <= last
                 && !flights.contains_key(&end)
-                && !self.memory.lock().entries.contains_key(&end)
+                && !self.in_memory(end)
                 && !self.on_disk(end)
             {
                 end += 1;
@@ -657,7 +650,12 @@ impl SpanManager {
 
     /// Whether `span` is cached in memory or on disk (no I/O).
     pub(crate) fn is_cached(&self, span: usize) -> bool {
-        self.memory.lock().entries.contains_key(&span) || self.on_disk(span)
+        self.in_memory(span) || self.on_disk(span)
+    }
+
+    /// Whether `span` is in the memory cache (not marked as used).
+    fn in_memory(&self, span: usize) -> bool {
+        self.memory.contains(self.memory_key, span)
     }
 
     /// Whether `span` is in the disk cache (no I/O).
@@ -667,7 +665,7 @@ impl SpanManager {
 
     /// `span` from memory, else from disk (then kept in memory too).
     fn cached(&self, span: usize) -> Result<Option<Arc<[u8]>>> {
-        if let Some(data) = self.memory.lock().get(span) {
+        if let Some(data) = self.memory.get(self.memory_key, span) {
             LayerMetrics::add(&self.metrics.memory_hits, 1);
             return Ok(Some(data));
         }
@@ -680,8 +678,7 @@ impl SpanManager {
         LayerMetrics::add(&self.metrics.disk_hits, 1);
         let data: Arc<[u8]> = Arc::from(data);
         self.memory
-            .lock()
-            .insert(span, Arc::clone(&data), self.memory_limit);
+            .insert(self.memory_key, span, Arc::clone(&data), self.memory_limit);
         Ok(Some(data))
     }
 
@@ -690,8 +687,7 @@ impl SpanManager {
     pub(crate) fn store(&self, span: usize, data: &Arc<[u8]>, in_memory: bool) -> Result<()> {
         if in_memory {
             self.memory
-                .lock()
-                .insert(span, Arc::clone(data), self.memory_limit);
+                .insert(self.memory_key, span, Arc::clone(data), self.memory_limit);
         }
         let Some(disk) = &self.disk else {
             return Ok(());
@@ -820,6 +816,14 @@ impl SpanManager {
                 Ok(Arc::from(out))
             }
         }
+    }
+}
+
+impl Drop for SpanManager {
+    fn drop(&mut self) {
+        // A shared cache outlives its layers: an unmounted layer's spans
+        // would otherwise hold the budget until evicted.
+        self.memory.remove_layer(self.memory_key);
     }
 }
 

@@ -291,6 +291,29 @@ fn small_memory_limit_evicts_but_stays_correct() {
     assert!(blob.bytes() > layer.blob.len() as u64);
 }
 
+#[test]
+fn layers_sharing_memory_stay_within_one_limit_and_free_it_when_dropped() {
+    let layer = layer("pax-mixed.tar.gz");
+    let memory = crate::SpanMemory::new(200_000);
+    let (a, _) = manager(&layer, layer.blob.clone(), None);
+    let (b, _) = manager(&layer, layer.blob.clone(), None);
+    let a = a.with_shared_memory(Arc::clone(&memory));
+    let b = b.with_shared_memory(Arc::clone(&memory));
+    let size = a.uncompressed_size();
+    assert!(read_chunks(&a, 0, size, 50_001) == expected(&layer, 0, size));
+    let after_a = a.cached_spans();
+    assert!(after_a > 0 && memory.bytes() <= 200_000);
+    assert!(read_chunks(&b, 0, size, 50_001) == expected(&layer, 0, size));
+    assert!(memory.bytes() <= 200_000);
+    // b read last: the one budget went to b, at a's expense.
+    assert!(b.cached_spans() > 0);
+    assert!(a.cached_spans() < after_a);
+    assert_eq!(memory.spans(), a.cached_spans() + b.cached_spans());
+    // An unmounted layer gives its spans back at once.
+    drop(b);
+    assert_eq!(memory.spans(), a.cached_spans());
+}
+
 /// A tar (ustar) of one file of `size` pseudo-random bytes.
 fn synthetic_tar(size: usize) -> Vec<u8> {
     let mut header = [0u8; 512];

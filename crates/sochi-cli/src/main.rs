@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod malloc;
 mod output;
 mod progress;
 
@@ -74,6 +75,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
+    if matches!(cli.command, Command::Mount(_) | Command::Snapshotter(_)) {
+        malloc::fix_mmap_threshold();
+    }
     let global = cmd::Global {
         root: cli.root,
         registry: cli.registry,

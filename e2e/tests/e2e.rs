@@ -30,3 +30,6 @@ mod cri;
 
 // A Kubernetes node's registry side: kubelet credentials, rotation, mirrors.
 mod kube;
+
+// A node with many images: one memory budget for all of them.
+mod many;

@@ -204,6 +204,7 @@ fn serve(
         fuse_threads: request.fuse_threads,
         span_cache_limit: request.span_cache_limit,
         span_memory: sochi_spans::SpanMemory::new(sochi_spans::DEFAULT_MEMORY_LIMIT),
+        span_disk_budget: None,
         keeper: None,
     };
     let target = if request.layer.is_some() {

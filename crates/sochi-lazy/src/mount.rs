@@ -52,6 +52,9 @@ pub struct MountOptions {
     pub fuse_threads: usize,
     /// Bound of each layer's on-disk span cache, in bytes.
     pub span_cache_limit: Option<u64>,
+    /// A bound of the on-disk span caches of all layers together (a
+    /// snapshotter's `[directory_cache] max_bytes`).
+    pub span_disk_budget: Option<Arc<sochi_spans::DiskBudget>>,
     /// The in-memory span cache the layers share, and its limit (a
     /// snapshotter gives all its layers one: the node's budget).
     pub span_memory: Arc<sochi_spans::SpanMemory>,
@@ -292,6 +295,7 @@ impl ImageMount {
                 memory_limit: self.options.span_memory.limit(),
                 memory: Some(Arc::clone(&self.options.span_memory)),
                 disk_limit: self.options.span_cache_limit,
+                disk_budget: self.options.span_disk_budget.clone(),
                 wait_bound: self.options.fetch_timeout * 2,
             },
         };

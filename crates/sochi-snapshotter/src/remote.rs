@@ -92,6 +92,9 @@ pub struct RemoteLayers {
     /// The spans in memory of all layers: `[directory_cache] memory_bytes`
     /// for the node, not per layer.
     span_memory: Arc<sochi_spans::SpanMemory>,
+    /// The span caches on disk of all layers: `[directory_cache]
+    /// max_bytes` for the node.
+    span_disk: Option<Arc<sochi_spans::DiskBudget>>,
     keeper: Option<Arc<Keeper>>,
 }
 
@@ -106,6 +109,10 @@ impl RemoteLayers {
         keeper: Option<Arc<Keeper>>,
     ) -> RemoteLayers {
         let span_memory = sochi_spans::SpanMemory::new(config.directory_cache.memory_bytes);
+        let span_disk = config
+            .directory_cache
+            .max_bytes
+            .map(sochi_spans::DiskBudget::new);
         RemoteLayers {
             client,
             runtime,
@@ -114,6 +121,7 @@ impl RemoteLayers {
             plans: Mutex::new(HashMap::new()),
             mounts: Mutex::new(HashMap::new()),
             span_memory,
+            span_disk,
             keeper,
         }
     }
@@ -243,7 +251,8 @@ impl RemoteLayers {
             background_jobs: 1,
             fetch_timeout: Duration::from_secs(self.config.blob.fetching_timeout_sec.max(1)),
             fuse_threads: self.config.fuse.threads.max(1),
-            span_cache_limit: self.config.directory_cache.max_bytes,
+            span_cache_limit: None,
+            span_disk_budget: self.span_disk.clone(),
             span_memory: Arc::clone(&self.span_memory),
             keeper: self.keeper.clone(),
         };
@@ -307,7 +316,7 @@ impl RemoteLayers {
             mount.render_layer_metrics(out);
         }
         let memory = &self.span_memory;
-        for (name, help, value) in [
+        let mut gauges = vec![
             (
                 "sochi_span_memory_bytes",
                 "Uncompressed spans held in memory, all layers together.",
@@ -318,7 +327,20 @@ impl RemoteLayers {
                 "The node's span memory budget ([directory_cache] memory_bytes).",
                 memory.limit(),
             ),
-        ] {
+        ];
+        if let Some(disk) = &self.span_disk {
+            gauges.push((
+                "sochi_span_disk_bytes",
+                "Uncompressed spans in the on-disk caches, all layers together.",
+                disk.bytes(),
+            ));
+            gauges.push((
+                "sochi_span_disk_limit_bytes",
+                "The node's span disk budget ([directory_cache] max_bytes).",
+                disk.limit(),
+            ));
+        }
+        for (name, help, value) in gauges {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"

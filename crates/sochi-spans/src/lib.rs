@@ -53,7 +53,9 @@ pub use error::{Error, Result};
 pub use memory::SpanMemory;
 pub use metrics::{Histogram, LayerMetrics};
 pub use sochi_format::SpanId;
-pub use spans::{SpanManager, SpanStoreConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND};
+pub use spans::{
+    DiskBudget, SpanManager, SpanStoreConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND,
+};
 pub use verify::HeaderCheck;
 
 mod background;

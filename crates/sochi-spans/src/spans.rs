@@ -227,6 +227,9 @@ pub struct SpanStoreConfig {
     /// Bound of the on-disk cache, in uncompressed bytes (`None`:
     /// unbounded).
     pub disk_limit: Option<u64>,
+    /// A bound shared with other layers' disk caches (a node-wide
+    /// budget), besides `disk_limit`.
+    pub disk_budget: Option<Arc<DiskBudget>>,
     /// Bound of a reader's wait for a span another reader is fetching.
     pub wait_bound: Duration,
 }
@@ -238,6 +241,7 @@ impl Default for SpanStoreConfig {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             memory: None,
             disk_limit: None,
+            disk_budget: None,
             wait_bound: DEFAULT_WAIT_BOUND,
         }
     }
@@ -258,6 +262,9 @@ impl SpanManager {
         }
         if let Some(limit) = config.disk_limit {
             spans = spans.with_disk_limit(limit);
+        }
+        if let Some(budget) = &config.disk_budget {
+            spans = spans.with_disk_budget(budget);
         }
         Ok(spans)
     }
@@ -368,6 +375,16 @@ impl SpanManager {
     pub fn with_disk_limit(self, bytes: u64) -> Self {
         if let Some(disk) = &self.disk {
             disk.limit_to(bytes);
+        }
+        self
+    }
+
+    /// Counts this layer's disk cache into `budget`, shared with other
+    /// layers: past its limit the least recently used span of any of them
+    /// is deleted. Without a disk cache, nothing.
+    pub fn with_disk_budget(self, budget: &Arc<DiskBudget>) -> Self {
+        if let Some(disk) = &self.disk {
+            disk.join_budget(budget);
         }
         self
     }
@@ -842,4 +859,7 @@ impl std::fmt::Debug for SpanManager {
 #[cfg(test)]
 mod tests;
 
+mod budget;
 mod disk;
+
+pub use budget::DiskBudget;

@@ -37,12 +37,13 @@ use std::ops::{Deref, Range};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 use rustix::fs::{FallocateFlags, FlockOperation};
 use sochi_format::Sha256Digest;
 
+use super::budget::{CacheId, DiskBudget};
 use super::Span;
 use crate::error::{Error, Result};
 
@@ -124,6 +125,10 @@ pub(super) struct DiskCache {
     index: Mutex<DiskIndex>,
     gate: RwLock<()>,
     limit: AtomicU64,
+    /// The layer's spans (all managers of these files cut it alike).
+    spans: Vec<Span>,
+    /// The node-wide bound this cache counts into, if any.
+    budget: OnceLock<(Arc<DiskBudget>, CacheId)>,
 }
 
 /// One span manager's use of a [`DiskCache`]; the last use to go closes
@@ -139,6 +144,60 @@ impl Deref for DiskUse {
     fn deref(&self) -> &DiskCache {
         // Only `drop` takes it.
         self.cache.as_deref().expect("a disk cache in use")
+    }
+}
+
+impl DiskUse {
+    /// Counts the cache's spans, those on disk now and those stored from
+    /// now on, into `budget` (once: a cache counts into one budget).
+    pub(super) fn join_budget(&self, budget: &Arc<DiskBudget>) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let id = budget.join(cache);
+        if cache.budget.set((Arc::clone(budget), id)).is_err() {
+            budget.leave(id);
+            return;
+        }
+        let present: Vec<(usize, u64)> = cache
+            .index
+            .lock()
+            .entries
+            .iter()
+            .map(|(span, (len, _))| (*span, *len))
+            .collect();
+        let mut evict = Vec::new();
+        for (span, len) in present {
+            if len > budget.limit() {
+                evict.push((Arc::clone(cache), span));
+            } else {
+                evict.extend(budget.insert(id, span, len));
+            }
+        }
+        evict_for_budget(evict);
+    }
+}
+
+/// Evicts the spans a [`DiskBudget`] named, from whichever caches hold
+/// them.
+fn evict_for_budget(evict: Vec<(Arc<DiskCache>, usize)>) {
+    if evict.is_empty() {
+        return;
+    }
+    for (cache, span) in &evict {
+        cache.evict(*span);
+    }
+    // If one of these is the last reference, its files close here: under
+    // the lock, as everywhere else.
+    let _open = OPEN.lock();
+    drop(evict);
+}
+
+impl Drop for DiskCache {
+    fn drop(&mut self) {
+        if let Some((budget, id)) = self.budget.get() {
+            budget.leave(*id);
+        }
     }
 }
 
@@ -235,6 +294,8 @@ impl DiskCache {
             index: Mutex::new(index),
             gate: RwLock::new(()),
             limit: AtomicU64::new(u64::MAX),
+            spans: spans.to_vec(),
+            budget: OnceLock::new(),
         });
         open.insert(data_path.clone(), (Arc::clone(&cache), 1));
         Ok(DiskUse {
@@ -258,6 +319,22 @@ impl DiskCache {
     /// next fetch writes it again.
     fn forget(&self, span: usize) {
         self.index.lock().remove(span);
+        if let Some((budget, id)) = self.budget.get() {
+            budget.forget(*id, span);
+        }
+    }
+
+    /// Marks `span` as used now in the budget, if any.
+    fn touch_budget(&self, span: usize) {
+        if let Some((budget, id)) = self.budget.get() {
+            budget.touch(*id, span);
+        }
+    }
+
+    /// Takes `span` off the disk: a budget wants its room.
+    fn evict(&self, span: usize) {
+        self.index.lock().remove(span);
+        self.punch(&[span]);
     }
 
     /// Fills `target` from `span` (described by `info`) at `from`, if the
@@ -276,6 +353,7 @@ impl DiskCache {
                 return false;
             }
         }
+        self.touch_budget(span);
         let read = self
             .data
             .read_exact_at(target, info.start_uncompressed + from);
@@ -297,6 +375,7 @@ impl DiskCache {
             }
             index.verified.contains(&span)
         };
+        self.touch_budget(span);
         let mut data = vec![0u8; usize::try_from(info.uncompressed_len()).ok()?];
         let mut digest = [0u8; DIGEST_LEN as usize];
         let good = self
@@ -325,7 +404,10 @@ impl DiskCache {
             path: self.data_path.clone(),
             source: std::io::Error::other(format!("no span {span}")),
         })?;
-        let limit = self.limit.load(Ordering::Relaxed);
+        let mut limit = self.limit.load(Ordering::Relaxed);
+        if let Some((budget, _)) = self.budget.get() {
+            limit = limit.min(budget.limit());
+        }
         if data.len() as u64 > limit {
             return Ok(0);
         }
@@ -349,15 +431,24 @@ impl DiskCache {
             evicted
         };
         if !evicted.is_empty() {
-            self.punch(&evicted, spans);
+            self.punch(&evicted);
         }
-        Ok(evicted.len())
+        let mut count = evicted.len();
+        if let Some((budget, id)) = self.budget.get() {
+            for span in &evicted {
+                budget.forget(*id, *span);
+            }
+            let evict = budget.insert(*id, span, data.len() as u64);
+            count += evict.len();
+            evict_for_budget(evict);
+        }
+        Ok(count)
     }
 
     /// Gives the disk space of `evicted` spans back, unless another
     /// process uses these files (then the bytes stay until the layer is
     /// released: that process may still read them).
-    fn punch(&self, evicted: &[usize], spans: &[Span]) {
+    fn punch(&self, evicted: &[usize]) {
         let _gate = self.gate.write();
         if rustix::fs::fcntl_lock(&self.digests, FlockOperation::NonBlockingLockExclusive).is_err()
         {
@@ -365,7 +456,7 @@ impl DiskCache {
             return;
         }
         for &span in evicted {
-            let Some(info) = spans.get(span) else {
+            let Some(info) = self.spans.get(span) else {
                 continue;
             };
             // Stored again since: its bytes are wanted.

@@ -560,6 +560,76 @@ fn disk_limit_evicts_least_recently_used_spans() {
     assert!(read_chunks(&manager, 0, size, 65_536) == expected(&layer, 0, size));
 }
 
+/// Allocated bytes of a cache dir's span file.
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(cache_file(dir, "layer-"))
+        .unwrap()
+        .blocks()
+        * 512
+}
+
+/// Two layers under one disk budget: the layer read last keeps its spans,
+/// the other gives its oldest up (punched out of its file), and what was
+/// evicted is fetched again, never read from a hole.
+#[test]
+fn a_disk_budget_evicts_across_layers_by_recency() {
+    let layer = layer("pax-mixed.tar.gz");
+    let budget = crate::DiskBudget::new(300_000);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, blob_a) = manager(&layer, layer.blob.clone(), Some(dir_a.path()));
+    let a = a.with_memory_limit(0).with_disk_budget(&budget);
+    let (b, _) = manager(&layer, layer.blob.clone(), Some(dir_b.path()));
+    let b = b.with_memory_limit(0).with_disk_budget(&budget);
+    let size = a.uncompressed_size();
+    let shared_pages = 2 * 4096 * a.span_count() as u64;
+    assert!(size > 4 * (300_000 + shared_pages), "{size}");
+    assert!(read_chunks(&a, 0, size, 65_536) == expected(&layer, 0, size));
+    assert!(budget.bytes() <= 300_000 && budget.bytes() > 0);
+    let a_before = allocated(dir_a.path());
+    assert!(read_chunks(&b, 0, size, 65_536) == expected(&layer, 0, size));
+    assert!(budget.bytes() <= 300_000);
+    // b's reads pushed a's spans out: a's file holds only shared pages.
+    assert!(allocated(dir_a.path()) < a_before, "{a_before}");
+    assert!(allocated(dir_a.path()) <= shared_pages);
+    assert!(allocated(dir_b.path()) <= 300_000 + shared_pages);
+    assert!(LayerMetrics::get(&b.metrics().disk_evictions) > 0);
+    let fetched = blob_a.requests();
+    assert!(read_chunks(&a, 0, size, 65_536) == expected(&layer, 0, size));
+    assert!(
+        blob_a.requests() > fetched,
+        "a's evicted spans were fetched again"
+    );
+    // A layer that goes leaves the budget with its spans.
+    let held = budget.bytes();
+    drop(a);
+    assert!(budget.bytes() < held);
+    drop(b);
+    assert_eq!((budget.bytes(), budget.spans()), (0, 0));
+}
+
+/// Spans an earlier process left on disk count in the budget when their
+/// layer is opened again, and the oldest go if they do not fit.
+#[test]
+fn spans_already_on_disk_count_in_a_new_budget() {
+    let layer = layer("pax-mixed.tar.gz");
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (first, _) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+        let first = first.with_memory_limit(0);
+        let size = first.uncompressed_size();
+        assert!(read_chunks(&first, 0, size, 65_536) == expected(&layer, 0, size));
+    }
+    let budget = crate::DiskBudget::new(400_000);
+    let (second, _) = manager(&layer, layer.blob.clone(), Some(dir.path()));
+    let second = second.with_memory_limit(0).with_disk_budget(&budget);
+    assert!(budget.bytes() > 0 && budget.bytes() <= 400_000);
+    let shared_pages = 2 * 4096 * second.span_count() as u64;
+    assert!(allocated(dir.path()) <= 400_000 + shared_pages);
+    let size = second.uncompressed_size();
+    assert!(read_chunks(&second, 0, size, 65_536) == expected(&layer, 0, size));
+}
+
 /// Two managers of one layer in one process share its cache: what one
 /// evicts, the other fetches again instead of reading a hole.
 #[test]
@@ -567,7 +637,7 @@ fn managers_of_one_layer_share_its_disk_cache() {
     let layer = layer("pax-mixed.tar.gz");
     let dir = tempfile::tempdir().unwrap();
     let (bounded, _) = manager(&layer, layer.blob.clone(), Some(dir.path()));
-    let bounded = bounded.with_disk_limit(200_000).with_memory_limit(0);
+    let bounded = bounded.with_disk_limit(400_000).with_memory_limit(0);
     let (other, blob) = manager(&layer, layer.blob.clone(), Some(dir.path()));
     let other = other.with_memory_limit(0);
     let size = other.uncompressed_size();

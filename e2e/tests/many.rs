@@ -18,6 +18,10 @@ use sochi_e2e::{Containerd, Registry, Snapshotter, SnapshotterOptions, Sochi};
 /// The node's span memory budget (`[directory_cache] memory_bytes`).
 const BUDGET: u64 = 32 << 20;
 
+/// The node's span disk budget (`[directory_cache] max_bytes`): less than
+/// the 144 MiB the containers read.
+const DISK_BUDGET: u64 = 64 << 20;
+
 /// What sochi may use besides the budget: FUSE threads, the layer trees,
 /// the registry client, the allocator's slack.
 const OVERHEAD: u64 = 128 << 20;
@@ -55,6 +59,34 @@ fn rss(pid: u32) -> u64 {
                 .ok()
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+/// Bytes allocated on disk to the span cache files (`layer-*`) under
+/// `root`, mounts not entered.
+fn span_files_allocated(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let device = fs::metadata(root).unwrap().dev();
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.dev() != device {
+                continue;
+            }
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && entry.file_name().to_string_lossy().starts_with("layer-") {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
 }
 
 /// Image `n`: busybox, then three layers of one `/data/<i>.bin` each.
@@ -95,10 +127,13 @@ fn six_images_at_once_stay_within_the_memory_budget() {
         &containerd.snapshotter_address(),
         SnapshotterOptions {
             background_fetch: false,
-            extra_config: format!("[directory_cache]\nmemory_bytes = {BUDGET}\n"),
+            extra_config: format!(
+                "[directory_cache]\nmemory_bytes = {BUDGET}\nmax_bytes = {DISK_BUDGET}\n"
+            ),
             ..SnapshotterOptions::default()
         },
     );
+    let started = snapshotter.pid().map_or(0, rss);
     let sochi = Sochi::for_registry(&registry);
     let mut images = Vec::new();
     for n in 0..IMAGES {
@@ -181,6 +216,13 @@ fn six_images_at_once_stay_within_the_memory_budget() {
     done.store(true, Ordering::Relaxed);
     let peak = sampler.join().unwrap();
     let metrics = snapshotter.metrics();
+    let layers = (1 + IMAGES * DATA_LAYERS) as u64;
+    eprintln!(
+        "snapshotter + keeper RSS per idle mounted layer: {} KiB ({} MiB at start, {} MiB with {layers} layers mounted)",
+        idle.saturating_sub(started) / layers >> 10,
+        started >> 20,
+        idle >> 20
+    );
     eprintln!(
         "snapshotter + keeper RSS: {} MiB idle with {} layers mounted, {} MiB at peak (budget {} MiB + overhead {} MiB)",
         idle >> 20,
@@ -188,6 +230,24 @@ fn six_images_at_once_stay_within_the_memory_budget() {
         peak >> 20,
         BUDGET >> 20,
         OVERHEAD >> 20
+    );
+    // The span caches on disk: counted and allocated within the budget
+    // (but for the pages evicted spans share with their neighbours).
+    let on_disk = metrics.value("sochi_span_disk_bytes", &[]).unwrap();
+    assert!(
+        on_disk <= DISK_BUDGET as f64,
+        "{on_disk} bytes of spans on disk"
+    );
+    let allocated = span_files_allocated(&snapshotter.root());
+    eprintln!(
+        "span caches on disk: {} MiB counted, {} MiB allocated (budget {} MiB)",
+        on_disk as u64 >> 20,
+        allocated >> 20,
+        DISK_BUDGET >> 20
+    );
+    assert!(
+        allocated <= DISK_BUDGET + (1 << 20),
+        "{allocated} bytes allocated"
     );
     let held = metrics.value("sochi_span_memory_bytes", &[]).unwrap();
     assert!(held <= BUDGET as f64, "{held} bytes of spans held");

@@ -234,10 +234,10 @@ impl Default for BackgroundFetch {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DirectoryCache {
-    /// Bound of each layer's on-disk span cache in bytes (LRU); none if
-    /// unset.
+    /// Bound of the on-disk span caches of all layers together, in bytes
+    /// (least recently used spans of any layer go first); none if unset.
     pub max_bytes: Option<u64>,
-    /// Bound of each layer's in-memory span cache in bytes.
+    /// Bound of the spans held in memory, all layers together, in bytes.
     pub memory_bytes: u64,
 }
 

@@ -5,7 +5,8 @@
 # registry, and what the origin and the mirror served meanwhile.
 #
 #   bench/fleet.sh [--quick] [--runs N] [--image NAME] [--link RATE]
-#                  [--origin-link RATE] [--nodes N]
+#                  [--origin-link RATE] [--nodes N] [--mirror cold|warm]
+#                  [--disk] [--tmpfs-size SIZE]
 #
 #   --image   debian-pydata (default) or debian-python
 #   --link    each node's link to the mirror, tbf both ways (default 100mbit;
@@ -14,6 +15,10 @@
 #             pair, unshaped)
 #   --runs    cold runs of each system (default 3; medians)
 #   --nodes   how many nodes (default 4)
+#   --mirror  cold (default): every run starts with an empty mirror; warm:
+#             the mirror first fetches every manifest and blob of both tags
+#             from the origin (and has stored them) before t0, as after a
+#             first node's pull, so the nodes' range requests get 206s
 #   --quick   debian-python, 1 run
 #   --disk    keep the work dir (registries, node roots) on /tmp's disk;
 #             default: a tmpfs of --tmpfs-size (default 14g) mounted on it,
@@ -57,7 +62,10 @@
 # node's); bytes and requests in the origin's and the mirror's access logs
 # and on the wire (veth counters: the origin's link, each node's link) at
 # the last ready line and when all containers have exited; for lazy, each
-# snapshotter's requests per host and failovers; then, with the nodes
+# snapshotter's requests per host and failovers; the mirror's blob answers
+# by kind (206, or the whole blob: a pull-through docker-registry answers a
+# range request for a blob it has not stored yet with a 200 and the whole
+# blob, streamed from the origin); then, with the nodes
 # stopped, what the origin served until its link was quiet for 5 s (the
 # mirror may go on filling its cache): the "settled" bytes. Per run the
 # origin's blob GETs by digest go to fleet-<date>-blobs.txt (does the
@@ -81,6 +89,7 @@ origin_link=none
 nodes=4
 on_disk=false
 tmpfs_size=14g
+mirror_state=cold
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) runs=1; image=debian-python; shift ;;
@@ -90,6 +99,7 @@ while [ $# -gt 0 ]; do
     --origin-link) origin_link=${2:?--origin-link needs a rate}; shift 2 ;;
     --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
     --disk) on_disk=true; shift ;;
+    --mirror) mirror_state=${2:?--mirror needs cold or warm}; shift 2 ;;
     --tmpfs-size) tmpfs_size=${2:?--tmpfs-size needs a size}; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "fleet.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -97,6 +107,7 @@ while [ $# -gt 0 ]; do
 done
 case "$image" in debian-python|debian-pydata) ;; *) echo "fleet.sh: unknown image $image" >&2; exit 2 ;; esac
 case "$link" in *mbit|*gbit) ;; *) echo "fleet.sh: --link wants NNmbit or Ngbit" >&2; exit 2 ;; esac
+case "$mirror_state" in cold|warm) ;; *) echo "fleet.sh: --mirror wants cold or warm" >&2; exit 2 ;; esac
 case "$origin_link" in none|*mbit|*gbit) ;; *) echo "fleet.sh: --origin-link wants none, NNmbit or Ngbit" >&2; exit 2 ;; esac
 if [ "$nodes" -lt 1 ] || [ "$nodes" -gt 8 ]; then echo "fleet.sh: --nodes 1..8" >&2; exit 2; fi
 [ "$(id -u)" -eq 0 ] || { echo "fleet.sh: needs root" >&2; exit 1; }
@@ -303,6 +314,29 @@ mirror_up() { # DIR: a fresh pull-through mirror with its storage in DIR
   mirror_port=$reg_port
 }
 
+# prefill_mirror: every manifest and blob of both tags fetched through the
+# mirror (from its own namespace), then waits until the mirror has stored
+# each blob (a range request is answered 206 from its storage, not 200 from
+# the origin).
+prefill_mirror() {
+  local p code i base=http://127.0.0.1:$mirror_port/v2/$image
+  local accept=application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json
+  # shellcheck disable=SC2013  # one path per word, none has a space
+  for p in $(awk '$1 == "warm" { print $2 }' "$tmp/image-bytes"); do
+    (in_ns "$pfx-m" curl -sf -o /dev/null -H "Accept: $accept" "$base/$p") ||
+      { echo "fleet.sh: the mirror did not serve $p" >&2; return 1; }
+  done
+  # shellcheck disable=SC2013  # one path per word, none has a space
+  for p in $(awk '$1 == "warm" && $2 ~ /^blobs\// { print $2 }' "$tmp/image-bytes"); do
+    for i in $(seq 1200); do
+      code=$(in_ns "$pfx-m" curl -s -o /dev/null -w '%{http_code}' -H 'Range: bytes=0-0' "$base/$p" || true)
+      [ "$code" = 206 ] && break
+      sleep 0.1
+    done
+    [ "$code" = 206 ] || { echo "fleet.sh: the mirror has not stored $p after 120 s" >&2; return 1; }
+  done
+}
+
 node_up() { # SYSTEM I DIR: node I's hosts dir, snapshotter (lazy), containerd
   local system=$1 i=$2 d=$3
   local ns=$pfx-n$i
@@ -341,7 +375,7 @@ blobs=bench/results/fleet-$stamp-blobs.txt
 logs=$repo/bench/work/fleet/$stamp
 mkdir -p "$logs"
 echo "run,system,metric,value" >"$csv"
-awk 'NF == 2 { print "0,image," $1 "," $2 }' "$tmp/image-bytes" >>"$csv"
+awk 'NF == 2 && $1 != "warm" { print "0,image," $1 "," $2 }' "$tmp/image-bytes" >>"$csv"
 {
   echo "# bench/fleet.sh $stamp: the origin's blob GETs per run (digest, GETs, bytes, of which 206)"
   awk '$1 == "blob" { print "# layer " $2 " " $3 " bytes" }' "$tmp/image-bytes"
@@ -362,6 +396,7 @@ for run in $(seq "$runs"); do
     log "run $run/$runs: $system, $nodes nodes at once"
     rd=$tmp/r$run-$system
     mirror_up "$rd/mirror"
+    [ "$mirror_state" = cold ] || prefill_mirror
     for i in $(seq "$nodes"); do node_up "$system" "$i" "$rd/n$i"; done
     sync
     echo 3 >/proc/sys/vm/drop_caches
@@ -422,7 +457,7 @@ gzip -c "$tmp/origin/registry.log" >"$logs/origin.log.gz"
 {
   echo "# bench/fleet.sh $stamp"
   echo
-  echo "Command: \`bench/fleet.sh --image $image --runs $runs --link $link --origin-link $origin_link --nodes $nodes$($on_disk && echo " --disk")\`;" \
+  echo "Command: \`bench/fleet.sh --image $image --runs $runs --link $link --origin-link $origin_link --nodes $nodes --mirror $mirror_state$($on_disk && echo " --disk")\`;" \
     "work dir on $($on_disk && echo "/tmp's disk" || echo "tmpfs");" \
     "$(nproc) cores, kernel $(uname -r); load average before $load_start, after $load_end;" \
     "runs took $(( $(date +%s) - t_start )) s. Mirror and origin: $(/usr/bin/docker-registry --version | cut -d' ' -f2-);" \
@@ -433,6 +468,6 @@ gzip -c "$tmp/origin/registry.log" >"$logs/origin.log.gz"
       /^\[/ { section = substr($1, 2, length($1) - 2) }
       (section == "background_fetch" || section == "directory_cache") && / = / { printf "%s%s.%s = %s", sep, section, $1, $3; sep = ", " }')."
   echo
-  "$driver" summary "$csv"
+  "$driver" summary "$csv" --mirror "$mirror_state"
 } | tee "$md"
 log "raw: $csv, $blobs; logs in $logs"

@@ -10,7 +10,8 @@
         soci_manifest_bytes, ztoc_bytes, layers, ztocs, full_bytes (manifest
         + config + layers: what `ctr images pull NAME:latest` fetches),
         lazy_bytes (everything `soci` references: full_bytes + index + SOCI
-        manifest + zTOCs), and `blob DIGEST SIZE` per layer.
+        manifest + zTOCs), `blob DIGEST SIZE` per layer and `warm PATH` per
+        manifest and blob of both tags (PATH under /v2/REPO/).
 
   fleet --system lazy|full --ready TEXT --ref REF --node NS,CTD,HOSTS,SNAPROOT
         [--node ...] --sochi BIN --origin-log LOG --mirror-log LOG --net PFX
@@ -40,7 +41,7 @@
         (to see whether the mirror fetches a blob from the origin once or
         once per request).
 
-  summary CSV
+  summary CSV [--mirror cold|warm]
         The README tables (medians) from the CSV (the image's sizes are its
         rows of system `image`).
 """
@@ -80,6 +81,31 @@ def reglog(log, start_line=0):
                     blob_gets += 1
                     blob_bytes += int(m.group(4))
     return lines, requests, byt, blob_gets, blob_bytes
+
+
+def blob_answers(log, start_line=0):
+    """Blob GETs after START_LINE by how they were answered: `206` (the
+    range asked for) or whole (`200`: a pull-through registry answers a
+    range request for a blob it has not stored yet with the whole blob; a
+    client that stops reading once it has its range makes the registry log
+    the cut-short answer as `500`, "broken pipe", after the 200 header went
+    out). Returns {"206": [gets, bytes], "whole": [gets, bytes]}."""
+    out = {"206": [0, 0], "whole": [0, 0]}
+    try:
+        f = open(log, errors="replace")
+    except OSError:
+        return out
+    with f:
+        for n, line in enumerate(f, 1):
+            if n <= start_line:
+                continue
+            m = ACCESS.match(line)
+            if not m or m.group(1) != "GET" or not BLOB.search(m.group(2)):
+                continue
+            c = out["206" if m.group(3) == "206" else "whole"]
+            c[0] += 1
+            c[1] += int(m.group(4))
+    return out
 
 
 def tx_bytes(ns, dev):
@@ -135,6 +161,9 @@ def counters(a, nodes, start, suffix):
         reglog(a.origin_log, start["origin_line"])[:5]
     _, res["mirror_requests"], res["mirror_bytes"], res["mirror_blob_gets"], res["mirror_blob_bytes"] = \
         reglog(a.mirror_log, start["mirror_line"])[:5]
+    answers = blob_answers(a.mirror_log, start["mirror_line"])
+    res["mirror_blob_206_gets"], res["mirror_blob_206_bytes"] = answers["206"]
+    res["mirror_blob_whole_gets"], res["mirror_blob_whole_bytes"] = answers["whole"]
     res["origin_wire_bytes"] = tx_bytes(f"{a.net}-o", "up0") - start["origin_wire"]
     total = 0
     for i, n in enumerate(nodes, 1):
@@ -345,12 +374,25 @@ def cmd_image_bytes(registry, repo):
         print(k, v)
     for layer in manifest["layers"]:
         print("blob", layer["digest"], layer["size"])
+    # What a warm mirror holds (`fleet.sh --mirror warm` fetches these
+    # through it before t0): every manifest and blob of both tags.
+    import hashlib
+    warm = [f"manifests/sha256:{hashlib.sha256(latest).hexdigest()}"]
+    warm += [f"manifests/{m['digest']}" for m in images]
+    warm += [f"manifests/{soci[0]['digest']}"]
+    warm += [f"manifests/sha256:{hashlib.sha256(index_raw).hexdigest()}"]
+    warm += [f"blobs/{manifest['config']['digest']}"]
+    warm += [f"blobs/{layer['digest']}" for layer in manifest["layers"]]
+    warm += [f"blobs/{soci_manifest['config']['digest']}"]
+    warm += [f"blobs/{b['digest']}" for b in ztocs]
+    for w in dict.fromkeys(warm):
+        print("warm", w)
 
 
 # --- summary ------------------------------------------------------------------
 
 
-def cmd_summary(csv_path):
+def cmd_summary(csv_path, mirror="cold"):
     import csv
     rows = list(csv.DictReader(open(csv_path)))
     img = {r["metric"]: int(float(r["value"])) for r in rows if r["system"] == "image"}
@@ -384,7 +426,9 @@ def cmd_summary(csv_path):
           f"index, SOCI manifest and {img['ztocs']} zTOCs of {img['ztoc_bytes'] / 1e6:.1f} MB) "
           f"= {lazy_img / 1e6:.1f} MB.")
     print()
-    print(f"Fleet of {nodes} nodes, cold (fresh mirror, fresh node roots), medians of "
+    state = ("cold: a fresh, empty mirror" if mirror == "cold" else
+             "warm mirror: it had fetched and stored every manifest and blob of both tags before t0")
+    print(f"Fleet of {nodes} nodes, fresh node roots, {state}; medians of "
           f"{nruns['full']} full and {nruns['lazy']} lazy runs (range in brackets):")
     print()
     fr, lr = med("full", "fleet_ready_s"), med("lazy", "fleet_ready_s")
@@ -422,6 +466,11 @@ def cmd_summary(csv_path):
         full_img, lazy_img)
     row("mirror's links to the nodes, wire bytes, all exited", "mirror_wire_bytes_exit",
         full_img, lazy_img)
+    row("of the mirror's blob answers (access log, at the last ready line): `206`",
+        "mirror_blob_206_bytes", full_img, lazy_img)
+    row("whole blobs (`200`: GETs without a range, e.g. zTOCs, and range requests for a blob "
+        "the mirror had not stored yet; logged `500` when the client stopped reading)",
+        "mirror_blob_whole_bytes", full_img, lazy_img)
     print()
     print("Against the layers alone "
           f"({layers / 1e6:.1f} MB) the settled origin bytes are "
@@ -433,7 +482,9 @@ def cmd_summary(csv_path):
     for label, metric in [("origin requests (GET/HEAD), settled", "origin_requests_settled"),
                           ("of which blob GETs", "origin_blob_gets_settled"),
                           ("mirror requests, at the last ready line", "mirror_requests"),
-                          ("of which blob GETs", "mirror_blob_gets")]:
+                          ("of which blob GETs", "mirror_blob_gets"),
+                          ("of which answered `206`", "mirror_blob_206_gets"),
+                          ("of which answered with the whole blob", "mirror_blob_whole_gets")]:
         f, l = med("full", metric), med("lazy", metric)
         print(f"| {label} | {'–' if f is None else int(f)} | {'–' if l is None else int(l)} |")
     # The snapshotters' requests per host (at the last ready line), summed
@@ -486,7 +537,10 @@ def main():
     elif cmd == "blob-gets":
         cmd_blob_gets(args)
     elif cmd == "summary":
-        cmd_summary(*args)
+        if len(args) == 3 and args[1] == "--mirror":
+            cmd_summary(args[0], args[2])
+        else:
+            cmd_summary(*args)
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

@@ -3,8 +3,11 @@
 
 use sochi_spans::SpanStoreConfig;
 
-/// FUSE worker threads per layer by default.
-pub const DEFAULT_FUSE_THREADS: usize = 8;
+/// FUSE threads per layer by default. They answer from memory only (the
+/// tree, spans already here); reads that wait go to the process's
+/// [`ReadPool`](crate::ReadPool), so two keep a layer responsive while one
+/// is busy copying a large read, and an idle layer costs little.
+pub const DEFAULT_FUSE_THREADS: usize = 2;
 
 /// How a layer is opened and served.
 #[derive(Clone, Debug)]

@@ -17,6 +17,7 @@ use sochi_format::Ztoc;
 use sochi_spans::{BlobErrorKind, HeaderCheck, LayerMetrics, SpanManager};
 
 use crate::config::LayerConfig;
+use crate::pool::{LayerLane, ReadPool};
 use crate::{Attr, Error, FileKind, Ino, LayerTree, Result};
 
 /// How long the kernel may cache attributes and entries of the layer: a
@@ -61,6 +62,28 @@ fn data_errno(error: &sochi_spans::Error) -> Errno {
     }
 }
 
+/// Replies to a read and counts it.
+fn answer_read(
+    spans: &SpanManager,
+    started: std::time::Instant,
+    result: std::result::Result<Vec<u8>, Errno>,
+    reply: ReplyData,
+) {
+    let metrics = spans.metrics();
+    match result {
+        Ok(data) => {
+            LayerMetrics::add(&metrics.reads, 1);
+            LayerMetrics::add(&metrics.read_bytes, data.len() as u64);
+            metrics.read_latency.observe(started.elapsed());
+            reply.data(&data)
+        }
+        Err(errno) => {
+            LayerMetrics::add(&metrics.read_failures, 1);
+            reply.error(errno)
+        }
+    }
+}
+
 /// Inode of the hidden status directory `/.soci-snapshotter` (docs/format.md §3.6).
 const STATUS_DIR_INO: u64 = u64::MAX - 1;
 /// Inode of the status file `<layer digest>.json` in it.
@@ -84,6 +107,19 @@ pub struct LayerFs {
     /// not, `getxattr` answers ENOSYS once and the kernel stops asking
     /// (overlayfs asks every lower dentry for `trusted.overlay.*`).
     has_xattrs: bool,
+    /// This layer's place in the process's [`ReadPool`], which runs the
+    /// reads that must wait.
+    lane: Arc<LayerLane>,
+}
+
+/// What a read of file data needs: cheap to clone into a job of the
+/// [`ReadPool`].
+#[derive(Clone)]
+struct FileData {
+    tree: Arc<LayerTree>,
+    spans: Arc<SpanManager>,
+    ztoc: Arc<Ztoc>,
+    verified: Option<Arc<HeaderCheck>>,
 }
 
 impl std::fmt::Debug for LayerFs {
@@ -123,7 +159,17 @@ impl LayerFs {
             status_name,
             status: Mutex::new(Vec::new()),
             has_xattrs,
+            lane: Arc::default(),
         })
+    }
+
+    fn file_data(&self) -> FileData {
+        FileData {
+            tree: Arc::clone(&self.tree),
+            spans: Arc::clone(&self.spans),
+            ztoc: Arc::clone(&self.ztoc),
+            verified: self.verified.clone(),
+        }
     }
 
     fn file_attr(&self, ino: Ino) -> Option<FileAttr> {
@@ -190,6 +236,31 @@ impl LayerFs {
             let to = from.saturating_add(size as usize).min(json.len());
             return Ok(json[from..to].to_vec());
         }
+        self.file_data().read(ino, offset, size)
+    }
+}
+
+impl FileData {
+    /// Whether a read of `size` bytes at `offset` of `ino` can be answered
+    /// now, without waiting for a fetch, a hash or a first-read check.
+    /// Reads that fail at once (not a file) count as ready.
+    fn is_ready(&self, ino: Ino, offset: u64, size: u32) -> bool {
+        let Some((start, len)) = self.tree.file_extent(&self.ztoc, ino) else {
+            return true;
+        };
+        if let (Some(verified), Some(entry)) = (&self.verified, self.tree.toc_index(ino)) {
+            if !verified.is_checked(entry) {
+                return false;
+            }
+        }
+        offset >= len
+            || self
+                .spans
+                .is_resident(start + offset, (len - offset).min(u64::from(size)))
+    }
+
+    /// Reads `size` bytes at `offset` of regular file `ino`.
+    fn read(&self, ino: Ino, offset: u64, size: u32) -> std::result::Result<Vec<u8>, Errno> {
         let Some((start, len)) = self.tree.file_extent(&self.ztoc, ino) else {
             return Err(match self.tree.attr(ino) {
                 Some(a) if a.kind == FileKind::Directory => Errno::EISDIR,
@@ -415,19 +486,24 @@ impl Filesystem for LayerFs {
     ) {
         crate::priority::serve_at_raised_priority();
         let started = std::time::Instant::now();
-        let metrics = self.spans.metrics();
-        match self.read_file(Ino(ino.0), offset, size) {
-            Ok(data) => {
-                LayerMetrics::add(&metrics.reads, 1);
-                LayerMetrics::add(&metrics.read_bytes, data.len() as u64);
-                metrics.read_latency.observe(started.elapsed());
-                reply.data(&data)
-            }
-            Err(errno) => {
-                LayerMetrics::add(&metrics.read_failures, 1);
-                reply.error(errno)
-            }
+        let ino = Ino(ino.0);
+        let data = self.file_data();
+        if ino.get() == STATUS_FILE_INO || data.is_ready(ino, offset, size) {
+            let result = self.read_file(ino, offset, size);
+            answer_read(&self.spans, started, result, reply);
+            return;
         }
+        // This read waits (a fetch, a hash, a first-read check): on the
+        // pool, so that this thread goes on answering the layer's other
+        // requests.
+        ReadPool::global().submit(
+            &self.lane,
+            Box::new(move || {
+                crate::priority::serve_at_raised_priority();
+                let result = data.read(ino, offset, size);
+                answer_read(&data.spans, started, result, reply);
+            }),
+        );
     }
 
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {

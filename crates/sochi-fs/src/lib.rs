@@ -73,6 +73,7 @@ pub use kept::KeptMount;
 pub use layer::Layer;
 pub use mount::MountHandle;
 pub use mountinfo::mount_type;
+pub use pool::ReadPool;
 pub use tree::{Attr, FileKind, Ino, LayerTree};
 
 mod build;
@@ -85,6 +86,7 @@ mod layer;
 mod mount;
 mod mountinfo;
 mod path;
+mod pool;
 mod priority;
 mod tree;
 

@@ -59,14 +59,32 @@ impl RegistryBlob {
 
 impl BlobReader for RegistryBlob {
     fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
-        let read = self
-            .client
-            .get_blob_range(&self.repository, &self.digest, range);
+        self.wait(
+            self.client
+                .get_blob_range(&self.repository, &self.digest, range),
+        )
+    }
+
+    fn read_range_in_background(&self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
+        self.wait(
+            self.client
+                .get_blob_range_in_background(&self.repository, &self.digest, range),
+        )
+    }
+}
+
+impl RegistryBlob {
+    /// Runs `read` on the runtime within the deadline (the wait for a turn
+    /// to send included).
+    fn wait<B: AsRef<[u8]>>(
+        &self,
+        read: impl std::future::Future<Output = sochi_registry::Result<B>>,
+    ) -> Result<Vec<u8>, BlobError> {
         match self
             .runtime
             .block_on(async { tokio::time::timeout(self.timeout, read).await })
         {
-            Ok(Ok(bytes)) => Ok(bytes.to_vec()),
+            Ok(Ok(bytes)) => Ok(bytes.as_ref().to_vec()),
             Ok(Err(error)) => Err(BlobError::new(kind_of(&error), error)),
             Err(_) => Err(BlobError::new(
                 BlobErrorKind::Timeout,

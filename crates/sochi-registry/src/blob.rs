@@ -432,7 +432,38 @@ impl Client {
     /// read up to the end of the range and cut. A broken body is asked
     /// again for what is missing. The bytes are not digest-checked (a range
     /// cannot be).
+    ///
+    /// At most [`ClientConfig::max_range_requests_per_host`] of these are in
+    /// flight to one registry at once; the rest wait for a turn.
+    ///
+    /// [`ClientConfig::max_range_requests_per_host`]: crate::ClientConfig::max_range_requests_per_host
     pub async fn get_blob_range(
+        &self,
+        repo: &Reference,
+        digest: &str,
+        range: Range<u64>,
+    ) -> Result<Bytes> {
+        let _turn = self.range_turn(repo, false).await;
+        self.read_blob_range(repo, digest, range).await
+    }
+
+    /// [`Client::get_blob_range`] for a background fetch: it waits for
+    /// turns of its own
+    /// ([`ClientConfig::max_background_requests_per_host`]), never for a
+    /// reader's.
+    ///
+    /// [`ClientConfig::max_background_requests_per_host`]: crate::ClientConfig::max_background_requests_per_host
+    pub async fn get_blob_range_in_background(
+        &self,
+        repo: &Reference,
+        digest: &str,
+        range: Range<u64>,
+    ) -> Result<Bytes> {
+        let _turn = self.range_turn(repo, true).await;
+        self.read_blob_range(repo, digest, range).await
+    }
+
+    async fn read_blob_range(
         &self,
         repo: &Reference,
         digest: &str,

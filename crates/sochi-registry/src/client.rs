@@ -102,7 +102,22 @@ pub struct ClientConfig {
     /// directory, sochi's mirror list); the default asks each registry
     /// itself.
     pub hosts: HostsConfig,
+    /// Range requests for readers in flight at once to one registry (its
+    /// mirrors included) at most; the others wait their turn (0: no
+    /// bound). A node with many layers reading at once otherwise opens a
+    /// connection per read.
+    pub max_range_requests_per_host: usize,
+    /// Range requests of background fetches in flight at once to one
+    /// registry at most, counted apart so that they never hold up readers
+    /// (0: no bound).
+    pub max_background_requests_per_host: usize,
 }
+
+/// Default of [`ClientConfig::max_range_requests_per_host`].
+pub const DEFAULT_RANGE_REQUESTS_PER_HOST: usize = 32;
+
+/// Default of [`ClientConfig::max_background_requests_per_host`].
+pub const DEFAULT_BACKGROUND_REQUESTS_PER_HOST: usize = 4;
 
 impl Default for ClientConfig {
     fn default() -> ClientConfig {
@@ -121,6 +136,8 @@ impl Default for ClientConfig {
             user_agent: format!("sochi/{}", env!("CARGO_PKG_VERSION")),
             keychain: None,
             hosts: HostsConfig::default(),
+            max_range_requests_per_host: DEFAULT_RANGE_REQUESTS_PER_HOST,
+            max_background_requests_per_host: DEFAULT_BACKGROUND_REQUESTS_PER_HOST,
         }
     }
 }
@@ -143,6 +160,14 @@ impl fmt::Debug for ClientConfig {
             .field("user_agent", &self.user_agent)
             .field("keychain", &self.keychain)
             .field("hosts", &self.hosts)
+            .field(
+                "max_range_requests_per_host",
+                &self.max_range_requests_per_host,
+            )
+            .field(
+                "max_background_requests_per_host",
+                &self.max_background_requests_per_host,
+            )
             .finish()
     }
 }
@@ -179,6 +204,9 @@ pub(crate) struct Inner {
     pub down: Mutex<HashMap<String, Instant>>,
     /// Requests per host, for metrics.
     pub host_stats: Mutex<BTreeMap<String, HostStats>>,
+    /// Turns for range requests per registry, readers' and background
+    /// fetches' apart (`true`: background).
+    pub range_turns: Mutex<HashMap<(String, bool), Arc<tokio::sync::Semaphore>>>,
 }
 
 /// What a client sent to one registry host (a mirror or an origin).
@@ -264,6 +292,7 @@ impl Client {
                 host_clients: Mutex::new(HashMap::new()),
                 down: Mutex::new(HashMap::new()),
                 host_stats: Mutex::new(BTreeMap::new()),
+                range_turns: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -272,6 +301,33 @@ impl Client {
     /// failures and failovers: what the metrics endpoint shows.
     pub fn host_stats(&self) -> BTreeMap<String, HostStats> {
         self.inner.host_stats.lock().clone()
+    }
+
+    /// Waits for a turn to send range requests to `repo`'s registry (see
+    /// [`ClientConfig::max_range_requests_per_host`]); `None`: no bound.
+    pub(crate) async fn range_turn(
+        &self,
+        repo: &Reference,
+        background: bool,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let config = &self.inner.config;
+        let bound = if background {
+            config.max_background_requests_per_host
+        } else {
+            config.max_range_requests_per_host
+        };
+        if bound == 0 {
+            return None;
+        }
+        let turns = Arc::clone(
+            self.inner
+                .range_turns
+                .lock()
+                .entry((repo.registry.clone(), background))
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(bound))),
+        );
+        // The semaphore is never closed, so this only fails if it were.
+        turns.acquire_owned().await.ok()
     }
 
     /// `http` with `plain_http`, and for loopback registries unless a CA

@@ -46,7 +46,10 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub use blob::BlobStream;
-pub use client::{Client, ClientConfig, HostStats, PutManifest};
+pub use client::{
+    Client, ClientConfig, HostStats, PutManifest, DEFAULT_BACKGROUND_REQUESTS_PER_HOST,
+    DEFAULT_RANGE_REQUESTS_PER_HOST,
+};
 pub use credentials::{Credentials, Keychain, Secret};
 pub use discovery::{DiscoveredIndex, DiscoveryOptions, FoundBy};
 pub use error::{Error, Result};

@@ -195,12 +195,21 @@ impl Default for Fuse {
 pub struct Blob {
     /// Bound of one range read, retries included (then EIO).
     pub fetching_timeout_sec: u64,
+    /// Range requests of readers in flight to one registry at once (its
+    /// mirrors included), for all layers together; more wait their turn
+    /// (0: no bound).
+    pub max_range_requests_per_host: usize,
+    /// Range requests of background fetches in flight to one registry at
+    /// once, counted apart from readers' (0: no bound).
+    pub max_background_requests_per_host: usize,
 }
 
 impl Default for Blob {
     fn default() -> Self {
         Blob {
             fetching_timeout_sec: 30,
+            max_range_requests_per_host: sochi_registry::DEFAULT_RANGE_REQUESTS_PER_HOST,
+            max_background_requests_per_host: sochi_registry::DEFAULT_BACKGROUND_REQUESTS_PER_HOST,
         }
     }
 }

@@ -186,6 +186,8 @@ fn registry_client(
         config.hosts.dir = hosts.dir;
     }
     config.hosts.mirrors.extend(hosts.mirrors);
+    config.max_range_requests_per_host = daemon.config.blob.max_range_requests_per_host;
+    config.max_background_requests_per_host = daemon.config.blob.max_background_requests_per_host;
     if let Some(keychain) = keychain {
         config.keychain = Some(keychain);
     }

@@ -18,6 +18,13 @@ pub trait BlobReader: Send + Sync {
     /// exclusive), or an error. The span store treats an answer of the
     /// wrong length as an error too.
     fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, BlobError>;
+
+    /// [`BlobReader::read_range`] for the background fetch: a source that
+    /// bounds its requests in flight counts these apart, so that they do
+    /// not hold up readers. The same read by default.
+    fn read_range_in_background(&self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
+        self.read_range(range)
+    }
 }
 
 /// What kind of failure a blob read was.

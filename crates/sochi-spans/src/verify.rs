@@ -41,6 +41,12 @@ impl HeaderCheck {
         })
     }
 
+    /// Whether TOC entry `entry` has been checked (then a read of it
+    /// checks nothing more).
+    pub fn is_checked(&self, entry: usize) -> bool {
+        self.is_set(entry)
+    }
+
     fn is_set(&self, entry: usize) -> bool {
         self.bits
             .get(entry / 64)

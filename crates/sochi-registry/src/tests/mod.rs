@@ -793,6 +793,50 @@ async fn blob_digest_mismatch_is_detected() {
 }
 
 #[tokio::test]
+async fn range_requests_to_one_registry_wait_for_a_turn_and_background_ones_apart() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    let data = content(10_000);
+    let blob = fake.add_blob("app", &data);
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_with(&dir, |config| {
+        config.max_range_requests_per_host = 2;
+        config.max_background_requests_per_host = 1;
+    });
+    let r = fake.reference("app");
+    // The first two readers' requests are never answered.
+    fake.fault("GET", "/blobs/", FaultAction::Hang);
+    fake.fault("GET", "/blobs/", FaultAction::Hang);
+    let readers: Vec<_> = (0..3u64)
+        .map(|n| {
+            let (client, r, digest) = (client.clone(), r.clone(), blob.digest.clone());
+            tokio::spawn(async move {
+                client
+                    .get_blob_range(&r, &digest, n * 100..n * 100 + 10)
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two in flight, the third waits for a turn, not on the wire.
+    assert_eq!(fake.requests("GET", "/blobs/").len(), 2);
+    // A background read has turns of its own.
+    let background = client
+        .get_blob_range_in_background(&r, &blob.digest, 5000..5010)
+        .await
+        .unwrap();
+    assert_eq!(&background[..], &data[5000..5010]);
+    assert_eq!(fake.requests("GET", "/blobs/").len(), 3);
+    // Hung readers give up (their turns with them); the waiting one goes.
+    let mut readers = readers.into_iter();
+    for hung in readers.by_ref().take(2) {
+        hung.abort();
+        let _ = hung.await;
+    }
+    let third = readers.next().unwrap().await.unwrap().unwrap();
+    assert_eq!(&third[..], &data[200..210]);
+}
+
+#[tokio::test]
 async fn range_reads_from_206_and_200_answers() {
     let fake = FakeRegistry::start(Config::default()).await;
     let data = content(70_000);

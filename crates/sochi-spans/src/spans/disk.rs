@@ -363,6 +363,12 @@ impl DiskCache {
         read.is_ok()
     }
 
+    /// Whether `span` is on disk and verified by this process: reading it
+    /// needs neither a fetch nor a hash.
+    pub(super) fn is_verified(&self, span: usize) -> bool {
+        self.index.lock().verified.contains(&span)
+    }
+
     /// The bytes of `span`, if on disk; a span this process has not
     /// written or checked yet is hashed against its slot first (a
     /// mismatch is a miss).

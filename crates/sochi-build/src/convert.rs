@@ -89,6 +89,9 @@ pub fn convert(
         for (_, descriptor, ztoc) in built.built_ztocs() {
             new_blobs.push((descriptor.clone(), ztoc.bytes.clone()));
         }
+        for blob in &built.prefetch.blobs {
+            new_blobs.push((blob.descriptor.clone(), blob.bytes.clone()));
+        }
     }
     let config = Descriptor::of(media_types::SOCI_INDEX_V2, EMPTY_CONFIG);
     new_blobs.push((config, EMPTY_CONFIG.to_vec()));

@@ -41,6 +41,15 @@ pub enum Error {
         #[source]
         source: sochi_format::Error,
     },
+    /// A JSON document given as input could not be read.
+    #[error("{what}: invalid json")]
+    Json {
+        /// What the document should be.
+        what: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The image source failed.
     #[error("{context}")]
     Source {

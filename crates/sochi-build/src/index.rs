@@ -1,23 +1,35 @@
 //! An image manifest → its SOCI index: one zTOC per indexable layer, built
-//! concurrently, descriptors kept in layer order (docs/format.md §3.1, §4.2).
+//! concurrently, descriptors kept in layer order (docs/format.md §3.1, §4.2),
+//! then the prefetch artifacts asked for (§3.8).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use sochi_format::{annotations, media_types, Descriptor, IndexVersion, SociIndex};
+use sochi_format::{annotations, media_types, Descriptor, IndexVersion, SociIndex, Ztoc};
 
 use crate::error::{Error, Result};
 use crate::layer::{
     build_layer_ztoc, has_xattrs, LayerKind, LayerOptions, LayerZtoc, DEFAULT_SPAN_SIZE,
 };
+use crate::prefetch::{build_prefetch, PrefetchBuild};
 use crate::source::{ImageSource, PlatformManifest};
 
 /// The reference's default minimum layer size (10 MiB, compressed).
 pub const DEFAULT_MIN_LAYER_SIZE: u64 = 10 << 20;
 
-/// A zTOC that already exists for a layer (reused instead of rebuilt).
-pub type ReuseLookup<'a> = &'a (dyn Fn(&Descriptor, u64) -> Option<Descriptor> + Sync);
+/// A zTOC that already exists for a layer (reused instead of rebuilt):
+/// given the layer and the span size, the stored zTOC, if any.
+pub type ReuseLookup<'a> = &'a (dyn Fn(&Descriptor, u64) -> Option<ReusedZtoc> + Sync);
+
+/// A stored zTOC a [`ReuseLookup`] found.
+#[derive(Clone, Debug)]
+pub struct ReusedZtoc {
+    /// Its descriptor, with the SOCI annotations.
+    pub descriptor: Descriptor,
+    /// Its bytes (read again only for prefetch artifacts).
+    pub bytes: Vec<u8>,
+}
 
 /// Events reported while building, for progress bars and logs.
 #[derive(Clone, Debug)]
@@ -54,6 +66,9 @@ pub struct BuildOptions {
     pub optimize_xattrs: bool,
     /// Layers indexed at once (default: the number of cores).
     pub jobs: usize,
+    /// `--prefetch-file` paths, as given (trimmed, none empty): each layer
+    /// holding one gets a prefetch artifact (docs/format.md §3.8).
+    pub prefetch_paths: Vec<String>,
 }
 
 impl Default for BuildOptions {
@@ -63,6 +78,7 @@ impl Default for BuildOptions {
             min_layer_size: DEFAULT_MIN_LAYER_SIZE,
             optimize_xattrs: false,
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            prefetch_paths: Vec::new(),
         }
     }
 }
@@ -81,6 +97,8 @@ pub enum LayerOutcome {
     Reused {
         /// Its descriptor, with the SOCI annotations.
         descriptor: Descriptor,
+        /// Its bytes (read for prefetch artifacts).
+        ztoc_bytes: Vec<u8>,
     },
     /// No zTOC, and why.
     Skipped {
@@ -102,6 +120,9 @@ pub struct BuiltIndex {
     pub descriptor: Descriptor,
     /// Per layer, in layer order.
     pub layers: Vec<(Descriptor, LayerOutcome)>,
+    /// The prefetch artifacts (listed in the index after the zTOCs) and
+    /// what became of each prefetch path.
+    pub prefetch: PrefetchBuild,
 }
 
 impl BuiltIndex {
@@ -238,15 +259,17 @@ pub fn build_index(
         });
         outcomes.push((layer.clone(), outcome?));
     }
-    let blobs: Vec<Descriptor> = outcomes
+    let mut blobs: Vec<Descriptor> = outcomes
         .iter()
         .filter_map(|(_, o)| match o {
-            LayerOutcome::Built { descriptor, .. } | LayerOutcome::Reused { descriptor } => {
+            LayerOutcome::Built { descriptor, .. } | LayerOutcome::Reused { descriptor, .. } => {
                 Some(descriptor.clone())
             }
             LayerOutcome::Skipped { .. } => None,
         })
         .collect();
+    let prefetch = prefetch_artifacts(&options.prefetch_paths, &outcomes)?;
+    blobs.extend(prefetch.blobs.iter().map(|b| b.descriptor.clone()));
     if blobs.is_empty() {
         return Err(Error::Invalid(format!(
             "no ztocs created for image {} ({}): all layers were either skipped or produced errors",
@@ -267,7 +290,49 @@ pub fn build_index(
         bytes,
         descriptor,
         layers: outcomes,
+        prefetch,
     })
+}
+
+/// The prefetch artifacts of `paths` over the zTOCs the layers got, built
+/// or reused, as the reference does (docs/format.md §3.8).
+fn prefetch_artifacts(
+    paths: &[String],
+    outcomes: &[(Descriptor, LayerOutcome)],
+) -> Result<PrefetchBuild> {
+    if paths.is_empty() {
+        return Ok(PrefetchBuild::default());
+    }
+    let reused = outcomes
+        .iter()
+        .map(|(layer, outcome)| match outcome {
+            LayerOutcome::Reused {
+                descriptor,
+                ztoc_bytes,
+            } => Ztoc::from_bytes(ztoc_bytes)
+                .map(Some)
+                .map_err(|source| Error::Format {
+                    context: format!(
+                        "the stored zTOC {} of layer {}",
+                        descriptor.digest, layer.digest
+                    ),
+                    source,
+                }),
+            _ => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let layers: Vec<(&Descriptor, Option<&Ztoc>)> = outcomes
+        .iter()
+        .zip(&reused)
+        .map(|((layer, outcome), reused)| {
+            let ztoc = match outcome {
+                LayerOutcome::Built { ztoc, .. } => Some(&ztoc.ztoc),
+                _ => reused.as_ref(),
+            };
+            (layer, ztoc)
+        })
+        .collect();
+    Ok(build_prefetch(paths, &layers))
 }
 
 fn index_one_layer(
@@ -300,8 +365,11 @@ fn index_one_layer(
             ),
         });
     }
-    if let Some(descriptor) = reuse.and_then(|lookup| lookup(layer, options.span_size)) {
-        let outcome = LayerOutcome::Reused { descriptor };
+    if let Some(reused) = reuse.and_then(|lookup| lookup(layer, options.span_size)) {
+        let outcome = LayerOutcome::Reused {
+            descriptor: reused.descriptor,
+            ztoc_bytes: reused.bytes,
+        };
         events(BuildEvent::LayerDone {
             layer,
             outcome: &outcome,
@@ -337,3 +405,6 @@ fn index_one_layer(
     });
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,8 @@
 //!   checkpoints and span digests from `sochi-zran`.
 //! - [`build_index`] indexes the layers of one image manifest concurrently.
 //! - [`convert`] makes the SOCI-enabled image (index manifest v2).
+//! - [`build_prefetch`] makes the prefetch artifacts of `--prefetch-file`
+//!   paths over the layers' zTOCs ([`build_index`] calls it).
 //!
 //! Images are read through [`ImageSource`]; nothing here writes output.
 //!
@@ -41,11 +43,15 @@ pub use error::{Error, Result, SourceError};
 pub use extract::{clean_name, extract_file, find_entry};
 pub use index::{
     build_index, stored_ztoc_descriptor, ztoc_descriptor, BuildEvent, BuildOptions, BuiltIndex,
-    LayerOutcome, ReuseLookup, DEFAULT_MIN_LAYER_SIZE,
+    LayerOutcome, ReuseLookup, ReusedZtoc, DEFAULT_MIN_LAYER_SIZE,
 };
 pub use layer::{
     build_layer_ztoc, has_xattrs, LayerCompression, LayerKind, LayerOptions, LayerZtoc,
     DEFAULT_SPAN_SIZE,
+};
+pub use prefetch::{
+    build_prefetch, clean_prefetch_path, prefetch_descriptor, prefetch_paths_from_json,
+    trim_prefetch_paths, PrefetchBlob, PrefetchBuild, PrefetchHit, PrefetchPathReport,
 };
 pub use source::{
     manifest_platform, select_manifests, ImageSource, PlatformManifest, PlatformSelection,
@@ -56,5 +62,6 @@ mod error;
 mod extract;
 mod index;
 mod layer;
+mod prefetch;
 mod source;
 mod span_hasher;

@@ -329,3 +329,183 @@ fn bad_input_gets_a_clear_error() {
     let usage = sochi(root.path(), &["create"]);
     assert_eq!(usage.status.code(), Some(2));
 }
+
+/// The top layer of the fixture image (gnu-mixed.tar.gz).
+const TOP_LAYER: &str = "sha256:e1f2a4768c5a1c9dcddc823c8ecf8e582a2dddf5ad29882dc626d6c849bc71cf";
+/// What `/etc/passwd` (span 0), `/data/random-300k.bin` (2..=6) and
+/// `data/hard` (6..=6) make of the top layer at span size 65536.
+const TOP_ARTIFACT: &str = r#"{"version":"1.0","prefetch_spans":[{"start_span":0,"end_span":0},{"start_span":2,"end_span":6}]}"#;
+
+/// The prefetch descriptor of `TOP_ARTIFACT` as Go encodes it.
+fn top_prefetch_descriptor() -> String {
+    format!(
+        r#"{{"mediaType":"application/vnd.amazon.soci.prefetch.v1+json","digest":"{}","size":{},"annotations":{{"com.amazon.soci.image-layer-digest":"{TOP_LAYER}"}}}}"#,
+        sochi_format::Sha256Digest::of(TOP_ARTIFACT.as_bytes()),
+        TOP_ARTIFACT.len()
+    )
+}
+
+/// `index` (the reference's bytes) with the prefetch descriptor appended to
+/// its `layers`.
+fn with_prefetch(index: &str) -> String {
+    let end = index.find("],\"").unwrap();
+    format!(
+        "{},{}{}",
+        &index[..end],
+        top_prefetch_descriptor(),
+        &index[end..]
+    )
+}
+
+#[test]
+fn create_and_convert_write_prefetch_artifacts() {
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("prefetch.json");
+    fs::write(&list, br#"["data/hard", "  ", null]"#).unwrap();
+    let image = format!("oci:{}:latest", fixture("image").display());
+    let flags = [
+        "--span-size",
+        "65536",
+        "--min-layer-size",
+        "0",
+        "--prefetch-file",
+        "/etc/passwd,/data/random-300k.bin",
+        "--prefetch-file",
+        " nope ",
+        "--prefetch-files-json",
+        list.to_str().unwrap(),
+    ];
+    let out = sochi(
+        root.path(),
+        &[&["create", "--json"][..], &flags, &[&image]].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("prefetch file nope not found in any layer"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let artifact = sochi_format::Sha256Digest::of(TOP_ARTIFACT.as_bytes()).to_string();
+    assert_eq!(
+        report["prefetch"],
+        serde_json::json!([{"layer": TOP_LAYER, "artifact": artifact, "span_ranges": [[0, 0], [2, 6]]}])
+    );
+    assert_eq!(report["prefetch_not_found"], serde_json::json!(["nope"]));
+
+    // The index is the reference's with the descriptor after the zTOCs; the
+    // artifact is in the store beside the zTOCs, for `push`.
+    let blob = |d: &str| {
+        fs::read(
+            root.path()
+                .join("content/blobs/sha256")
+                .join(d.strip_prefix("sha256:").unwrap()),
+        )
+        .unwrap()
+    };
+    let index = report["index"].as_str().unwrap();
+    let reference = fs::read_to_string(fixture("index-v1/index.json")).unwrap();
+    assert_eq!(
+        String::from_utf8(blob(index)).unwrap(),
+        with_prefetch(&reference)
+    );
+    assert_eq!(blob(&artifact), TOP_ARTIFACT.as_bytes());
+    let text = String::from_utf8(ok(
+        root.path(),
+        &[&["create"][..], &flags, &[&image]].concat(),
+    ))
+    .unwrap();
+    assert!(
+        text.contains(&format!(
+            "Created prefetch artifact for layer {TOP_LAYER}: {artifact}"
+        )),
+        "{text}"
+    );
+
+    // convert: the v2 index lists it the same way, and the layout holds it.
+    let dst = work.path().join("converted");
+    let dst_ref = format!("oci:{}", dst.display());
+    let text = String::from_utf8(ok(
+        root.path(),
+        &[&["convert"][..], &flags, &[&image, &dst_ref]].concat(),
+    ))
+    .unwrap();
+    assert!(text.contains("3 ztocs, 1 prefetch artifacts"), "{text}");
+    let layout_blob = |d: &str| {
+        fs::read(
+            dst.join("blobs/sha256")
+                .join(d.strip_prefix("sha256:").unwrap()),
+        )
+        .unwrap()
+    };
+    assert_eq!(layout_blob(&artifact), TOP_ARTIFACT.as_bytes());
+    let top: serde_json::Value =
+        serde_json::from_slice(&fs::read(dst.join("index.json")).unwrap()).unwrap();
+    let top = layout_blob(top["manifests"][0]["digest"].as_str().unwrap());
+    let top: serde_json::Value = serde_json::from_slice(&top).unwrap();
+    let soci = top["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["artifactType"] == "application/vnd.amazon.soci.index.v2+json")
+        .unwrap();
+    let ours = String::from_utf8(layout_blob(soci["digest"].as_str().unwrap())).unwrap();
+    // The reference's v2 index of the same image (no prefetch), extended.
+    let reference_top: serde_json::Value =
+        serde_json::from_slice(&fs::read(fixture("converted/index.json")).unwrap()).unwrap();
+    let reference_blob = |d: &str| {
+        fs::read(fixture("converted/blobs/sha256").join(d.strip_prefix("sha256:").unwrap()))
+            .unwrap()
+    };
+    let reference_top: serde_json::Value = serde_json::from_slice(&reference_blob(
+        reference_top["manifests"][0]["digest"].as_str().unwrap(),
+    ))
+    .unwrap();
+    let reference_soci = reference_top["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["artifactType"] == "application/vnd.amazon.soci.index.v2+json")
+        .unwrap();
+    let reference_v2 =
+        String::from_utf8(reference_blob(reference_soci["digest"].as_str().unwrap())).unwrap();
+    assert_eq!(ours, with_prefetch(&reference_v2));
+}
+
+#[test]
+fn bad_prefetch_lists_get_a_clear_error() {
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let image = format!("oci:{}:latest", fixture("image").display());
+    let bad = work.path().join("bad.json");
+    fs::write(&bad, br#"{"paths":["a"]}"#).unwrap();
+    fails_with(
+        root.path(),
+        &[
+            "create",
+            "--prefetch-files-json",
+            bad.to_str().unwrap(),
+            &image,
+        ],
+        &format!(
+            "reading the prefetch paths in {}: a JSON array of prefetch paths: invalid json",
+            bad.display()
+        ),
+    );
+    let missing = work.path().join("missing.json");
+    fails_with(
+        root.path(),
+        &[
+            "create",
+            "--prefetch-files-json",
+            missing.to_str().unwrap(),
+            &image,
+        ],
+        &format!("reading the prefetch paths in {}", missing.display()),
+    );
+}

@@ -33,6 +33,23 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A prefetch artifact names spans its layer does not have
+    /// ([`crate::PrefetchArtifact::validate_against`]).
+    #[error("prefetch artifact {artifact}: span range {range} ({start_span}..={end_span}) {problem} (the layer has {span_count} spans)")]
+    PrefetchRange {
+        /// The artifact's digest.
+        artifact: crate::Digest,
+        /// Index of the range in `prefetch_spans`.
+        range: usize,
+        /// Its first span.
+        start_span: i32,
+        /// Its last span.
+        end_span: i32,
+        /// Spans of the layer's zTOC.
+        span_count: usize,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// A digest string is not `sha256:<64 lower-case hex digits>`.
     #[error("invalid digest {value:?}: {detail}")]
     Digest {

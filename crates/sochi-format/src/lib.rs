@@ -29,9 +29,10 @@ pub use oci::{
     image_diff_ids, is_image_index, is_index_media_type, media_types, Descriptor, ImageIndex,
     ImageManifest, Platform,
 };
-pub use soci_index::{
-    annotations, IndexVersion, PrefetchArtifact, PrefetchSpan, SociIndex, EMPTY_CONFIG,
+pub use prefetch::{
+    PrefetchArtifact, PrefetchSpan, MAX_PREFETCH_ARTIFACT_SIZE, PREFETCH_ARTIFACT_VERSION,
 };
+pub use soci_index::{annotations, IndexVersion, SociIndex, EMPTY_CONFIG};
 pub use zinfo::{CheckpointRef, GzipZinfo, GzipZinfoWriter, TarZinfo, Zinfo, WINDOW_SIZE};
 pub use ztoc::{
     CompressionAlgorithm, CompressionInfo, EntryType, FileMetadata, SpanGeometry, SpanId, Ztoc,
@@ -45,6 +46,7 @@ mod gotime;
 pub mod json;
 mod layer_media;
 mod oci;
+mod prefetch;
 pub mod snapshot_labels;
 mod soci_index;
 mod zinfo;

@@ -1,11 +1,8 @@
-//! The SOCI index manifest (docs/format.md §4) and the prefetch artifact (docs/format.md §3.8).
+//! The SOCI index manifest (docs/format.md §4).
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
 use crate::error::{Error, Result};
-use crate::json::JsonWriter;
 use crate::oci::{media_types, Descriptor, ImageManifest};
 use crate::ztoc::BUILD_TOOL_IDENTIFIER;
 
@@ -138,6 +135,13 @@ impl SociIndex {
             .filter(|d| d.media_type == media_types::ZTOC)
     }
 
+    /// The prefetch artifact descriptors (docs/format.md §3.8).
+    pub fn prefetches(&self) -> impl Iterator<Item = &Descriptor> {
+        self.blobs
+            .iter()
+            .filter(|d| d.media_type == media_types::SOCI_PREFETCH)
+    }
+
     /// The zTOC descriptor of a layer, if indexed.
     pub fn ztoc_for_layer(&self, layer_digest: &str) -> Option<&Descriptor> {
         self.ztocs().find(|d| {
@@ -146,76 +150,6 @@ impl SociIndex {
                 .map(String::as_str)
                 == Some(layer_digest)
         })
-    }
-}
-
-/// One range of spans to prefetch (inclusive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-pub struct PrefetchSpan {
-    /// First span.
-    pub start_span: i64,
-    /// Last span (inclusive).
-    pub end_span: i64,
-    /// Lower is earlier; 0 is omitted on output.
-    #[serde(default)]
-    pub priority: i64,
-}
-
-/// The prefetch artifact of one layer (docs/format.md §3.8).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct PrefetchArtifact {
-    /// Always `"1.0"`.
-    pub version: String,
-    /// Span ranges, sorted and merged.
-    pub prefetch_spans: Vec<PrefetchSpan>,
-}
-
-impl PrefetchArtifact {
-    /// Decodes and validates a prefetch artifact.
-    pub fn from_bytes(bytes: &[u8]) -> Result<PrefetchArtifact> {
-        let artifact: PrefetchArtifact =
-            serde_json::from_slice(bytes).map_err(|source| Error::Json {
-                what: "prefetch artifact",
-                source,
-            })?;
-        if artifact.version != "1.0" {
-            return Err(Error::Invalid {
-                what: "prefetch artifact",
-                detail: format!("unsupported version {:?}", artifact.version),
-            });
-        }
-        if artifact.prefetch_spans.is_empty() {
-            return Err(Error::Invalid {
-                what: "prefetch artifact",
-                detail: "no spans".to_string(),
-            });
-        }
-        Ok(artifact)
-    }
-
-    /// Go-canonical bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = JsonWriter::new();
-        w.begin_object();
-        w.key("version");
-        w.string(&self.version);
-        w.key("prefetch_spans");
-        w.begin_array();
-        for s in &self.prefetch_spans {
-            w.begin_object();
-            w.key("start_span");
-            w.int(s.start_span);
-            w.key("end_span");
-            w.int(s.end_span);
-            if s.priority != 0 {
-                w.key("priority");
-                w.int(s.priority);
-            }
-            w.end_object();
-        }
-        w.end_array();
-        w.end_object();
-        w.finish().into_bytes()
     }
 }
 
@@ -241,30 +175,5 @@ mod tests {
     fn unknown_index_version_is_refused() {
         let bad = br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":2},"layers":[]}"#;
         assert!(SociIndex::from_bytes(bad).is_err());
-    }
-
-    #[test]
-    fn prefetch_artifact_is_go_canonical() {
-        let a = PrefetchArtifact {
-            version: "1.0".into(),
-            prefetch_spans: vec![
-                PrefetchSpan {
-                    start_span: 0,
-                    end_span: 2,
-                    priority: 0,
-                },
-                PrefetchSpan {
-                    start_span: 5,
-                    end_span: 5,
-                    priority: 1,
-                },
-            ],
-        };
-        let bytes = a.to_bytes();
-        assert_eq!(
-            std::str::from_utf8(&bytes).unwrap(),
-            r#"{"version":"1.0","prefetch_spans":[{"start_span":0,"end_span":2},{"start_span":5,"end_span":5,"priority":1}]}"#
-        );
-        assert_eq!(PrefetchArtifact::from_bytes(&bytes).unwrap(), a);
     }
 }

@@ -67,6 +67,13 @@ pub struct ConvertedIndex {
     pub manifest: Digest,
     /// zTOCs it lists.
     pub ztocs: usize,
+    /// Prefetch artifacts it lists (not in the JSON when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub prefetch_artifacts: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Converts the image `opened` (opened from `request.source`) and writes
@@ -163,6 +170,7 @@ pub fn convert_image(
                 platform: b.image.platform.to_spec_string(),
                 manifest: b.image.descriptor.digest.clone(),
                 ztocs: b.index.ztocs().count(),
+                prefetch_artifacts: b.index.prefetches().count(),
             })
             .collect(),
     })

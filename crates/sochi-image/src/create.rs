@@ -1,12 +1,12 @@
 //! `create`: the v1 SOCI index of each selected platform of an image, kept
-//! with its zTOCs in the local store and recorded in the artifacts
-//! database (what `push` and `ztoc get-file` find later). zTOCs the store
-//! already has for a layer and span size are reused.
+//! with its zTOCs and prefetch artifacts in the local store and recorded in
+//! the artifacts database (what `push` and `ztoc get-file` find later).
+//! zTOCs the store already has for a layer and span size are reused.
 
 use serde::Serialize;
 use sochi_build::{
-    build_index, select_manifests, stored_ztoc_descriptor, BuildEvent, BuildOptions, LayerOutcome,
-    PlatformSelection, ReuseLookup,
+    build_index, select_manifests, stored_ztoc_descriptor, BuildEvent, BuildOptions, BuiltIndex,
+    LayerOutcome, PlatformSelection, ReuseLookup, ReusedZtoc,
 };
 use sochi_format::{media_types, Descriptor, Digest, IndexVersion, Sha256Digest, EMPTY_CONFIG};
 use sochi_store::{ArtifactEntry, ArtifactKind, Store};
@@ -29,7 +29,9 @@ pub struct CreateRequest<'a> {
 }
 
 /// One index `create` built. Serialized as `sochi create --json` prints
-/// it: `{"index","size","platform","manifest","layers":[…]}`.
+/// it: `{"index","size","platform","manifest","layers":[…]}`, plus
+/// `"prefetch":[…]` and `"prefetch_not_found":[…]` when prefetch paths
+/// were given.
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexReport {
     /// The SOCI index manifest digest.
@@ -42,6 +44,54 @@ pub struct IndexReport {
     pub manifest: Digest,
     /// Each layer, bottom first.
     pub layers: Vec<LayerReport>,
+    /// The prefetch artifacts, in layer order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prefetch: Vec<PrefetchReport>,
+    /// Prefetch paths (as given) that no layer has.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prefetch_not_found: Vec<String>,
+}
+
+/// One prefetch artifact of an index. Serialized as
+/// `{"layer","artifact","span_ranges":[[start,end],…]}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefetchReport {
+    /// The layer it is for.
+    pub layer: Digest,
+    /// The artifact's digest.
+    pub artifact: Digest,
+    /// Its span ranges, both ends inclusive.
+    pub span_ranges: Vec<[i32; 2]>,
+}
+
+impl PrefetchReport {
+    /// The prefetch artifacts of `built`, in layer order, and the paths
+    /// (as given) no layer has.
+    pub fn of(built: &BuiltIndex) -> (Vec<PrefetchReport>, Vec<String>) {
+        let artifacts = built
+            .prefetch
+            .blobs
+            .iter()
+            .map(|b| PrefetchReport {
+                layer: b.layer.digest.clone(),
+                artifact: b.descriptor.digest.clone(),
+                span_ranges: b
+                    .artifact
+                    .prefetch_spans
+                    .iter()
+                    .map(|s| [s.start_span, s.end_span])
+                    .collect(),
+            })
+            .collect();
+        let not_found = built
+            .prefetch
+            .paths
+            .iter()
+            .filter(|p| p.found.is_none())
+            .map(|p| p.path.clone())
+            .collect();
+        (artifacts, not_found)
+    }
 }
 
 /// What became of one layer. Serialized as
@@ -110,6 +160,29 @@ pub fn create_indexes(
                 layer_source: opened.layer_source.clone(),
             });
         }
+        for blob in &built.prefetch.blobs {
+            store.content().write_blob(&blob.bytes).with_context(|| {
+                format!(
+                    "storing the prefetch artifact of layer {}",
+                    blob.layer.digest
+                )
+            })?;
+            entries.push(ArtifactEntry {
+                digest: blob.descriptor.digest.clone(),
+                size: blob.descriptor.size,
+                original_digest: blob.layer.digest.clone(),
+                image_digest: image.digest.clone(),
+                image_ref: image_ref.to_string(),
+                platform: platform.clone(),
+                kind: ArtifactKind::SociPrefetch,
+                media_type: media_types::SOCI_PREFETCH.to_string(),
+                artifact_type: String::new(),
+                created_at,
+                span_size: 0,
+                layer_media_type: blob.layer.media_type.clone(),
+                layer_source: String::new(),
+            });
+        }
         let stored = store
             .content()
             .write_blob(EMPTY_CONFIG)
@@ -134,6 +207,7 @@ pub fn create_indexes(
             .artifacts()
             .put(entries)
             .context("recording the artifacts")?;
+        let (prefetch, prefetch_not_found) = PrefetchReport::of(&built);
         reports.push(IndexReport {
             index: built.descriptor.digest.clone(),
             size: built.descriptor.size,
@@ -144,6 +218,8 @@ pub fn create_indexes(
                 .iter()
                 .map(|(layer, outcome)| layer_report(layer, outcome))
                 .collect(),
+            prefetch,
+            prefetch_not_found,
         });
     }
     Ok(reports)
@@ -152,7 +228,7 @@ pub fn create_indexes(
 fn layer_report(layer: &Descriptor, outcome: &LayerOutcome) -> LayerReport {
     let (ztoc, skipped, reused) = match outcome {
         LayerOutcome::Built { descriptor, .. } => (Some(descriptor.digest.clone()), None, false),
-        LayerOutcome::Reused { descriptor } => (Some(descriptor.digest.clone()), None, true),
+        LayerOutcome::Reused { descriptor, .. } => (Some(descriptor.digest.clone()), None, true),
         LayerOutcome::Skipped { reason } => (None, Some(reason.clone()), false),
     };
     LayerReport {
@@ -171,7 +247,7 @@ fn reuse_ztoc(
     layer: &Descriptor,
     span_size: u64,
     optimize_xattrs: bool,
-) -> Option<Descriptor> {
+) -> Option<ReusedZtoc> {
     let entries = store.artifacts().list().ok()?;
     let entry = entries.iter().rev().find(|e| {
         e.kind == ArtifactKind::SociLayer
@@ -180,5 +256,6 @@ fn reuse_ztoc(
     })?;
     let digest = Sha256Digest::parse(&entry.digest).ok()?;
     let bytes = store.content().read_blob(&digest).ok()?;
-    stored_ztoc_descriptor(layer, &bytes, span_size, optimize_xattrs).ok()
+    let descriptor = stored_ztoc_descriptor(layer, &bytes, span_size, optimize_xattrs).ok()?;
+    Some(ReusedZtoc { descriptor, bytes })
 }

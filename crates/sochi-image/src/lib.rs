@@ -20,7 +20,7 @@
 #![deny(missing_docs)]
 
 pub use convert::{convert_image, ConvertReport, ConvertRequest, ConvertedIndex};
-pub use create::{create_indexes, now, CreateRequest, IndexReport, LayerReport};
+pub use create::{create_indexes, now, CreateRequest, IndexReport, LayerReport, PrefetchReport};
 pub use error::{Error, Result};
 pub use image_ref::ImageRef;
 pub use indexes::{list_indexes, IndexFilter, IndexRow};

@@ -56,7 +56,14 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
         print_json_line(&report)?;
     } else {
         for i in &report.indexes {
-            println!("soci index {} ({}, {} ztocs)", i.index, i.platform, i.ztocs);
+            let prefetch = match i.prefetch_artifacts {
+                0 => String::new(),
+                n => format!(", {n} prefetch artifacts"),
+            };
+            println!(
+                "soci index {} ({}, {} ztocs{prefetch})",
+                i.index, i.platform, i.ztocs
+            );
         }
         println!("image {} -> {}", report.image, report.destination);
     }

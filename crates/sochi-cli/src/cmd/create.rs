@@ -51,6 +51,12 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
                 (None, None) => {}
             }
         }
+        for p in &report.prefetch {
+            println!(
+                "Created prefetch artifact for layer {}: {}",
+                p.layer, p.artifact
+            );
+        }
         println!("index {} ({})", report.index, report.platform);
     }
     Ok(ExitCode::SUCCESS)

@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use sochi_build::{BuildOptions, PlatformSelection, DEFAULT_MIN_LAYER_SIZE, DEFAULT_SPAN_SIZE};
+use sochi_build::{
+    prefetch_paths_from_json, trim_prefetch_paths, BuildOptions, PlatformSelection,
+    DEFAULT_MIN_LAYER_SIZE, DEFAULT_SPAN_SIZE,
+};
 use sochi_format::Platform;
 use sochi_store::Store;
 
@@ -126,6 +129,15 @@ pub struct BuildArgs {
     /// Layers indexed at once (default: number of cores).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// A file to prefetch (its path in the image): the layer that provides
+    /// it gets a prefetch artifact listing its spans. Repeat, or separate
+    /// paths with commas, as the reference's flag does.
+    #[arg(long, value_name = "PATH", value_delimiter = ',')]
+    pub prefetch_file: Vec<String>,
+    /// A JSON file holding an array of paths to prefetch (added after
+    /// those of --prefetch-file).
+    #[arg(long, value_name = "FILE")]
+    pub prefetch_files_json: Option<PathBuf>,
 }
 
 impl BuildArgs {
@@ -144,6 +156,14 @@ impl BuildArgs {
         }
         if let Some(jobs) = self.jobs {
             options.jobs = jobs.max(1);
+        }
+        options.prefetch_paths = trim_prefetch_paths(&self.prefetch_file);
+        if let Some(file) = &self.prefetch_files_json {
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("reading the prefetch paths in {}", file.display()))?;
+            let paths = prefetch_paths_from_json(&bytes)
+                .with_context(|| format!("reading the prefetch paths in {}", file.display()))?;
+            options.prefetch_paths.extend(paths);
         }
         let selection = if self.all_platforms {
             PlatformSelection::All

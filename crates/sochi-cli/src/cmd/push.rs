@@ -63,6 +63,8 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
         all_platforms: args.all_platforms,
         force: false,
         jobs: None,
+        prefetch_file: Vec::new(),
+        prefetch_files_json: None,
     };
     let (_, selection) = build.options()?;
     let store = global.store()?;

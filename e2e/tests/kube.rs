@@ -71,6 +71,22 @@ fn start_node(pause: String, config_path: &Path, keychain: bool) -> (Containerd,
             ..SnapshotterOptions::default()
         },
     );
+    // containerd dialled the snapshotter's socket while it booted (its
+    // snapshot syncer) and got no answer; gRPC then fails calls fast until
+    // its reconnect backoff ends. Wait until containerd reaches it, as a
+    // kubelet's first pull would after node start-up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !containerd
+        .ctr_output(["snapshots", "--snapshotter", "sochi", "ls"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd does not reach the sochi snapshotter"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     (containerd, snapshotter)
 }
 

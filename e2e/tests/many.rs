@@ -234,8 +234,8 @@ fn six_images_at_once_stay_within_the_memory_budget() {
     let layers = (1 + IMAGES * DATA_LAYERS) as u64;
     eprintln!(
         "snapshotter + keeper RSS per idle mounted layer: {} KiB, of which anonymous {} KiB ({} MiB at start, {} MiB with {layers} layers mounted; anonymous {} and {} MiB)",
-        idle.saturating_sub(started) / layers >> 10,
-        idle_anon.saturating_sub(started_anon) / layers >> 10,
+        (idle.saturating_sub(started) / layers) >> 10,
+        (idle_anon.saturating_sub(started_anon) / layers) >> 10,
         started >> 20,
         idle >> 20,
         started_anon >> 20,

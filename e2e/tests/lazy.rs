@@ -1171,3 +1171,83 @@ fn status_file() {
     assert!(differences.is_empty(), "{differences:#?}");
     mount.unmount();
 }
+
+// --- prefetch artifacts (issue 13) --------------------------------------------------
+
+/// An image converted with `--prefetch-file` for one file of its largest
+/// layer: right after the mount the file's spans are prefetched (the mount
+/// does not wait), and reading the file afterwards fetches nothing more.
+#[test]
+fn prefetch_fetches_the_listed_file_and_reads_find_it_cached() {
+    let registry = Registry::plain();
+    let sochi = Sochi::for_registry(&registry);
+    let source = TestImages::get().push_to(&registry, "debian-python");
+    let (largest, candidates) = own_files_of_largest_layer(&sochi, "debian-python", 8192..=65536);
+    let file = candidates
+        .iter()
+        .find(|file| file.start_span > 2)
+        .unwrap_or_else(|| panic!("no 8-64 KB file in {largest}"))
+        .clone();
+    let target = registry.reference("debian-python:prefetch");
+    sochi.run([
+        "convert",
+        "--span-size",
+        SPAN_ARG,
+        "--min-layer-size",
+        "0",
+        "--prefetch-file",
+        &file.name,
+        &source,
+        &target,
+    ]);
+    let expected = fs::read(oracle_rootfs("debian-python").join(&file.name)).unwrap();
+    let mount = LazyMount::mount(
+        &sochi,
+        &target,
+        &["--no-background-fetch", "--metrics-address", "127.0.0.1:0"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let metrics = mount.metrics();
+        if metrics.layer("sochi_prefetch_state", &largest, &[]) != 1 {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prefetch still running: {}",
+            metrics.summary()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let summary = metrics.summary();
+    assert_eq!(
+        metrics.layer("sochi_prefetch_state", &largest, &[]),
+        2,
+        "{summary}"
+    );
+    let requests = metrics.layer(
+        "sochi_layer_fetch_requests_total",
+        &largest,
+        &[("kind", "prefetch")],
+    );
+    let spans = metrics.layer(
+        "sochi_layer_fetched_spans_total",
+        &largest,
+        &[("kind", "prefetch")],
+    );
+    assert!(requests >= 1, "{summary}");
+    assert!(
+        spans > file.end_span - file.start_span,
+        "{file:?}: {summary}"
+    );
+    let bytes = fs::read(mount.path(&file.name)).unwrap();
+    assert!(bytes == expected, "{}: wrong bytes", file.name);
+    let after = mount.metrics();
+    assert_eq!(
+        after.demand_requests(&largest),
+        0,
+        "{file:?}: {}",
+        after.summary()
+    );
+    mount.unmount();
+}

@@ -70,6 +70,10 @@ pub struct LayerInfo {
     /// Why the layer is not lazy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The prefetch artifact whose spans are fetched right after the
+    /// mount (absent: none, refused, or prefetch off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch_artifact: Option<Digest>,
 }
 
 /// What an image mount daemon is asked to do.
@@ -93,6 +97,8 @@ pub struct ImageMountRequest {
     pub background: Option<BackgroundOptions>,
     /// Layers fetched in the background at the same time.
     pub background_jobs: usize,
+    /// Prefetch of the layers' prefetch artifacts, `None` for none.
+    pub prefetch: Option<sochi_spans::PrefetchOptions>,
     /// Bound of one range read from the registry.
     pub fetch_timeout: Duration,
     /// Bound of each layer's on-disk span cache, in bytes.
@@ -200,6 +206,7 @@ fn serve(
         verify: request.verify,
         background: request.background.clone(),
         background_jobs: request.background_jobs,
+        prefetch: request.prefetch.clone(),
         fetch_timeout: request.fetch_timeout,
         fuse_threads: request.fuse_threads,
         span_cache_limit: request.span_cache_limit,
@@ -304,9 +311,18 @@ fn layer_infos(mount: &ImageMount) -> Vec<LayerInfo> {
                 mode: mode.into(),
                 path: layer.lower_dir().to_path_buf(),
                 reason,
+                prefetch_artifact: options_prefetch(mount, layer),
             }
         })
         .collect()
+}
+
+/// The prefetch artifact of `layer` if `mount` prefetches it.
+fn options_prefetch(mount: &ImageMount, layer: &crate::MountedLayer) -> Option<Digest> {
+    mount
+        .prefetches()
+        .then(|| layer.prefetch_artifact().cloned())
+        .flatten()
 }
 
 /// Writes `state.json` whole (through a rename), so a reader never sees

@@ -18,13 +18,16 @@ use crate::error::{invalid, Context as _, Result};
 use sochi_format::{Descriptor, Digest, LayerCompression, Ztoc};
 use sochi_fs::{Keeper, KeptMount, Layer, LayerConfig, MountHandle};
 use sochi_registry::{Client, Reference};
-use sochi_spans::{BackgroundOptions, LayerMetrics, SpanManager, SpanStoreConfig};
+use sochi_spans::{
+    BackgroundOptions, LayerMetrics, PrefetchOptions, SpanManager, SpanStoreConfig, PREFETCH_DONE,
+    PREFETCH_FAILED, PREFETCH_RUNNING,
+};
 use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
 
 use crate::blob::RegistryBlob;
 use crate::local_state::{private_dir, LayerDir};
-use crate::plan::{ImagePlan, PlannedLayer};
+use crate::plan::{ImagePlan, LayerPrefetch, PlannedLayer};
 use crate::unpack::{unpack_layer, ExpectedDigests};
 
 /// How an image is mounted.
@@ -46,6 +49,9 @@ pub struct MountOptions {
     pub background: Option<BackgroundOptions>,
     /// Layers fetched in the background at the same time.
     pub background_jobs: usize,
+    /// Fetch the spans of each lazy layer's prefetch artifact right after
+    /// the mount (not waiting for them); `None` to ignore the artifacts.
+    pub prefetch: Option<PrefetchOptions>,
     /// Bound of one range read from the registry.
     pub fetch_timeout: Duration,
     /// FUSE threads per layer.
@@ -94,9 +100,18 @@ pub struct MountedLayer {
     pub state: LayerState,
     /// Its local state (span cache or unpacked tree).
     local: LayerDir,
+    /// Its prefetch artifact's digest and span ranges, when it has one
+    /// that was not refused.
+    prefetch: Option<(Digest, Vec<std::ops::Range<usize>>)>,
 }
 
 impl MountedLayer {
+    /// The digest of the layer's prefetch artifact, if it has one that was
+    /// not refused.
+    pub fn prefetch_artifact(&self) -> Option<&Digest> {
+        self.prefetch.as_ref().map(|(digest, _)| digest)
+    }
+
     /// The directory overlayfs stacks for this layer.
     pub fn lower_dir(&self) -> &Path {
         match &self.state {
@@ -172,6 +187,7 @@ impl ImageMount {
             }
             return Err(error);
         }
+        image.start_prefetch();
         image.start_background();
         Ok(image)
     }
@@ -246,6 +262,7 @@ impl ImageMount {
                     reason,
                 },
                 local: state,
+                prefetch: None,
             });
         };
         let state = LayerDir::new(self.options.root.join("cache").join(hex));
@@ -253,11 +270,27 @@ impl ImageMount {
         match self.mount_lazy(
             position, layer, ztoc, repository, client, runtime, direct, &state,
         ) {
-            Ok(layer_state) => Ok(MountedLayer {
-                descriptor: layer.descriptor.clone(),
-                state: layer_state,
-                local: state,
-            }),
+            Ok(layer_state) => {
+                let prefetch = match (&layer.prefetch, &layer_state) {
+                    (
+                        Some(LayerPrefetch::Refused { reason, .. }),
+                        LayerState::Lazy { spans, .. },
+                    ) => {
+                        spans.metrics().refuse_prefetch(*reason);
+                        None
+                    }
+                    (Some(LayerPrefetch::Ready { artifact, ranges }), _) => {
+                        Some((artifact.clone(), ranges.clone()))
+                    }
+                    _ => None,
+                };
+                Ok(MountedLayer {
+                    descriptor: layer.descriptor.clone(),
+                    state: layer_state,
+                    local: state,
+                    prefetch,
+                })
+            }
             Err(error) => {
                 state.unregister(&self.options.mount_id, true);
                 Err(error)
@@ -405,7 +438,65 @@ impl ImageMount {
         Ok(())
     }
 
-    /// Starts the background fetch of the lazy layers, bottom first.
+    /// Starts the prefetch of each lazy layer with a prefetch artifact: one
+    /// thread per layer, which runs up to `concurrency` requests at once
+    /// (docs/lazy-mounts.md). The mount does not wait for it.
+    fn start_prefetch(&mut self) {
+        let Some(options) = self.options.prefetch.clone() else {
+            return;
+        };
+        for layer in &self.layers {
+            let (LayerState::Lazy { spans, .. }, Some((artifact, ranges))) =
+                (&layer.state, &layer.prefetch)
+            else {
+                continue;
+            };
+            let (spans, artifact, ranges, stop, options, digest) = (
+                Arc::clone(spans),
+                artifact.clone(),
+                ranges.clone(),
+                Arc::clone(&self.stop),
+                options.clone(),
+                layer.descriptor.digest.clone(),
+            );
+            spans
+                .metrics()
+                .prefetch_state
+                .store(PREFETCH_RUNNING, Ordering::Relaxed);
+            let state = Arc::clone(spans.metrics());
+            let spawned = std::thread::Builder::new()
+                .name("sochi-prefetch".into())
+                .spawn(move || {
+                    let started = Instant::now();
+                    let outcome = spans.prefetch(&ranges, &options, &stop);
+                    let metrics = spans.metrics();
+                    match outcome {
+                        Ok(()) => {
+                            metrics.prefetch_state.store(PREFETCH_DONE, Ordering::Relaxed);
+                            tracing::info!(layer = %digest, %artifact, spans = LayerMetrics::get(&metrics.prefetch_spans), seconds = started.elapsed().as_secs_f64(), "layer prefetched");
+                        }
+                        Err(error) => {
+                            metrics.prefetch_state.store(PREFETCH_FAILED, Ordering::Relaxed);
+                            if !matches!(error, sochi_spans::Error::Stopped) {
+                                tracing::warn!(layer = %digest, %artifact, error = %sochi_format::error_chain(&error), "prefetch failed; reads fetch what they need");
+                            }
+                        }
+                    }
+                });
+            match spawned {
+                Ok(handle) => self.background.push(handle),
+                Err(error) => {
+                    state
+                        .prefetch_state
+                        .store(PREFETCH_FAILED, Ordering::Relaxed);
+                    tracing::warn!(%error, "cannot start the prefetch");
+                }
+            }
+        }
+    }
+
+    /// Starts the background fetch of the lazy layers, bottom first; a
+    /// layer being prefetched is fetched once its prefetch has ended.
     fn start_background(&mut self) {
         let Some(options) = self.options.background.clone() else {
             return;
@@ -435,6 +526,12 @@ impl ImageMount {
                 .name("sochi-bg-fetch".into())
                 .spawn(move || {
                     while let Some((spans, digest, size)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        while spans.metrics().prefetch_state.load(Ordering::Relaxed) == PREFETCH_RUNNING {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
                         let started = Instant::now();
                         match spans.fetch_all(digest, *size, &options, &stop) {
                             Ok(()) => tracing::info!(layer = %digest, seconds = started.elapsed().as_secs_f64(), "layer fetched and verified"),
@@ -451,6 +548,11 @@ impl ImageMount {
                 Err(error) => tracing::warn!(%error, "cannot start the background fetch"),
             }
         }
+    }
+
+    /// Whether this mount prefetches the layers' prefetch artifacts.
+    pub fn prefetches(&self) -> bool {
+        self.options.prefetch.is_some()
     }
 
     /// The Prometheus text of every lazy layer, plus image-level counts.

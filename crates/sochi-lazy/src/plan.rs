@@ -9,9 +9,11 @@ use std::sync::Arc;
 use crate::error::{invalid, Context as _, Result};
 use futures_util::future::try_join_all;
 use sochi_format::{
-    media_types, Descriptor, Digest, ImageManifest, Platform, Sha256Digest, SociIndex, Ztoc,
+    media_types, Descriptor, Digest, ImageManifest, Platform, PrefetchArtifact, Sha256Digest,
+    SociIndex, Ztoc, MAX_PREFETCH_ARTIFACT_SIZE,
 };
 use sochi_registry::{Client, DiscoveryOptions, Reference};
+use sochi_spans::PrefetchRefusal;
 
 /// Where the image's index came from, for logs and `--json` output.
 #[derive(Clone, Debug)]
@@ -34,6 +36,29 @@ pub struct PlannedLayer {
     /// The layer's uncompressed digest from the image config (`diff_id`),
     /// which an unpack checks.
     pub diff_id: Digest,
+    /// The layer's prefetch artifact, if the index has one for it (and
+    /// the layer has a zTOC).
+    pub prefetch: Option<LayerPrefetch>,
+}
+
+/// A layer's prefetch artifact (docs/format.md §3.8), read and checked
+/// against the layer's zTOC when the image is planned.
+#[derive(Clone, Debug)]
+pub enum LayerPrefetch {
+    /// Fine: the span ranges to fetch, in order ([`sochi_spans::prefetch_order`]).
+    Ready {
+        /// The artifact's digest.
+        artifact: Digest,
+        /// Half-open span ranges, within the layer's spans.
+        ranges: Vec<std::ops::Range<usize>>,
+    },
+    /// Refused (logged once, when planned): the layer mounts without it.
+    Refused {
+        /// The artifact's digest.
+        artifact: Digest,
+        /// Why.
+        reason: PrefetchRefusal,
+    },
 }
 
 /// An image ready to be mounted.
@@ -161,6 +186,7 @@ async fn plan_manifest(
                         ztoc: None,
                         no_ztoc_reason: Some("the image has no SOCI index".into()),
                         diff_id: diff_id.clone().into(),
+                        prefetch: None,
                     })
                     .collect();
                 return Ok(ImagePlan {
@@ -217,6 +243,7 @@ async fn plan_layer(
             ztoc: None,
             no_ztoc_reason: Some("the SOCI index has no zTOC for it (small layer?)".into()),
             diff_id: diff_id.into(),
+            prefetch: None,
         });
     };
     let bytes = match cache.and_then(|dir| load_cached(dir, &ztoc_descriptor.digest)) {
@@ -244,12 +271,106 @@ async fn plan_layer(
         )
     })?;
     check_ztoc_fits_layer(&ztoc, layer)?;
+    let prefetch = match index.prefetches().find(|d| {
+        d.annotations
+            .get(sochi_format::annotations::LAYER_DIGEST)
+            .map(String::as_str)
+            == Some(layer.digest.as_str())
+    }) {
+        Some(descriptor) => {
+            Some(plan_prefetch(client, reference, descriptor, layer, &ztoc, cache).await)
+        }
+        None => None,
+    };
     Ok(PlannedLayer {
         descriptor: layer.clone(),
         ztoc: Some(Arc::new(ztoc)),
         no_ztoc_reason: None,
         diff_id: diff_id.into(),
+        prefetch,
     })
+}
+
+/// Reads a layer's prefetch artifact (from the cache, else fetched and
+/// cached) and checks it against the layer's zTOC. A bad artifact is
+/// refused with one log line naming the layer and the artifact: the layer
+/// mounts without it, never fails for it.
+async fn plan_prefetch(
+    client: &Client,
+    reference: &Reference,
+    descriptor: &Descriptor,
+    layer: &Descriptor,
+    ztoc: &Ztoc,
+    cache: Option<&Path>,
+) -> LayerPrefetch {
+    let artifact = descriptor.digest.clone();
+    let refuse = |reason: PrefetchRefusal, detail: String| {
+        tracing::warn!(layer = %layer.digest, %artifact, reason = reason.label(), error = %detail, "prefetch artifact refused; the layer mounts without prefetch");
+        LayerPrefetch::Refused {
+            artifact: artifact.clone(),
+            reason,
+        }
+    };
+    // Not fetched at all when its descriptor says it is too big.
+    if !usize::try_from(descriptor.size).is_ok_and(|size| size <= MAX_PREFETCH_ARTIFACT_SIZE) {
+        return refuse(
+            PrefetchRefusal::TooBig,
+            format!(
+                "its descriptor says {} bytes, more than the {MAX_PREFETCH_ARTIFACT_SIZE} sochi reads",
+                descriptor.size
+            ),
+        );
+    }
+    let bytes = match cache.and_then(|dir| load_cached(dir, &artifact)) {
+        Some(bytes) => bytes,
+        // `read_blob` checks the size and the digest.
+        None => match client.read_blob(reference, descriptor).await {
+            Ok(bytes) => {
+                if let Some(dir) = cache {
+                    store_cached(dir, &artifact, &bytes);
+                }
+                bytes
+            }
+            Err(error) => return refuse(PrefetchRefusal::Fetch, sochi_format::error_chain(&error)),
+        },
+    };
+    match check_prefetch(&bytes, &artifact, ztoc) {
+        Ok(ranges) => {
+            tracing::debug!(layer = %layer.digest, %artifact, ranges = ranges.len(), "prefetch artifact read");
+            LayerPrefetch::Ready { artifact, ranges }
+        }
+        Err((reason, detail)) => refuse(reason, detail),
+    }
+}
+
+/// The span ranges of the prefetch artifact `bytes` (digest `artifact`)
+/// in the order they are fetched, or why it is refused: not a prefetch
+/// artifact sochi reads (JSON, version, no ranges), too big, or naming
+/// spans the layer's zTOC does not have.
+pub(crate) fn check_prefetch(
+    bytes: &[u8],
+    artifact: &Digest,
+    ztoc: &Ztoc,
+) -> std::result::Result<Vec<std::ops::Range<usize>>, (PrefetchRefusal, String)> {
+    let parsed = PrefetchArtifact::from_bytes(bytes).map_err(|error| {
+        let reason = if bytes.len() > MAX_PREFETCH_ARTIFACT_SIZE {
+            PrefetchRefusal::TooBig
+        } else {
+            PrefetchRefusal::Invalid
+        };
+        (reason, sochi_format::error_chain(&error))
+    })?;
+    let out_of_range = |error: sochi_format::Error| {
+        (
+            PrefetchRefusal::OutOfRange,
+            sochi_format::error_chain(&error),
+        )
+    };
+    let span_count = ztoc.span_geometry().map_err(out_of_range)?.span_count();
+    parsed
+        .validate_against(artifact, span_count)
+        .map_err(out_of_range)?;
+    Ok(sochi_spans::prefetch_order(&parsed))
 }
 
 /// The `diff_id` of each layer, from the image config (fetched once, then

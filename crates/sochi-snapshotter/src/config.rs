@@ -28,6 +28,8 @@ pub struct Config {
     pub blob: Blob,
     /// Background fetch.
     pub background_fetch: BackgroundFetch,
+    /// Prefetch of the layers' prefetch artifacts.
+    pub prefetch: Prefetch,
     /// Span cache.
     pub directory_cache: DirectoryCache,
     /// Registry hosts: containerd's `hosts.toml` directory.
@@ -47,6 +49,7 @@ impl Default for Config {
             fuse: Fuse::default(),
             blob: Blob::default(),
             background_fetch: BackgroundFetch::default(),
+            prefetch: Prefetch::default(),
             directory_cache: DirectoryCache::default(),
             registry: Registry::default(),
             resolver: Resolver::default(),
@@ -239,6 +242,43 @@ impl Default for BackgroundFetch {
     }
 }
 
+/// `[prefetch]`: the reference's keys, another default and another
+/// meaning of `max_concurrency` (docs/snapshotter.md).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Prefetch {
+    /// Fetch the spans of a layer's prefetch artifact right after the
+    /// mount. On by default (off in the reference): the mount does not
+    /// wait for it here, so it costs a container's start nothing.
+    pub enable: bool,
+    /// Range requests in flight per layer while prefetching; 0 for the
+    /// default (4). The reference bounds layers prefetching at once.
+    pub max_concurrency: usize,
+}
+
+impl Default for Prefetch {
+    fn default() -> Self {
+        Prefetch {
+            enable: true,
+            max_concurrency: 0,
+        }
+    }
+}
+
+impl Prefetch {
+    /// The prefetch options these keys ask for, `None` when disabled.
+    pub fn options(&self) -> Option<sochi_spans::PrefetchOptions> {
+        let defaults = sochi_spans::PrefetchOptions::default();
+        self.enable.then_some(sochi_spans::PrefetchOptions {
+            concurrency: match self.max_concurrency {
+                0 => defaults.concurrency,
+                n => n,
+            },
+            ..defaults
+        })
+    }
+}
+
 /// `[directory_cache]`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -299,6 +339,17 @@ mod tests {
         assert!(partial.pull_modes.soci_v2.enable);
         assert_eq!(partial.no_index_ttl_sec, 60);
         assert!(toml::from_str::<Config>("fuse = 3").is_err());
+    }
+
+    #[test]
+    fn prefetch_is_on_by_default_and_zero_concurrency_means_four() {
+        let defaults = Config::default();
+        assert_eq!(defaults.prefetch.options().unwrap().concurrency, 4);
+        let config: Config =
+            toml::from_str("[prefetch]\nenable = true\nmax_concurrency = 2\n").unwrap();
+        assert_eq!(config.prefetch.options().unwrap().concurrency, 2);
+        let off: Config = toml::from_str("[prefetch]\nenable = false\n").unwrap();
+        assert!(off.prefetch.options().is_none());
     }
 
     #[test]

@@ -249,6 +249,7 @@ impl RemoteLayers {
                 }
             }),
             background_jobs: 1,
+            prefetch: self.config.prefetch.options(),
             fetch_timeout: Duration::from_secs(self.config.blob.fetching_timeout_sec.max(1)),
             fuse_threads: self.config.fuse.threads.max(1),
             span_cache_limit: None,

@@ -153,10 +153,12 @@ impl SpanManager {
         let mut pause = options.backoff;
         let mut attempt = 1;
         loop {
-            let outcome = self.fetch_range(range.clone(), true).and_then(|bytes| {
-                self.verify(spans.clone(), range.start, &bytes)
-                    .map(|()| bytes)
-            });
+            let outcome = self
+                .fetch_range(range.clone(), crate::spans::FetchKind::Background)
+                .and_then(|bytes| {
+                    self.verify(spans.clone(), range.start, &bytes)
+                        .map(|()| bytes)
+                });
             match outcome {
                 Ok(bytes) => return Ok(bytes),
                 Err(error) if attempt >= options.attempts.max(1) => return Err(error),

@@ -10,6 +10,9 @@
 //!   fetches, verifies (SHA-256 per span), inflates and caches whole spans
 //!   (in memory, and in one sparse file per layer on disk); readers of a
 //!   span being fetched wait for that fetch, with a bound.
+//! - [`SpanManager::prefetch`] fetches the spans a prefetch artifact lists
+//!   right after the mount, without holding the mount or reads up
+//!   ([`PrefetchOptions`], [`prefetch_order`]).
 //! - [`SpanManager::fetch_all`] is the background fetch of the whole layer,
 //!   with its whole-blob digest check ([`BackgroundOptions`]).
 //! - [`HeaderCheck`] is the first-read verification of a file's tar header
@@ -51,10 +54,14 @@ pub use background::BackgroundOptions;
 pub use blob::{BlobError, BlobErrorKind, BlobReader, FileBlob, MemoryBlob};
 pub use error::{Error, Result};
 pub use memory::SpanMemory;
-pub use metrics::{Histogram, LayerMetrics};
+pub use metrics::{
+    prefetch_state_name, Histogram, LayerMetrics, PrefetchRefusal, PREFETCH_DONE, PREFETCH_FAILED,
+    PREFETCH_NONE, PREFETCH_RUNNING,
+};
 pub use sochi_format::SpanId;
 pub use spans::{
-    DiskBudget, SpanManager, SpanStoreConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND,
+    prefetch_order, DiskBudget, PrefetchOptions, SpanManager, SpanStoreConfig,
+    DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND,
 };
 pub use verify::HeaderCheck;
 

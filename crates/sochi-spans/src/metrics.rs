@@ -57,6 +57,64 @@ impl Histogram {
     }
 }
 
+/// The layer has no prefetch artifact (or prefetch is off).
+pub const PREFETCH_NONE: u64 = 0;
+/// The prefetch is fetching.
+pub const PREFETCH_RUNNING: u64 = 1;
+/// Every listed span was fetched.
+pub const PREFETCH_DONE: u64 = 2;
+/// Some request failed, or the artifact was refused.
+pub const PREFETCH_FAILED: u64 = 3;
+
+/// The name of a `PREFETCH_*` state, for `--json` output.
+pub fn prefetch_state_name(state: u64) -> &'static str {
+    match state {
+        PREFETCH_RUNNING => "running",
+        PREFETCH_DONE => "done",
+        PREFETCH_FAILED => "failed",
+        _ => "none",
+    }
+}
+
+/// Why a layer's prefetch artifact was refused (the layer mounts without
+/// it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefetchRefusal {
+    /// Its blob could not be fetched, or did not match its digest or size.
+    Fetch,
+    /// Larger than `sochi_format::MAX_PREFETCH_ARTIFACT_SIZE`.
+    TooBig,
+    /// Not the JSON of a prefetch artifact, a version other than 1.0, or
+    /// no ranges.
+    Invalid,
+    /// Names spans the layer does not have.
+    OutOfRange,
+}
+
+impl PrefetchRefusal {
+    /// Every reason, in the order of [`LayerMetrics::prefetch_refused`].
+    pub const ALL: [PrefetchRefusal; 4] = [
+        PrefetchRefusal::Fetch,
+        PrefetchRefusal::TooBig,
+        PrefetchRefusal::Invalid,
+        PrefetchRefusal::OutOfRange,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            PrefetchRefusal::Fetch => "fetch",
+            PrefetchRefusal::TooBig => "too_big",
+            PrefetchRefusal::Invalid => "invalid",
+            PrefetchRefusal::OutOfRange => "out_of_range",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What one layer fetched, served and cached.
 #[derive(Debug, Default)]
 pub struct LayerMetrics {
@@ -66,6 +124,16 @@ pub struct LayerMetrics {
     pub demand_bytes: AtomicU64,
     /// Spans fetched for reads.
     pub demand_spans: AtomicU64,
+    /// Range requests made by the prefetch (the prefetch artifact's spans).
+    pub prefetch_requests: AtomicU64,
+    /// Compressed bytes the prefetch read.
+    pub prefetch_bytes: AtomicU64,
+    /// Spans the prefetch put in the cache.
+    pub prefetch_spans: AtomicU64,
+    /// The prefetch's state, one of the `PREFETCH_*` constants.
+    pub prefetch_state: AtomicU64,
+    /// Prefetch artifacts refused, by reason (index: [`PrefetchRefusal`]).
+    pub prefetch_refused: [AtomicU64; PrefetchRefusal::ALL.len()],
     /// Range requests made by the background fetch.
     pub background_requests: AtomicU64,
     /// Compressed bytes the background fetch read.
@@ -109,6 +177,15 @@ impl LayerMetrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts a refused prefetch artifact.
+    pub fn refuse_prefetch(&self, reason: PrefetchRefusal) {
+        if let Some(counter) = self.prefetch_refused.get(reason.index()) {
+            Self::add(counter, 1);
+        }
+        self.prefetch_state
+            .store(PREFETCH_FAILED, Ordering::Relaxed);
+    }
+
     /// The current value of `counter`.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
@@ -117,17 +194,23 @@ impl LayerMetrics {
     /// Appends this layer's metrics to `out`, labelled with `labels` (the
     /// inside of the braces, e.g. `layer="sha256:…"`). `spans` and
     /// `compressed_size` describe the layer.
-    // Long: one flat table of the 18 counter rows in exposition order;
+    // Long: one flat table of the 22 counter rows in exposition order;
     // split up, a family's rows (demand/background, memory/disk/miss)
     // would no longer sit side by side.
     pub fn render(&self, out: &mut String, labels: &str, spans: u64, compressed_size: u64) {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let rows: [(&str, &str, String, u64); 18] = [
+        let rows: [(&str, &str, String, u64); 22] = [
             (
                 "sochi_layer_fetch_requests_total",
                 "counter",
                 format!("{labels},kind=\"demand\""),
                 g(&self.demand_requests),
+            ),
+            (
+                "sochi_layer_fetch_requests_total",
+                "counter",
+                format!("{labels},kind=\"prefetch\""),
+                g(&self.prefetch_requests),
             ),
             (
                 "sochi_layer_fetch_requests_total",
@@ -144,6 +227,12 @@ impl LayerMetrics {
             (
                 "sochi_layer_fetched_bytes_total",
                 "counter",
+                format!("{labels},kind=\"prefetch\""),
+                g(&self.prefetch_bytes),
+            ),
+            (
+                "sochi_layer_fetched_bytes_total",
+                "counter",
                 format!("{labels},kind=\"background\""),
                 g(&self.background_bytes),
             ),
@@ -156,8 +245,20 @@ impl LayerMetrics {
             (
                 "sochi_layer_fetched_spans_total",
                 "counter",
+                format!("{labels},kind=\"prefetch\""),
+                g(&self.prefetch_spans),
+            ),
+            (
+                "sochi_layer_fetched_spans_total",
+                "counter",
                 format!("{labels},kind=\"background\""),
                 g(&self.background_spans),
+            ),
+            (
+                "sochi_prefetch_state",
+                "gauge",
+                labels.to_string(),
+                g(&self.prefetch_state),
             ),
             (
                 "sochi_span_cache_lookups_total",
@@ -235,6 +336,14 @@ impl LayerMetrics {
         for (name, _, row_labels, value) in rows {
             let _ = writeln!(out, "{name}{{{row_labels}}} {value}");
         }
+        for (reason, counter) in PrefetchRefusal::ALL.iter().zip(&self.prefetch_refused) {
+            let _ = writeln!(
+                out,
+                "sochi_prefetch_refused_total{{{labels},reason=\"{}\"}} {}",
+                reason.label(),
+                g(counter)
+            );
+        }
         let _ = writeln!(
             out,
             "sochi_verification_failures_total{{{labels}}} {}",
@@ -264,6 +373,16 @@ impl LayerMetrics {
                 "sochi_layer_fetched_spans_total",
                 "counter",
                 "Spans fetched from the layer blob.",
+            ),
+            (
+                "sochi_prefetch_state",
+                "gauge",
+                "Prefetch of the layer's prefetch artifact: 0 none, 1 running, 2 done, 3 failed or refused.",
+            ),
+            (
+                "sochi_prefetch_refused_total",
+                "counter",
+                "Prefetch artifacts refused, by reason (the layer mounts without them).",
             ),
             (
                 "sochi_span_cache_lookups_total",

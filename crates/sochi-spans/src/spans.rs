@@ -91,15 +91,36 @@ impl Span {
     }
 }
 
+/// Who made a range request: a reader, the prefetch of the layer's
+/// prefetch artifact, or the background fetch. Each is counted apart
+/// ([`LayerMetrics`]); prefetch and background requests take the blob's
+/// background turns ([`BlobReader::read_range_in_background`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FetchKind {
+    Demand,
+    Prefetch,
+    Background,
+}
+
 /// A fetch in progress that other readers of its span wait for.
 #[derive(Default)]
 struct Flight {
     /// `None` until the fetch ends; then the span or why it failed.
     outcome: Mutex<Option<std::result::Result<Arc<[u8]>, String>>>,
     done: Condvar,
+    /// A prefetch's flight: when it fails, a reader waiting on it fetches
+    /// the span itself instead of failing (the prefetch was not its read).
+    prefetch: bool,
 }
 
 impl Flight {
+    fn new(prefetch: bool) -> Flight {
+        Flight {
+            prefetch,
+            ..Flight::default()
+        }
+    }
+
     fn finish(&self, outcome: std::result::Result<Arc<[u8]>, String>) {
         let mut slot = self.outcome.lock();
         if slot.is_none() {
@@ -133,18 +154,34 @@ impl Flight {
     }
 }
 
-/// The spans one reader claimed to fetch. Dropping it without
-/// [`Claim::publish`] (an error, a panic) fails the flights so that no
-/// waiter waits for nothing, and releases them.
+/// The spans one reader (or prefetch worker) claimed to fetch. Dropping
+/// it without [`Claim::publish`] (an error, a panic) fails the flights so
+/// that no waiter waits for nothing, and releases them.
+///
+/// The flights leave the map before they finish: a waiter woken by a
+/// failed prefetch flight that looks again finds no flight and fetches
+/// the span itself; after a publish the spans are already cached.
 struct Claim<'m> {
     manager: &'m SpanManager,
     run: Range<usize>,
     flights: Vec<Arc<Flight>>,
     published: bool,
+    released: bool,
 }
 
 impl Claim<'_> {
+    fn new(manager: &SpanManager, run: Range<usize>, flights: Vec<Arc<Flight>>) -> Claim<'_> {
+        Claim {
+            manager,
+            run,
+            flights,
+            published: false,
+            released: false,
+        }
+    }
+
     fn publish(mut self, data: &[Arc<[u8]>]) {
+        self.release();
         for (flight, data) in self.flights.iter().zip(data) {
             flight.finish(Ok(Arc::clone(data)));
         }
@@ -152,24 +189,35 @@ impl Claim<'_> {
     }
 
     fn fail(mut self, error: &Error) {
+        self.release();
         let message = sochi_format::error_chain(error);
         for flight in &self.flights {
             flight.finish(Err(message.clone()));
         }
         self.published = true;
     }
+
+    /// Removes this claim's flights from the map (once: another reader may
+    /// have claimed the spans since).
+    fn release(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let mut flights = self.manager.flights.lock();
+        for span in self.run.clone() {
+            flights.remove(&span);
+        }
+    }
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
+        self.release();
         if !self.published {
             for flight in &self.flights {
                 flight.finish(Err("the fetching reader stopped".into()));
             }
-        }
-        let mut flights = self.manager.flights.lock();
-        for span in self.run.clone() {
-            flights.remove(&span);
         }
     }
 }
@@ -437,10 +485,11 @@ impl SpanManager {
         self.uncompressed_size
     }
 
-    /// Compressed bytes fetched from the blob so far for reads and by the
-    /// background fetch (retries included).
+    /// Compressed bytes fetched from the blob so far for reads, by the
+    /// prefetch and by the background fetch (retries included).
     pub fn fetched_bytes(&self) -> u64 {
         LayerMetrics::get(&self.metrics.demand_bytes)
+            + LayerMetrics::get(&self.metrics.prefetch_bytes)
             + LayerMetrics::get(&self.metrics.background_bytes)
     }
 
@@ -638,12 +687,26 @@ impl SpanManager {
             return Ok(vec![data]);
         }
         LayerMetrics::add(&self.metrics.misses, 1);
-        let claim = {
+        // A prefetch that failed is no reason for this read to fail: the
+        // reader then fetches the span itself (a bounded number of times,
+        // in case another prefetch claims it again meanwhile).
+        let mut prefetch_failures = 0;
+        let claim = loop {
             let mut flights = self.flights.lock();
             if let Some(flight) = flights.get(&span) {
                 let flight = Arc::clone(flight);
                 drop(flights);
-                return flight.wait(span, self.wait_bound).map(|data| vec![data]);
+                match flight.wait(span, self.wait_bound) {
+                    Ok(data) => return Ok(vec![data]),
+                    Err(Error::SharedFetch { .. }) if flight.prefetch && prefetch_failures < 3 => {
+                        prefetch_failures += 1;
+                        if let Some(data) = self.cached(span)? {
+                            return Ok(vec![data]);
+                        }
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             // Extend the run over adjacent spans that nobody is fetching and
             // that are not cached (an in-memory check: no I/O under the lock).
@@ -657,16 +720,11 @@ impl SpanManager {
             }
             let mut claimed = Vec::with_capacity(end - span);
             for id in span..end {
-                let flight = Arc::new(Flight::default());
+                let flight = Arc::new(Flight::new(false));
                 flights.insert(id, Arc::clone(&flight));
                 claimed.push(flight);
             }
-            Claim {
-                manager: self,
-                run: span..end,
-                flights: claimed,
-                published: false,
-            }
+            break Claim::new(self, span..end, claimed);
         };
         // A fetch may have ended between the cache look-up and the claim
         // (for a longer run, a rare duplicate fetch is cheaper than undoing
@@ -678,7 +736,7 @@ impl SpanManager {
             }
         }
         self.demand_in_flight.fetch_add(1, Ordering::Relaxed);
-        let fetched = self.fetch(claim.run.clone(), false);
+        let fetched = self.fetch(claim.run.clone(), FetchKind::Demand);
         self.demand_in_flight.fetch_sub(1, Ordering::Relaxed);
         self.last_demand_ms.store(
             u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -754,13 +812,13 @@ impl SpanManager {
 
     /// Fetches spans `run` with one range read, verifies every span's
     /// digest (one retry of the whole read on mismatch), and decompresses.
-    fn fetch(&self, run: Range<usize>, background: bool) -> Result<Vec<Arc<[u8]>>> {
+    fn fetch(&self, run: Range<usize>, kind: FetchKind) -> Result<Vec<Arc<[u8]>>> {
         let first = *self.span(run.start)?;
         let last = *self.span(run.end.saturating_sub(1))?;
         let (start, end) = (first.start_compressed, last.end_compressed);
         let mut retried = false;
         let bytes = loop {
-            let bytes = self.fetch_range(start..end, background)?;
+            let bytes = self.fetch_range(start..end, kind)?;
             match self.verify(run.clone(), start, &bytes) {
                 Ok(()) => break bytes,
                 Err(error) => {
@@ -775,8 +833,13 @@ impl SpanManager {
                 }
             }
         };
-        if !background {
-            LayerMetrics::add(&self.metrics.demand_spans, run.len() as u64);
+        match kind {
+            FetchKind::Demand => LayerMetrics::add(&self.metrics.demand_spans, run.len() as u64),
+            FetchKind::Prefetch => {
+                LayerMetrics::add(&self.metrics.prefetch_spans, run.len() as u64)
+            }
+            // Counted by the background fetch as it caches them.
+            FetchKind::Background => {}
         }
         let zinfo = Zinfo::parse(self.algorithm, self.zinfo.bytes())?;
         run.map(|span| {
@@ -786,22 +849,28 @@ impl SpanManager {
         .collect()
     }
 
-    /// Exactly `range` of the blob, counted as a demand or background read.
-    pub(crate) fn fetch_range(&self, range: Range<u64>, background: bool) -> Result<Vec<u8>> {
+    /// Exactly `range` of the blob, counted as a `kind` read.
+    pub(crate) fn fetch_range(&self, range: Range<u64>, kind: FetchKind) -> Result<Vec<u8>> {
         let (start, end) = (range.start, range.end);
-        let (requests, bytes_counter) = if background {
-            (
+        let (requests, bytes_counter) = match kind {
+            FetchKind::Demand => (&self.metrics.demand_requests, &self.metrics.demand_bytes),
+            FetchKind::Prefetch => (
+                &self.metrics.prefetch_requests,
+                &self.metrics.prefetch_bytes,
+            ),
+            FetchKind::Background => (
                 &self.metrics.background_requests,
                 &self.metrics.background_bytes,
-            )
-        } else {
-            (&self.metrics.demand_requests, &self.metrics.demand_bytes)
+            ),
         };
         LayerMetrics::add(requests, 1);
-        let read = if background {
-            self.blob.read_range_in_background(range)
-        } else {
-            self.blob.read_range(range)
+        // Prefetch requests take the background turns, never a reader's:
+        // see `prefetch`.
+        let read = match kind {
+            FetchKind::Demand => self.blob.read_range(range),
+            FetchKind::Prefetch | FetchKind::Background => {
+                self.blob.read_range_in_background(range)
+            }
         };
         let bytes = read.map_err(|source| Error::Blob { start, end, source })?;
         LayerMetrics::add(bytes_counter, bytes.len() as u64);
@@ -901,5 +970,7 @@ mod tests;
 
 mod budget;
 mod disk;
+mod prefetch;
 
 pub use budget::DiskBudget;
+pub use prefetch::{prefetch_order, PrefetchOptions};

@@ -49,6 +49,12 @@ pub struct Args {
     /// Layers fetched in the background at the same time.
     #[arg(long, default_value_t = 2)]
     pub background_jobs: usize,
+    /// Ignore the layers' prefetch artifacts (fetched by default right after the mount, which does not wait for them).
+    #[arg(long)]
+    pub no_prefetch: bool,
+    /// Range requests in flight per layer while prefetching (0: 4).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub prefetch_concurrency: usize,
     /// Skip checking each file's tar header against the zTOC on first read.
     #[arg(long)]
     pub disable_verification: bool,
@@ -183,6 +189,13 @@ fn serve(global: &Global, args: &Args, image: &str, mountpoint: &Path) -> Result
             ..BackgroundOptions::default()
         }),
         background_jobs: args.background_jobs,
+        prefetch: (!args.no_prefetch).then(|| sochi_spans::PrefetchOptions {
+            concurrency: match args.prefetch_concurrency {
+                0 => sochi_spans::PrefetchOptions::default().concurrency,
+                n => n,
+            },
+            ..sochi_spans::PrefetchOptions::default()
+        }),
         fetch_timeout,
         span_cache_limit: args.span_cache_bytes,
         fuse_threads: args.fuse_threads,

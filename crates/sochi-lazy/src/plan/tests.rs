@@ -223,3 +223,77 @@ async fn a_cached_plan_fetches_no_artifact_again() {
     let manifest = format!("/v2/app/manifests/{IMAGE_V2}");
     assert_eq!(fake.requests("GET", &manifest).len(), 1);
 }
+
+/// Prefetch artifacts that sochi refuses (issue 13): the layer mounts
+/// without them, each refusal with its reason.
+mod prefetch {
+    use super::super::check_prefetch;
+    use sochi_format::{Digest, Ztoc, MAX_PREFETCH_ARTIFACT_SIZE};
+    use sochi_spans::PrefetchRefusal;
+
+    fn ztoc() -> Ztoc {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/pax-mixed.tar.gz.65536.ztoc"
+        );
+        Ztoc::from_bytes(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn check(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>, PrefetchRefusal> {
+        let artifact = Digest::from(sochi_format::Sha256Digest::of(bytes).to_string());
+        check_prefetch(bytes, &artifact, &ztoc()).map_err(|(reason, detail)| {
+            assert!(!detail.is_empty());
+            reason
+        })
+    }
+
+    #[test]
+    fn a_good_artifact_gives_its_ranges() {
+        let last = ztoc().compression.max_span_id;
+        let body = format!(
+            r#"{{"version":"1.0","prefetch_spans":[{{"start_span":1,"end_span":{last}}},{{"start_span":0,"end_span":0,"priority":-1}}]}}"#
+        );
+        assert_eq!(check(body.as_bytes()), Ok(vec![0..1, 1..last as usize + 1]));
+    }
+
+    #[test]
+    fn bad_artifacts_are_refused_with_their_reason() {
+        let span_count = ztoc().compression.max_span_id as usize + 1;
+        let past_end = format!(
+            r#"{{"version":"1.0","prefetch_spans":[{{"start_span":0,"end_span":{span_count}}}]}}"#
+        );
+        let mut too_big =
+            br#"{"version":"1.0","prefetch_spans":[{"start_span":0,"end_span":0}]"#.to_vec();
+        too_big.resize(MAX_PREFETCH_ARTIFACT_SIZE + 1, b' ');
+        too_big.push(b'}');
+        let cases: [(&[u8], PrefetchRefusal); 7] = [
+            (b"not json", PrefetchRefusal::Invalid),
+            (
+                b"{\"version\":\"1.0\",\"prefetch_spans\":[",
+                PrefetchRefusal::Invalid,
+            ),
+            (
+                br#"{"version":"2.0","prefetch_spans":[{"start_span":0,"end_span":0}]}"#,
+                PrefetchRefusal::Invalid,
+            ),
+            (
+                br#"{"version":"1.0","prefetch_spans":[]}"#,
+                PrefetchRefusal::Invalid,
+            ),
+            (past_end.as_bytes(), PrefetchRefusal::OutOfRange),
+            (
+                br#"{"version":"1.0","prefetch_spans":[{"start_span":-1,"end_span":0}]}"#,
+                PrefetchRefusal::OutOfRange,
+            ),
+            (&too_big, PrefetchRefusal::TooBig),
+        ];
+        for (body, reason) in cases {
+            assert_eq!(
+                check(body),
+                Err(reason),
+                "{}",
+                String::from_utf8_lossy(&body[..body.len().min(80)])
+            );
+        }
+    }
+}

@@ -756,3 +756,251 @@ fn waiting_for_another_readers_fetch_is_bounded() {
     // After the failure, a new read fetches again (and fails the same way).
     assert!(LayerMetrics::get(&manager.metrics().fetch_failures) >= 1);
 }
+
+/// Prefetch (issue 13): a synthetic uncompressed layer of 16 spans of 64
+/// KiB, and a blob whose background reads wait for a gate (and may fail).
+#[allow(clippy::single_range_in_vec_init)] // span ranges, not element lists
+mod prefetch {
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    use super::{synthetic_tar, uncompressed_ztoc};
+    use crate::{
+        prefetch_order, BlobError, BlobErrorKind, BlobReader, LayerMetrics, MemoryBlob,
+        PrefetchOptions, SpanManager,
+    };
+    use sochi_format::{PrefetchArtifact, PrefetchSpan, Ztoc};
+
+    const SPAN: u64 = 64 << 10;
+
+    struct Gated {
+        inner: MemoryBlob,
+        open: Mutex<bool>,
+        opened: Condvar,
+        background_started: AtomicU64,
+        fail_background: bool,
+    }
+
+    impl Gated {
+        fn new(data: Vec<u8>, open: bool, fail_background: bool) -> Arc<Gated> {
+            Arc::new(Gated {
+                inner: MemoryBlob::new(data),
+                open: Mutex::new(open),
+                opened: Condvar::new(),
+                background_started: AtomicU64::new(0),
+                fail_background,
+            })
+        }
+
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+
+        fn is_open(&self) -> bool {
+            *self.open.lock().unwrap()
+        }
+
+        /// Waits until `n` background reads have started.
+        fn wait_for_background(&self, n: u64) {
+            while self.background_started.load(Ordering::SeqCst) < n {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    impl BlobReader for Gated {
+        fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
+            self.inner.read_range(range)
+        }
+
+        fn read_range_in_background(&self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
+            self.background_started.fetch_add(1, Ordering::SeqCst);
+            let guard = self.open.lock().unwrap();
+            // Bounded, so that a broken test fails instead of hanging.
+            let _guard = self
+                .opened
+                .wait_timeout_while(guard, Duration::from_secs(20), |open| !*open)
+                .unwrap();
+            if self.fail_background {
+                return Err(BlobError::of_kind(BlobErrorKind::Transport));
+            }
+            self.inner.read_range(range)
+        }
+    }
+
+    fn synthetic() -> (Ztoc, Vec<u8>) {
+        let tar = synthetic_tar(16 * SPAN as usize - 3000);
+        let ztoc = uncompressed_ztoc(&tar, SPAN);
+        assert!(ztoc.compression.max_span_id >= 15);
+        (ztoc, tar)
+    }
+
+    fn read_span(manager: &SpanManager, span: u64) -> Vec<u8> {
+        let mut buf = vec![0; 100];
+        let got = manager.read(span * SPAN + 10, &mut buf).unwrap();
+        assert_eq!(got, 100);
+        buf
+    }
+
+    fn options(concurrency: usize, request_bytes: u64) -> PrefetchOptions {
+        PrefetchOptions {
+            concurrency,
+            request_bytes,
+        }
+    }
+
+    #[test]
+    fn prefetch_fetches_listed_spans_in_merged_requests() {
+        let (ztoc, tar) = synthetic();
+        let blob = Arc::new(MemoryBlob::new(tar.clone()));
+        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
+        let stop = AtomicBool::new(false);
+        // Two ranges and one overlapping the first: spans 2..=5 and 8.
+        manager
+            .prefetch(&[2..6, 8..9, 4..6], &options(4, 4 << 20), &stop)
+            .unwrap();
+        let m = manager.metrics();
+        assert_eq!(LayerMetrics::get(&m.prefetch_requests), 2);
+        assert_eq!(LayerMetrics::get(&m.prefetch_spans), 5);
+        assert_eq!(LayerMetrics::get(&m.prefetch_bytes), 5 * SPAN);
+        assert_eq!(blob.requests(), 2);
+        for span in [2, 3, 4, 5, 8] {
+            let start = (span * SPAN + 10) as usize;
+            assert_eq!(read_span(&manager, span), tar[start..start + 100]);
+        }
+        assert_eq!(
+            blob.requests(),
+            2,
+            "prefetched spans are read from the cache"
+        );
+        assert_eq!(LayerMetrics::get(&m.demand_requests), 0);
+        // A request holds at most `request_bytes` (whole spans).
+        let (ztoc, tar) = synthetic();
+        let blob = Arc::new(MemoryBlob::new(tar));
+        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
+        manager
+            .prefetch(&[0..6], &options(2, 2 * SPAN), &stop)
+            .unwrap();
+        assert_eq!(LayerMetrics::get(&manager.metrics().prefetch_requests), 3);
+        // Spans cached already are not fetched again.
+        manager
+            .prefetch(&[0..7], &options(2, 2 * SPAN), &stop)
+            .unwrap();
+        assert_eq!(LayerMetrics::get(&manager.metrics().prefetch_requests), 4);
+        assert_eq!(blob.requests(), 4);
+    }
+
+    #[test]
+    fn prefetch_order_is_the_artifacts_with_lower_priority_first() {
+        let range = |start_span, end_span, priority| PrefetchSpan {
+            start_span,
+            end_span,
+            priority,
+        };
+        let artifact = PrefetchArtifact {
+            version: "1.0".into(),
+            prefetch_spans: vec![
+                range(9, 9, 0),
+                range(1, 2, 5),
+                range(4, 4, -1),
+                range(7, 8, 0),
+            ],
+        };
+        assert_eq!(prefetch_order(&artifact), vec![4..5, 9..10, 7..9, 1..3]);
+    }
+
+    /// A read of a span being prefetched waits for that request: the blob
+    /// is read once for the span.
+    #[test]
+    fn a_read_during_a_slow_prefetch_joins_it() {
+        let (ztoc, tar) = synthetic();
+        let blob = Gated::new(tar.clone(), false, false);
+        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let prefetch = scope.spawn(|| manager.prefetch(&[3..4], &options(1, SPAN), &stop));
+            blob.wait_for_background(1);
+            let reader = scope.spawn(|| read_span(&manager, 3));
+            // The reader is waiting on the prefetch's flight (or will be):
+            // it must not fetch the span on its own.
+            std::thread::sleep(Duration::from_millis(100));
+            blob.open();
+            let start = (3 * SPAN + 10) as usize;
+            assert_eq!(reader.join().unwrap(), tar[start..start + 100]);
+            prefetch.join().unwrap().unwrap();
+        });
+        assert_eq!(blob.inner.requests(), 1);
+        assert_eq!(LayerMetrics::get(&manager.metrics().demand_requests), 0);
+        assert_eq!(LayerMetrics::get(&manager.metrics().prefetch_requests), 1);
+    }
+
+    /// Reads of spans not listed, or listed but not started yet, do not
+    /// wait behind the prefetch's queue.
+    #[test]
+    fn reads_are_not_held_up_behind_queued_prefetch_work() {
+        let (ztoc, tar) = synthetic();
+        let blob = Gated::new(tar.clone(), false, false);
+        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // One request at a time, one span each: span 0 is fetching
+            // (and stuck), spans 1..=5 are queued.
+            let prefetch = scope.spawn(|| manager.prefetch(&[0..6], &options(1, SPAN), &stop));
+            blob.wait_for_background(1);
+            for span in [12, 4] {
+                let start = (span * SPAN + 10) as usize;
+                assert_eq!(read_span(&manager, span), tar[start..start + 100]);
+            }
+            assert!(
+                !blob.is_open(),
+                "the reads ended while the prefetch was stuck"
+            );
+            assert_eq!(LayerMetrics::get(&manager.metrics().demand_requests), 2);
+            blob.open();
+            prefetch.join().unwrap().unwrap();
+        });
+        // Span 4 was cached by the read: the prefetch skipped it.
+        assert_eq!(LayerMetrics::get(&manager.metrics().prefetch_spans), 5);
+    }
+
+    /// A prefetch whose requests fail leaves a layer that reads as well,
+    /// and a reader that joined a failing request fetches the span itself.
+    #[test]
+    fn a_layer_whose_prefetch_fails_still_serves_reads() {
+        let (ztoc, tar) = synthetic();
+        let blob = Gated::new(tar.clone(), false, true);
+        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let prefetch = scope.spawn(|| manager.prefetch(&[2..4], &options(2, SPAN), &stop));
+            blob.wait_for_background(1);
+            let reader = scope.spawn(|| read_span(&manager, 2));
+            std::thread::sleep(Duration::from_millis(100));
+            blob.open();
+            let start = (2 * SPAN + 10) as usize;
+            assert_eq!(reader.join().unwrap(), tar[start..start + 100]);
+            assert!(prefetch.join().unwrap().is_err());
+        });
+        for span in [2, 3, 7] {
+            let start = (span * SPAN + 10) as usize;
+            assert_eq!(read_span(&manager, span), tar[start..start + 100]);
+        }
+        assert_eq!(LayerMetrics::get(&manager.metrics().prefetch_spans), 0);
+    }
+
+    #[test]
+    fn a_stopped_prefetch_ends_early() {
+        let (ztoc, tar) = synthetic();
+        let blob = Arc::new(MemoryBlob::new(tar));
+        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
+        let stop = AtomicBool::new(true);
+        assert!(matches!(
+            manager.prefetch(&[0..16], &options(4, SPAN), &stop),
+            Err(crate::Error::Stopped)
+        ));
+        assert_eq!(blob.requests(), 0);
+    }
+}

@@ -25,6 +25,15 @@ const MMAP_THRESHOLD: &str = "glibc.malloc.mmap_threshold";
 /// which come and go with every read.
 const THRESHOLD_BYTES: u32 = 2 << 20;
 
+const ARENA_MAX: &str = "glibc.malloc.arena_max";
+
+/// malloc heaps at most (glibc's default is 8 per core). Every thread
+/// that allocates (FUSE threads, the read pool, background fetches) is
+/// given a heap of its own while there are fewer; memory freed in a heap
+/// stays there for its next allocations, so the fewer heaps, the less
+/// sits idle in them.
+const ARENAS: u32 = 4;
+
 /// Runs this program again, same pid, arguments and environment, with the
 /// mmap threshold fixed, unless it already runs so (or `GLIBC_TUNABLES`
 /// sets a threshold of its own). Returns when it does not (also when the
@@ -40,7 +49,10 @@ pub fn fix_mmap_threshold() {
     let Ok(program) = std::env::current_exe() else {
         return;
     };
-    let setting = format!("{MMAP_THRESHOLD}={THRESHOLD_BYTES}");
+    let mut setting = format!("{MMAP_THRESHOLD}={THRESHOLD_BYTES}");
+    if !current.contains(ARENA_MAX) {
+        setting.push_str(&format!(":{ARENA_MAX}={ARENAS}"));
+    }
     let tunables = if current.is_empty() {
         setting
     } else {

@@ -11,9 +11,10 @@
 #
 #   bench/load.sh [--quick] [DRIVER FLAGS...]
 #
-#   --quick   6 images, 3 data layers, shorter settle (a smoke run)
+#   --quick   6 images, 3 data layers, a 64 MiB disk budget (still below
+#             their data), shorter settle (a smoke run)
 #   DRIVER FLAGS go to e2e/examples/load.rs (see its header), e.g.
-#             --images 20 --max-bytes 6291456 --memory-bytes 67108864
+#             --images 20 --max-bytes 268435456 --memory-bytes 67108864
 #             --fail-every 25 --reset-every 25 --corrupt-every 50
 #             --outage-ms 1000 --kill-after-ready 5 --down-ms 1000
 #             --settle-s 150 --phases lazy,full
@@ -27,8 +28,9 @@
 # harness, or by pid files here), the FUSE keeper, containerd shims (via
 # scripts/containerd.sh stop), and mounts under the work dirs.
 #
-# Results: bench/results/load-<UTC stamp>{.md,-jobs.csv,-rss.csv,
-# -events.csv,-warnings.log,-metrics-lazy-{1,2}.txt,-snapshotter.toml}.
+# Results: bench/results/load-<UTC stamp>{.md,.env,-jobs.csv,-rss.csv,
+# -events.csv,-warnings.log,-metrics-lazy-{1,2}.txt,-snapshotter.toml,
+# -snapshotter-lazy.log.tail}.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,7 +46,7 @@ while [ $# -gt 0 ]; do
     *) driver_args+=("$1"); shift ;;
   esac
 done
-$quick && driver_args=(--images 6 --data-layers 3 --settle-s 60 "${driver_args[@]}")
+$quick && driver_args=(--images 6 --data-layers 3 --max-bytes 67108864 --settle-s 60 "${driver_args[@]}")
 
 [ "$(id -u)" -eq 0 ] || { echo "load.sh: needs root" >&2; exit 1; }
 [ -c /dev/fuse ] || { echo "load.sh: no /dev/fuse" >&2; exit 1; }

@@ -18,7 +18,8 @@
 //! checks every printed sum.
 //!
 //! Phases, each with a fresh containerd and a fresh fault proxy:
-//! - `lazy`: the snapshotter (defaults but `[directory_cache] max_bytes`),
+//! - `lazy`: the snapshotter (defaults but `[directory_cache] max_bytes`,
+//!   the node's disk budget; 256 MiB, less than the images' data),
 //!   then for each image at once: `sochi pull` (retried on failure), then
 //!   `ctr run --snapshotter sochi` (retried on failure). When
 //!   `--kill-after-ready` containers are ready, the snapshotter is killed
@@ -78,7 +79,8 @@ struct Opts {
     data_layers: usize,
     /// `[directory_cache] memory_bytes`; None: the snapshotter's default.
     memory_bytes: Option<u64>,
-    /// `[directory_cache] max_bytes`.
+    /// `[directory_cache] max_bytes`: the node's span disk budget, all
+    /// layers together; below the images' data, so that spans are evicted.
     max_bytes: u64,
     /// The fixed overhead the report compares peak RSS with (budget + this).
     overhead: u64,
@@ -118,7 +120,7 @@ fn parse_opts() -> Opts {
         images: 20,
         data_layers: 4,
         memory_bytes: None,
-        max_bytes: 6 << 20,
+        max_bytes: 256 << 20,
         overhead: 128 << 20,
         fail_every: 25,
         reset_every: 25,
@@ -201,6 +203,9 @@ struct Image {
     reads: Vec<(String, String)>,
     /// Compressed bytes of its layers.
     compressed: u64,
+    /// Bytes of the files of its own layers (not the shared busybox
+    /// layer): about what its spans take uncompressed.
+    data: u64,
 }
 
 impl Image {
@@ -224,7 +229,8 @@ fn make_image(opts: &Opts, sochi: &Sochi, busybox: &[u8], n: usize) -> Image {
         true,
     );
     let mut reads = Vec::new();
-    let reads_cold = n % 4 == 0;
+    let reads_cold = n.is_multiple_of(4);
+    let mut data_bytes = 0;
     for i in 0..opts.data_layers {
         let seed = ((n as u64) << 16) + ((i as u64) << 8);
         let mut entries = vec![Entry::dir("app"), Entry::dir(&format!("app/{i}"))];
@@ -248,6 +254,7 @@ fn make_image(opts: &Opts, sochi: &Sochi, busybox: &[u8], n: usize) -> Image {
             reads_cold,
         ));
         for (name, data, read) in &files {
+            data_bytes += data.len() as u64;
             if *read {
                 reads.push((
                     format!("/{name}"),
@@ -273,6 +280,7 @@ fn make_image(opts: &Opts, sochi: &Sochi, busybox: &[u8], n: usize) -> Image {
         n,
         reads,
         compressed,
+        data: data_bytes,
     };
     let src = format!("oci:{}:latest", dir.display());
     let reg = opts.registry;
@@ -329,7 +337,10 @@ fn rss(pid: u32) -> u64 {
 }
 
 /// Bytes allocated on disk (not apparent sizes: the span caches are sparse
-/// files) by every file under `root/cache/*/spans`.
+/// files) to the span data files (`layer-*`, what `max_bytes` bounds) under
+/// `root/cache/*/spans`, and the number of layers with such a dir. The
+/// digest files beside them (32 bytes a span) are left out: `du` of the
+/// cache dir counts them.
 fn span_cache_bytes(root: &Path) -> (u64, usize) {
     let mut total = 0;
     let mut layers = 0;
@@ -343,6 +354,9 @@ fn span_cache_bytes(root: &Path) -> (u64, usize) {
         };
         layers += 1;
         for file in files.flatten() {
+            if !file.file_name().to_string_lossy().starts_with("layer-") {
+                continue;
+            }
             if let Ok(meta) = file.metadata() {
                 total += meta.blocks() * 512;
             }
@@ -465,6 +479,9 @@ struct FaultCounts {
     status_500: usize,
     resets: usize,
     corrupt: usize,
+    /// Corrupted responses to range requests: span bytes a lazy layer
+    /// had to check.
+    corrupt_range: usize,
     refused: usize,
 }
 
@@ -481,7 +498,12 @@ fn fault_counts(proxy: &FaultProxy) -> FaultCounts {
         match r.fault {
             Some(Fault::Status(_)) => c.status_500 += 1,
             Some(Fault::ResetMidBody(_)) => c.resets += 1,
-            Some(Fault::CorruptBody) => c.corrupt += 1,
+            Some(Fault::CorruptBody) => {
+                c.corrupt += 1;
+                if r.range.is_some() {
+                    c.corrupt_range += 1;
+                }
+            }
             None => {}
         }
     }
@@ -674,6 +696,9 @@ struct Sampler {
     peak_snap: Mutex<u64>,
     peak_keeper: Mutex<u64>,
     peak_span_memory: Mutex<f64>,
+    /// `sochi_span_disk_bytes`: what the budget counts.
+    peak_disk_metric: Mutex<f64>,
+    /// Allocated blocks of the span files: what the disk holds.
     peak_disk: Mutex<u64>,
 }
 
@@ -687,6 +712,7 @@ impl Sampler {
             peak_snap: Mutex::new(0),
             peak_keeper: Mutex::new(0),
             peak_span_memory: Mutex::new(0.0),
+            peak_disk_metric: Mutex::new(0.0),
             peak_disk: Mutex::new(0),
         }
     }
@@ -708,13 +734,18 @@ impl Sampler {
             let spid = self.snapshotter_pid.load(Ordering::SeqCst);
             let kpid = keeper_pid(root).unwrap_or(0);
             let (s, k) = (rss(spid), rss(kpid));
-            let (mut span_mem, mut disk) = (String::new(), String::new());
-            if i % 5 == 0 {
+            let (mut span_mem, mut disk_metric, mut disk) =
+                (String::new(), String::new(), String::new());
+            if i.is_multiple_of(5) {
                 if spid != 0 {
                     if let Some(text) = scrape(metrics) {
                         let v = metric_sum(&text, "sochi_span_memory_bytes", &[]);
                         span_mem = format!("{v}");
                         let mut p = self.peak_span_memory.lock().expect("lock");
+                        *p = p.max(v);
+                        let v = metric_sum(&text, "sochi_span_disk_bytes", &[]);
+                        disk_metric = format!("{v}");
+                        let mut p = self.peak_disk_metric.lock().expect("lock");
                         *p = p.max(v);
                     }
                 }
@@ -734,7 +765,7 @@ impl Sampler {
                 *pk = (*pk).max(k);
             }
             self.rows.lock().expect("lock").push(format!(
-                "{phase},{t:.3},{spid},{},{kpid},{},{},{span_mem},{disk},{}",
+                "{phase},{t:.3},{spid},{},{kpid},{},{},{span_mem},{disk_metric},{disk},{}",
                 s / 1024,
                 k / 1024,
                 (s + k) / 1024,
@@ -767,18 +798,31 @@ struct PhaseResult {
     peak_disk: u64,
     disk_end: u64,
     disk_layers: usize,
+    /// `sochi_span_disk_bytes`: the most sampled, and at the end.
+    peak_disk_metric: f64,
+    disk_metric_end: f64,
+    /// `sochi_span_disk_limit_bytes`.
+    disk_limit: f64,
+    /// `du` of `root/cache` at the end: span files, digest files, markers.
+    cache_du_end: u64,
     lazy_layers: usize,
     background_complete: usize,
     settle_s: f64,
     counters_before_kill: BTreeMap<String, f64>,
     counters_end: BTreeMap<String, f64>,
     layer_outcomes: String,
+    /// The first process's metrics, scraped just before the kill.
+    metrics_before_kill: String,
     warnings: Vec<String>,
     containerd_disk: u64,
 }
 
-/// The counters summed over layers that the report shows.
-const COUNTERS: &[(&str, &str, &[(&str, &str)])] = &[
+/// Labels a metric sample must carry to be counted.
+type Labels = &'static [(&'static str, &'static str)];
+
+/// The counters summed over layers that the report shows: (key in the
+/// report, metric name, labels).
+const COUNTERS: &[(&str, &str, Labels)] = &[
     (
         "demand_bytes",
         "sochi_layer_fetched_bytes_total",
@@ -787,6 +831,16 @@ const COUNTERS: &[(&str, &str, &[(&str, &str)])] = &[
     (
         "background_bytes",
         "sochi_layer_fetched_bytes_total",
+        &[("kind", "background")],
+    ),
+    (
+        "demand_spans",
+        "sochi_layer_fetched_spans_total",
+        &[("kind", "demand")],
+    ),
+    (
+        "background_spans",
+        "sochi_layer_fetched_spans_total",
         &[("kind", "background")],
     ),
     (
@@ -911,7 +965,7 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
         .unwrap_or_default();
     let jobs_done = AtomicUsize::new(0);
     let t0 = Instant::now();
-    events.add(t0, "start", phase);
+    events.add(t0, "start", &format!("{phase}, load average {}", loadavg()));
     std::thread::scope(|scope| {
         scope.spawn(|| inject(&proxy, opts, &faults, t0, &events));
         if lazy {
@@ -946,6 +1000,7 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
             }
             if let Some(text) = scrape(&metrics_addr) {
                 result.counters_before_kill = counters(&text);
+                result.metrics_before_kill = text.clone();
                 fs::write(format!("{}-metrics-lazy-1.txt", opts.out.display()), &text).ok();
             }
             result.kill_at_s = t0.elapsed().as_secs_f64();
@@ -976,7 +1031,12 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
         events.add(
             t0,
             "all_done",
-            &format!("{} of {} ready", ready.load(Ordering::SeqCst), images.len()),
+            &format!(
+                "{} of {} ready, load average {}",
+                ready.load(Ordering::SeqCst),
+                images.len(),
+                loadavg()
+            ),
         );
         if lazy {
             // Background fetch to the end (disk cache at its bound), faults on.
@@ -1014,14 +1074,28 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
         fs::write(format!("{}-metrics-lazy-2.txt", opts.out.display()), &text).ok();
         result.counters_end = counters(&text);
         result.span_memory_limit = metric_sum(&text, "sochi_span_memory_limit_bytes", &[]);
-        result.layer_outcomes = metric_rows(&text, "sochi_snapshotter_layers_total")
-            .filter(|(_, v)| *v > 0.0)
-            .map(|(l, v)| format!("{} {v}", l.replace("outcome=", "").replace('"', "")))
+        // Each process counts the layers it provided; the second one only
+        // those whose Prepare came after the restart.
+        let mut outcomes: BTreeMap<String, f64> = BTreeMap::new();
+        for t in [result.metrics_before_kill.as_str(), text.as_str()] {
+            for (l, v) in metric_rows(t, "sochi_snapshotter_layers_total") {
+                *outcomes
+                    .entry(l.replace("outcome=", "").replace('"', ""))
+                    .or_default() += v;
+            }
+        }
+        result.layer_outcomes = outcomes
+            .iter()
+            .filter(|(_, v)| **v > 0.0)
+            .map(|(l, v)| format!("{l} {v}"))
             .collect::<Vec<_>>()
             .join(", ");
         let (d, layers) = span_cache_bytes(&snap.root());
         result.disk_end = d;
         result.disk_layers = layers;
+        result.disk_metric_end = metric_sum(&text, "sochi_span_disk_bytes", &[]);
+        result.disk_limit = metric_sum(&text, "sochi_span_disk_limit_bytes", &[]);
+        result.cache_du_end = du(&snap.root().join("cache"));
         result.idle_rss_end =
             rss(snap.pid().unwrap_or(0)) + rss(keeper_pid(&snap.root()).unwrap_or(0));
         let logtext = snap.log();
@@ -1043,6 +1117,8 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
     result.peak_keeper = *sampler.peak_keeper.lock().expect("lock");
     result.peak_span_memory = *sampler.peak_span_memory.lock().expect("lock");
     result.peak_disk = (*sampler.peak_disk.lock().expect("lock")).max(result.disk_end);
+    result.peak_disk_metric =
+        (*sampler.peak_disk_metric.lock().expect("lock")).max(result.disk_metric_end);
     result.containerd_disk = du(&containerd.root());
     append_file(
         &format!("{}-rss.csv", opts.out.display()),
@@ -1064,6 +1140,16 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
     drop(snapshotter);
     drop(containerd);
     result
+}
+
+/// The 1, 5 and 15 minute load averages: other jobs share this machine.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split(' ')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn tail_lines(text: &str, n: usize) -> String {
@@ -1111,13 +1197,13 @@ fn report(opts: &Opts, images: &[Image], results: &[PhaseResult], build_s: f64) 
         images.iter().map(|i| i.compressed).max().unwrap_or(0) as f64 / 1e6,
         compressed as f64 / 1e6,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" "),
+        loadavg(),
     );
     let _ = writeln!(
         md,
         "Faults: every {}th request a 500, every {}th blob response cut after 0.5-8.5 KiB, every {}th blob \
          response corrupted (one byte), one outage of {} ms at {} ms. Snapshotter: kill -9 after {} containers \
-         were ready, down {} ms. `[directory_cache] max_bytes = {}`{}.\n",
+         were ready, down {} ms. `[directory_cache] max_bytes = {}` (the node's budget){}.\n",
         opts.fail_every,
         opts.reset_every,
         opts.corrupt_every,
@@ -1193,12 +1279,14 @@ fn report(opts: &Opts, images: &[Image], results: &[PhaseResult], build_s: f64) 
         let _ = writeln!(
             md,
             "- peak RSS snapshotter + keeper **{}** at {:.1} s (snapshotter alone {}, keeper {}); budget {} \
-             (`sochi_span_memory_limit_bytes`), budget + {} = {}: {}; under 512 MiB: {}; {} after the settle",
+             (`sochi_span_memory_limit_bytes`), so {} over the budget; budget + the stated overhead {} = {}: {}; \
+             under 512 MiB: {}; steady (idle, after the settle) {}",
             mib(l.peak_rss as f64),
             l.peak_rss_at_s,
             mib(l.peak_snap as f64),
             mib(l.peak_keeper as f64),
             mib(budget),
+            mib(l.peak_rss as f64 - budget),
             mib(opts.overhead as f64),
             mib(budget + opts.overhead as f64),
             if (l.peak_rss as f64) <= budget + opts.overhead as f64 { "under" } else { "**OVER**" },
@@ -1210,25 +1298,61 @@ fn report(opts: &Opts, images: &[Image], results: &[PhaseResult], build_s: f64) 
             "- span memory (`sochi_span_memory_bytes`) at most {} (sampled each second)",
             mib(l.peak_span_memory)
         );
-        let bound = opts.max_bytes as f64 * l.lazy_layers as f64;
+        // The budget is for the node: all layers' span files together.
+        let bound = if l.disk_limit > 0.0 {
+            l.disk_limit
+        } else {
+            opts.max_bytes as f64
+        };
+        let within = |v: f64| if v <= bound { "within" } else { "**OVER**" };
         let _ = writeln!(
             md,
-            "- disk cache (allocated bytes under root/cache/*/spans, {} layers): {} at the end, {} at most; \
-             max_bytes {} per layer × {} lazy layers = {}: {}",
-            l.disk_layers,
-            mib(l.disk_end as f64),
-            mib(l.peak_disk as f64),
-            mib(opts.max_bytes as f64),
-            l.lazy_layers,
+            "- disk cache against `max_bytes` {} (`sochi_span_disk_limit_bytes`, the node's budget), \
+             images' data {}: counted by sochi (`sochi_span_disk_bytes`) {} at most, {} at the end: {}; \
+             allocated to the span files of {} layers (`layer-*` under root/cache/*/spans, blocks) \
+             {} at most, {} at the end: {}; `du` of root/cache at the end {}",
             mib(bound),
-            if (l.peak_disk as f64) <= bound { "within" } else { "**OVER**" }
+            mib(images.iter().map(|i| i.data).sum::<u64>() as f64),
+            mib(l.peak_disk_metric),
+            mib(l.disk_metric_end),
+            within(l.peak_disk_metric),
+            l.disk_layers,
+            mib(l.peak_disk as f64),
+            mib(l.disk_end as f64),
+            within(l.peak_disk as f64),
+            mib(l.cache_du_end as f64),
+        );
+        let sum = |key: &str| {
+            l.counters_before_kill.get(key).copied().unwrap_or(0.0)
+                + l.counters_end.get(key).copied().unwrap_or(0.0)
+        };
+        // sochi has no counter of spans served unverified: every span is
+        // checked against its zTOC digest before it is inflated, so the
+        // figure is the corrupted span responses the proxy sent that no
+        // digest check counted.
+        let caught = sum("digest_mismatches");
+        let corrupted = l.faults.corrupt_range as f64;
+        let _ = writeln!(
+            md,
+            "- spans served unverified: **{}** (corrupted range responses {} against digest mismatches \
+             counted {} by `sochi_span_digest_mismatches_total`, both processes; spans fetched: {} on \
+             demand, {} in the background; verification on: `[fuse] disable_verification` unset)",
+            (corrupted - caught).max(0.0),
+            corrupted,
+            caught,
+            sum("demand_spans"),
+            sum("background_spans"),
         );
         let _ = writeln!(
             md,
             "- background fetch complete on {} of {} layers, {:.0} s after the last container",
             l.background_complete, l.lazy_layers, l.settle_s
         );
-        let _ = writeln!(md, "- layers: {}", l.layer_outcomes);
+        let _ = writeln!(
+            md,
+            "- layers provided (`sochi_snapshotter_layers_total`, both processes): {}",
+            l.layer_outcomes
+        );
         let _ = writeln!(md, "\n| counter (sum over layers) | process 1 (scraped just before the kill) | process 2 (end) | sum |");
         let _ = writeln!(md, "|---|---|---|---|");
         for (key, _, _) in COUNTERS {
@@ -1304,7 +1428,7 @@ fn main() {
     images.sort_by_key(|i| i.n);
     let build_s = t.elapsed().as_secs_f64();
     let stem = opts.out.display().to_string();
-    fs::write(format!("{stem}-rss.csv"), "phase,t_s,snapshotter_pid,snapshotter_rss_kib,keeper_pid,keeper_rss_kib,total_rss_kib,span_memory_bytes,disk_cache_bytes,ready\n").ok();
+    fs::write(format!("{stem}-rss.csv"), "phase,t_s,snapshotter_pid,snapshotter_rss_kib,keeper_pid,keeper_rss_kib,total_rss_kib,span_memory_bytes,span_disk_bytes,span_files_allocated_bytes,ready\n").ok();
     fs::write(format!("{stem}-events.csv"), "phase,t_s,event,detail\n").ok();
     let mut results = Vec::new();
     for phase in &opts.phases {

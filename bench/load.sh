@@ -59,6 +59,9 @@ tmp=$(mktemp -d /tmp/sochi-load.XXXXXX)
 shm=$(mktemp -d /dev/shm/sochi-load.XXXXXX)
 registry_started=false
 driver_pid=""
+# The driver's container IDs start with this (set with the stamp below).
+id_prefix=""
+out=""
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
@@ -66,6 +69,10 @@ cleanup() {
   local status=$? d pid m
   set +e
   trap - INT TERM
+  if [ "$status" -ne 0 ] && [ -n "$out" ] && [ -f "$out.env" ]; then
+    echo "# incomplete: load.sh ended with status $status" >>"$out.env"
+    log "incomplete run; what it wrote: $out*"
+  fi
   if alive "$driver_pid"; then
     kill -TERM "$driver_pid" 2>/dev/null
     for _ in $(seq 50); do alive "$driver_pid" || break; sleep 0.1; done
@@ -86,8 +93,21 @@ cleanup() {
     pid=$(cat "$d/fuse-keeper.sock.pid")
     if alive "$pid" && grep -qF "$d" "/proc/$pid/cmdline" 2>/dev/null; then kill -KILL "$pid"; fi
   done
+  # Containers a killed run left: runc's state is outside the work dirs
+  # (/run/containerd/runc/<namespace>/<id>), and so are the sockets of the
+  # shims (/run/containerd/s/<hash>), which a SIGKILLed shim leaves behind.
+  if [ -n "$id_prefix" ]; then
+    for d in /run/containerd/runc/*/"$id_prefix"-*; do
+      [ -d "$d" ] && runc --root "$(dirname "$d")" delete --force "$(basename "$d")" 2>/dev/null
+    done
+  fi
   for d in "$tmp"/sochi-e2e-containerd-*; do
-    [ -f "$d/containerd.pid" ] && scripts/containerd.sh stop "$d" >/dev/null 2>&1
+    [ -f "$d/containerd.pid" ] || continue
+    for pid in $(pgrep -f -- "containerd-shim.* -address $d/containerd.sock"); do
+      ss -xlpn 2>/dev/null | awk -v p="pid=$pid," 'index($0, p) && $5 ~ "^/run/containerd/s/" { print $5 }'
+    done >"$tmp/shim-sockets"
+    scripts/containerd.sh stop "$d" >/dev/null 2>&1
+    while read -r m; do [ -S "$m" ] && rm -f "$m"; done <"$tmp/shim-sockets"
   done
   for d in "$tmp" "$shm"; do
     awk -v d="$d/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
@@ -121,6 +141,7 @@ log "registry $SOCHI_REGISTRY (storage on tmpfs), work dir $tmp"
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=bench/results/load-$stamp
+id_prefix=load-$stamp
 log "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 {
   echo "# command: $command_line"
@@ -129,7 +150,7 @@ log "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 # The driver in the background so that the trap can end it; its own
 # children die with it (setpriv --pdeathsig), the rest is cleaned above.
 TMPDIR=$tmp SOCHI_BIN=$tmp/bin/sochi "$tmp/bin/load" \
-  --registry "$SOCHI_REGISTRY" --work "$shm/layouts" --out "$out" \
+  --registry "$SOCHI_REGISTRY" --work "$shm/layouts" --out "$out" --id-prefix "$id_prefix" \
   "${driver_args[@]}" &
 driver_pid=$!
 wait "$driver_pid"

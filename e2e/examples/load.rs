@@ -95,6 +95,12 @@ struct Opts {
     sample_ms: u64,
     phases: Vec<String>,
     drop_caches: bool,
+    /// Container IDs start with this: unique to the run, so that what a
+    /// run killed before its end left in runc's state dir
+    /// (`/run/containerd/runc/<namespace>`, shared by every containerd
+    /// here) neither collides with a later run nor is mistaken for
+    /// another's.
+    id_prefix: String,
 }
 
 fn usage() -> ! {
@@ -103,7 +109,7 @@ fn usage() -> ! {
          \x20           [--memory-bytes B] [--max-bytes B] [--overhead B] [--fail-every N]\n\
          \x20           [--reset-every N] [--corrupt-every N] [--outage-ms MS] [--outage-at-ms MS]\n\
          \x20           [--kill-after-ready N] [--down-ms MS] [--settle-s S] [--sample-ms MS]\n\
-         \x20           [--phases lazy,full] [--no-drop-caches]"
+         \x20           [--phases lazy,full] [--no-drop-caches] [--id-prefix P]"
     );
     std::process::exit(2)
 }
@@ -133,6 +139,7 @@ fn parse_opts() -> Opts {
         sample_ms: 150,
         phases: vec!["lazy".into(), "full".into()],
         drop_caches: true,
+        id_prefix: format!("load-{}", std::process::id()),
     };
     while let Some(flag) = args.next() {
         if flag == "--no-drop-caches" {
@@ -160,6 +167,7 @@ fn parse_opts() -> Opts {
             "--settle-s" => o.settle_s = num(),
             "--sample-ms" => o.sample_ms = num(),
             "--phases" => o.phases = value.split(',').map(str::to_string).collect(),
+            "--id-prefix" => o.id_prefix = value,
             _ => usage(),
         }
     }
@@ -568,7 +576,10 @@ fn first_lines(out: &Output) -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" | ");
-    s.truncate(400);
+    // On a char boundary: ctr's progress output is not all ASCII.
+    if let Some((end, _)) = s.char_indices().nth(400) {
+        s.truncate(end);
+    }
     format!("[{}] {s}", out.status)
 }
 
@@ -576,6 +587,7 @@ fn first_lines(out: &Output) -> String {
 /// failed run; a run that exits 0 with wrong sums is not retried).
 #[allow(clippy::too_many_arguments)]
 fn job(
+    id_prefix: &str,
     phase: &str,
     image: &Image,
     containerd: &Containerd,
@@ -634,7 +646,7 @@ fn job(
     }
     while job.run_attempts < MAX_ATTEMPTS {
         job.run_attempts += 1;
-        let id = format!("load-{phase}-{:02}-{}", image.n, job.run_attempts);
+        let id = format!("{id_prefix}-{phase}-{:02}-{}", image.n, job.run_attempts);
         let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
         if lazy {
             args.extend(["--snapshotter".into(), "sochi".into()]);
@@ -793,6 +805,10 @@ struct PhaseResult {
     peak_snap: u64,
     peak_keeper: u64,
     idle_rss_end: u64,
+    /// Peak RSS while containers were starting (to the last one ready)
+    /// and after (the settle: the background fetch of every layer).
+    peak_rss_containers: u64,
+    peak_rss_settle: u64,
     peak_span_memory: f64,
     span_memory_limit: f64,
     peak_disk: u64,
@@ -986,7 +1002,17 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
                 let (containerd, sochi, proxy, ready, events, jobs_done) =
                     (&containerd, &sochi, &proxy, &ready, &events, &jobs_done);
                 scope.spawn(move || {
-                    let j = job(phase, image, containerd, sochi, proxy, t0, ready, events);
+                    let j = job(
+                        &opts.id_prefix,
+                        phase,
+                        image,
+                        containerd,
+                        sochi,
+                        proxy,
+                        t0,
+                        ready,
+                        events,
+                    );
                     jobs_done.fetch_add(1, Ordering::SeqCst);
                     j
                 })
@@ -1112,6 +1138,21 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
     }
     let (peak, at) = *sampler.peak_total.lock().expect("lock");
     result.peak_rss = peak;
+    for row in sampler.rows.lock().expect("lock").iter() {
+        let cols: Vec<&str> = row.split(',').collect();
+        let (Some(t), Some(total)) = (
+            cols.get(1).and_then(|v| v.parse::<f64>().ok()),
+            cols.get(6).and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        let slot = if t <= result.all_ready_s {
+            &mut result.peak_rss_containers
+        } else {
+            &mut result.peak_rss_settle
+        };
+        *slot = (*slot).max(total * 1024);
+    }
     result.peak_rss_at_s = at;
     result.peak_snap = *sampler.peak_snap.lock().expect("lock");
     result.peak_keeper = *sampler.peak_keeper.lock().expect("lock");
@@ -1295,7 +1336,14 @@ fn report(opts: &Opts, images: &[Image], results: &[PhaseResult], build_s: f64) 
         );
         let _ = writeln!(
             md,
-            "- span memory (`sochi_span_memory_bytes`) at most {} (sampled each second)",
+            "- peak RSS while the containers started (to the last one ready) {}, after them (idle, then \
+             the background fetch of every layer) {}",
+            mib(l.peak_rss_containers as f64),
+            mib(l.peak_rss_settle as f64),
+        );
+        let _ = writeln!(
+            md,
+            "- span memory (`sochi_span_memory_bytes`) at most {} (sampled about every 0.8 s)",
             mib(l.peak_span_memory)
         );
         // The budget is for the node: all layers' span files together.

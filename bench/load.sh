@@ -29,7 +29,7 @@
 # scripts/containerd.sh stop), and mounts under the work dirs.
 #
 # Results: bench/results/load-<UTC stamp>{.md,.env,-jobs.csv,-rss.csv,
-# -events.csv,-warnings.log,-metrics-lazy-{1,2}.txt,-snapshotter.toml,
+# -events.csv,-faults.csv,-warnings.log,-metrics-lazy-{1,2}.txt,-snapshotter.toml,
 # -snapshotter-lazy.log.tail}.
 set -euo pipefail
 

@@ -38,7 +38,8 @@
 //!
 //! Output (prefix `--out`): `-jobs.csv` (per container: attempts, times,
 //! output right), `-rss.csv` (snapshotter + keeper RSS, span memory, disk
-//! cache over time), `-events.csv`, `-metrics-<phase>-<n>.txt` (the
+//! cache over time), `-events.csv`, `-faults.csv` (every request the
+//! proxy faulted), `-metrics-<phase>-<n>.txt` (the
 //! snapshotter's metrics before the kill and at the end), `-warnings.log`
 //! (WARN/ERROR lines of the snapshotter's log) and `.md` (the summary).
 
@@ -487,18 +488,50 @@ struct FaultCounts {
     status_500: usize,
     resets: usize,
     corrupt: usize,
-    /// Corrupted responses to range requests: span bytes a lazy layer
-    /// had to check.
-    corrupt_range: usize,
+    /// Corrupted responses to span fetches (`Range: bytes=a-b`, a < b;
+    /// not resumed downloads, `bytes=a-`, nor the `bytes=0-0` probe):
+    /// span bytes a lazy layer had to check.
+    corrupt_span: usize,
+    /// Of those, the ones sent to the first snapshotter between its last
+    /// scrape and its kill: its digest check, if any, was counted nowhere.
+    corrupt_span_in_kill_window: usize,
     refused: usize,
 }
 
-fn fault_counts(proxy: &FaultProxy) -> FaultCounts {
+/// Whether `range` (a `Range` header) asks for a closed range of more than
+/// one byte: how a lazy layer fetches spans.
+fn is_span_range(range: &str) -> bool {
+    range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .is_some_and(|(a, b)| b > a)
+}
+
+/// Counts what the proxy did; `kill_window` is the range of request log
+/// indices sent between the last scrape of the killed snapshotter and its
+/// kill. Writes every faulted request to `faults_csv`.
+fn fault_counts(
+    proxy: &FaultProxy,
+    phase: &str,
+    kill_window: std::ops::Range<usize>,
+    faults_csv: &str,
+) -> FaultCounts {
     let mut c = FaultCounts {
         refused: proxy.refused_connections(),
         ..FaultCounts::default()
     };
-    for r in proxy.requests() {
+    let mut rows = Vec::new();
+    for (i, r) in proxy.requests().into_iter().enumerate() {
+        if let Some(fault) = &r.fault {
+            rows.push(format!(
+                "{phase},{i},{},{},{},{},{fault:?}",
+                r.method,
+                r.path,
+                r.range.as_deref().unwrap_or(""),
+                r.status
+            ));
+        }
         c.requests += 1;
         if r.range.is_some() {
             c.range_requests += 1;
@@ -508,13 +541,17 @@ fn fault_counts(proxy: &FaultProxy) -> FaultCounts {
             Some(Fault::ResetMidBody(_)) => c.resets += 1,
             Some(Fault::CorruptBody) => {
                 c.corrupt += 1;
-                if r.range.is_some() {
-                    c.corrupt_range += 1;
+                if r.range.as_deref().is_some_and(is_span_range) {
+                    c.corrupt_span += 1;
+                    if kill_window.contains(&i) {
+                        c.corrupt_span_in_kill_window += 1;
+                    }
                 }
             }
             None => {}
         }
     }
+    append_file(faults_csv, &rows.join("\n"));
     c
 }
 
@@ -829,6 +866,8 @@ struct PhaseResult {
     layer_outcomes: String,
     /// The first process's metrics, scraped just before the kill.
     metrics_before_kill: String,
+    /// Proxy log indices of the requests between that scrape and the kill.
+    kill_window: std::ops::Range<usize>,
     warnings: Vec<String>,
     containerd_disk: u64,
 }
@@ -1024,6 +1063,7 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            let log_before_scrape = proxy.requests().len();
             if let Some(text) = scrape(&metrics_addr) {
                 result.counters_before_kill = counters(&text);
                 result.metrics_before_kill = text.clone();
@@ -1037,6 +1077,7 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
             );
             sampler.snapshotter_pid.store(0, Ordering::SeqCst);
             snap.kill9();
+            result.kill_window = log_before_scrape..proxy.requests().len();
             std::thread::sleep(Duration::from_millis(opts.down_ms));
             let t = Instant::now();
             snap.restart();
@@ -1093,7 +1134,12 @@ fn run_phase(phase: &str, opts: &Opts, images: &[Image]) -> PhaseResult {
         faults.stop.store(true, Ordering::Relaxed);
         sampler.stop.store(true, Ordering::Relaxed);
     });
-    result.faults = fault_counts(&proxy);
+    result.faults = fault_counts(
+        &proxy,
+        phase,
+        result.kill_window.clone(),
+        &format!("{}-faults.csv", opts.out.display()),
+    );
     result.jobs.sort_by_key(|j| j.n);
     if let Some(snap) = &snapshotter {
         let text = scrape(&metrics_addr).unwrap_or_default();
@@ -1336,10 +1382,12 @@ fn report(opts: &Opts, images: &[Image], results: &[PhaseResult], build_s: f64) 
         );
         let _ = writeln!(
             md,
-            "- peak RSS while the containers started (to the last one ready) {}, after them (idle, then \
-             the background fetch of every layer) {}",
+            "- peak RSS while the containers started (to the last one ready) {} (budget + {}), after them \
+             (idle, then the background fetch of every layer) {} (budget + {})",
             mib(l.peak_rss_containers as f64),
+            mib(l.peak_rss_containers as f64 - budget),
             mib(l.peak_rss_settle as f64),
+            mib(l.peak_rss_settle as f64 - budget),
         );
         let _ = writeln!(
             md,
@@ -1379,14 +1427,17 @@ fn report(opts: &Opts, images: &[Image], results: &[PhaseResult], build_s: f64) 
         // figure is the corrupted span responses the proxy sent that no
         // digest check counted.
         let caught = sum("digest_mismatches");
-        let corrupted = l.faults.corrupt_range as f64;
+        let corrupted = l.faults.corrupt_span as f64;
+        let uncounted = l.faults.corrupt_span_in_kill_window as f64;
         let _ = writeln!(
             md,
-            "- spans served unverified: **{}** (corrupted range responses {} against digest mismatches \
-             counted {} by `sochi_span_digest_mismatches_total`, both processes; spans fetched: {} on \
-             demand, {} in the background; verification on: `[fuse] disable_verification` unset)",
-            (corrupted - caught).max(0.0),
+            "- spans served unverified: **{}** (corrupted span responses {}, {} of them to the first \
+             process between its last scrape and its kill, against digest mismatches counted {} by \
+             `sochi_span_digest_mismatches_total`, both processes; spans fetched: {} on demand, {} in \
+             the background; verification on: `[fuse] disable_verification` unset)",
+            (corrupted - uncounted - caught).max(0.0),
             corrupted,
+            uncounted,
             caught,
             sum("demand_spans"),
             sum("background_spans"),
@@ -1478,6 +1529,11 @@ fn main() {
     let stem = opts.out.display().to_string();
     fs::write(format!("{stem}-rss.csv"), "phase,t_s,snapshotter_pid,snapshotter_rss_kib,keeper_pid,keeper_rss_kib,total_rss_kib,span_memory_bytes,span_disk_bytes,span_files_allocated_bytes,ready\n").ok();
     fs::write(format!("{stem}-events.csv"), "phase,t_s,event,detail\n").ok();
+    fs::write(
+        format!("{stem}-faults.csv"),
+        "phase,request,method,path,range,status,fault\n",
+    )
+    .ok();
     let mut results = Vec::new();
     for phase in &opts.phases {
         results.push(run_phase(phase, &opts, &images));

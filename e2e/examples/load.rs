@@ -1265,6 +1265,15 @@ fn append_pid(line: &str) {
 
 // --- report --------------------------------------------------------------------
 
+/// "every 25th WHAT", or "no WHAT" for 0 (off).
+fn every(n: usize, what: &str) -> String {
+    if n == 0 {
+        format!("no {what}")
+    } else {
+        format!("every {n}th {what}")
+    }
+}
+
 fn mib(b: f64) -> String {
     format!("{:.1} MiB", b / f64::from(1 << 20))
 }
@@ -1286,16 +1295,19 @@ fn report(opts: &Opts, images: &[Image], results: &[PhaseResult], build_s: f64) 
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg(),
     );
-    let _ = writeln!(
+    let _ =
+        writeln!(
         md,
-        "Faults: every {}th request a 500, every {}th blob response cut after 0.5-8.5 KiB, every {}th blob \
-         response corrupted (one byte), one outage of {} ms at {} ms. Snapshotter: kill -9 after {} containers \
-         were ready, down {} ms. `[directory_cache] max_bytes = {}` (the node's budget){}.\n",
-        opts.fail_every,
-        opts.reset_every,
-        opts.corrupt_every,
-        opts.outage_ms,
-        opts.outage_at_ms,
+        "Faults: {}, {}, {}, {}. Snapshotter: kill -9 after {} containers were ready, down {} ms. \
+         `[directory_cache] max_bytes = {}` (the node's budget){}.\n",
+        every(opts.fail_every, "request answered 500"),
+        every(opts.reset_every, "blob response cut after 0.5-8.5 KiB"),
+        every(opts.corrupt_every, "blob response corrupted (one byte)"),
+        if opts.outage_ms > 0 {
+            format!("one outage of {} ms at {} ms", opts.outage_ms, opts.outage_at_ms)
+        } else {
+            "no outage".to_string()
+        },
         opts.kill_after_ready,
         opts.down_ms,
         opts.max_bytes,

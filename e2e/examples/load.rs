@@ -601,12 +601,33 @@ fn check(image: &Image, stdout: &str) -> Vec<String> {
     wrong
 }
 
+/// `text` without terminal escape sequences (`ESC [ … letter`): ctr colours
+/// its progress bars, and the report is Markdown.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 fn first_lines(out: &Output) -> String {
-    let text = format!(
+    let text = strip_ansi(&format!(
         "{} {}",
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
-    );
+    ));
     let mut s: String = text
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -565,6 +565,19 @@ impl Client {
     /// A whole blob of at most 64 MiB, its size and digest checked against
     /// `descriptor`.
     pub async fn read_blob(&self, repo: &Reference, descriptor: &Descriptor) -> Result<Vec<u8>> {
+        match self.read_blob_once(repo, descriptor).await {
+            // Bytes damaged on the way (a proxy, a flaky link) are asked for
+            // once more: an image config or zTOC lost to one bad answer
+            // would make the whole image non-lazy until the plan expires.
+            Err(error @ Error::DigestMismatch { .. }) => {
+                tracing::warn!(%error, "blob digest mismatch; reading it once more");
+                self.read_blob_once(repo, descriptor).await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_blob_once(&self, repo: &Reference, descriptor: &Descriptor) -> Result<Vec<u8>> {
         let digest = descriptor.digest.as_str();
         let url = self.url(repo, &format!("blobs/{digest}"));
         let shown = url.as_ref().map(redact_url).unwrap_or_default();

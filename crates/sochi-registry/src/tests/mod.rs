@@ -747,6 +747,8 @@ async fn blob_digest_mismatch_is_detected() {
         matches!(&e, Error::DigestMismatch { expected, actual, .. } if *expected == claimed.digest && *actual == sha256_of(b"the fake content")),
         "{e:?}"
     );
+    // Read once more before giving up (the damage may have been on the way).
+    assert_eq!(fake.requests("GET", "/blobs/").len(), 2);
     let e = read_all(&client, &fake, "app", &claimed.digest)
         .await
         .unwrap_err();

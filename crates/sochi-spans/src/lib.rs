@@ -70,5 +70,6 @@ mod blob;
 mod error;
 mod memory;
 mod metrics;
+mod recency;
 mod spans;
 mod verify;

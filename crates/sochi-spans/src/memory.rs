@@ -7,17 +7,18 @@
 //! spans while one nobody reads gives them up. Each layer may also have a
 //! cap of its own (a second limit, evicting that layer's oldest first).
 //!
-//! Invariants: `bytes` is the sum of the entries' lengths and each layer's
-//! entry in `per_layer` the sum of its own; `order` holds exactly one tick
-//! per entry, the entry's last use; after each insert `bytes <= limit` and
+//! Invariants (besides [`Recency`]'s): each layer's entry in `per_layer`
+//! is the sum of its spans' lengths; after each insert `bytes <= limit` and
 //! the layer's bytes are at most its cap (the entry just inserted stays
 //! only if it fits alone).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use crate::recency::{Recency, SpanKey};
 
 /// A layer's key in a [`SpanMemory`]: one per span manager.
 pub(crate) type LayerKey = u64;
@@ -30,47 +31,23 @@ pub struct SpanMemory {
     inner: Mutex<Inner>,
 }
 
-/// A span of a layer.
-type SpanKey = (LayerKey, usize);
-
 #[derive(Default)]
 struct Inner {
-    /// Each span's bytes and last-use tick.
-    entries: HashMap<SpanKey, (Arc<[u8]>, u64)>,
-    /// Last-use tick → entry: the first is the least recently used.
-    order: BTreeMap<u64, SpanKey>,
+    spans: Recency<Arc<[u8]>>,
     per_layer: HashMap<LayerKey, u64>,
-    bytes: u64,
-    tick: u64,
 }
 
 impl Inner {
-    fn next_tick(&mut self) -> u64 {
-        self.tick += 1;
-        self.tick
-    }
-
     fn remove(&mut self, key: SpanKey) {
-        let Some((data, tick)) = self.entries.remove(&key) else {
+        let Some((_, len)) = self.spans.remove(key) else {
             return;
         };
-        self.order.remove(&tick);
-        let len = data.len() as u64;
-        self.bytes = self.bytes.saturating_sub(len);
         if let Some(layer) = self.per_layer.get_mut(&key.0) {
             *layer = layer.saturating_sub(len);
             if *layer == 0 {
                 self.per_layer.remove(&key.0);
             }
         }
-    }
-
-    /// The least recently used entry, of `layer` if given.
-    fn oldest(&self, layer: Option<LayerKey>) -> Option<SpanKey> {
-        self.order
-            .values()
-            .find(|(owner, _)| layer.is_none_or(|layer| *owner == layer))
-            .copied()
     }
 }
 
@@ -91,12 +68,12 @@ impl SpanMemory {
 
     /// Bytes of spans held now, all layers together.
     pub fn bytes(&self) -> u64 {
-        self.inner.lock().bytes
+        self.inner.lock().spans.bytes()
     }
 
     /// Spans held now, all layers together.
     pub fn spans(&self) -> usize {
-        self.inner.lock().entries.len()
+        self.inner.lock().spans.len()
     }
 
     /// A key for a new layer.
@@ -106,29 +83,17 @@ impl SpanMemory {
 
     /// Span `span` of `layer`, marked as used now.
     pub(crate) fn get(&self, layer: LayerKey, span: usize) -> Option<Arc<[u8]>> {
-        let mut inner = self.inner.lock();
-        let tick = inner.next_tick();
-        let (data, old) = inner.entries.get_mut(&(layer, span))?;
-        let data = Arc::clone(data);
-        let old = std::mem::replace(old, tick);
-        inner.order.remove(&old);
-        inner.order.insert(tick, (layer, span));
-        Some(data)
+        self.inner.lock().spans.touch((layer, span)).map(Arc::clone)
     }
 
     /// Whether span `span` of `layer` is held (not marked as used).
     pub(crate) fn contains(&self, layer: LayerKey, span: usize) -> bool {
-        self.inner.lock().entries.contains_key(&(layer, span))
+        self.inner.lock().spans.contains((layer, span))
     }
 
     /// How many spans of `layer` are held.
     pub(crate) fn layer_spans(&self, layer: LayerKey) -> usize {
-        self.inner
-            .lock()
-            .entries
-            .keys()
-            .filter(|(owner, _)| *owner == layer)
-            .count()
+        self.inner.lock().spans.owner_len(layer)
     }
 
     /// Holds `data` as span `span` of `layer`, then evicts the least
@@ -141,19 +106,16 @@ impl SpanMemory {
         if len > self.limit.min(layer_cap) {
             return;
         }
-        let tick = inner.next_tick();
-        inner.entries.insert((layer, span), (data, tick));
-        inner.order.insert(tick, (layer, span));
-        inner.bytes += len;
+        inner.spans.insert((layer, span), data, len);
         *inner.per_layer.entry(layer).or_default() += len;
         while inner.per_layer.get(&layer).copied().unwrap_or(0) > layer_cap {
-            match inner.oldest(Some(layer)) {
+            match inner.spans.oldest(|(owner, _)| *owner == layer) {
                 Some(key) => inner.remove(key),
                 None => break,
             }
         }
-        while inner.bytes > self.limit {
-            match inner.oldest(None) {
+        while inner.spans.bytes() > self.limit {
+            match inner.spans.oldest(|_| true) {
                 Some(key) => inner.remove(key),
                 None => break,
             }
@@ -163,15 +125,8 @@ impl SpanMemory {
     /// Drops every span of `layer` (its manager is gone).
     pub(crate) fn remove_layer(&self, layer: LayerKey) {
         let mut inner = self.inner.lock();
-        let keys: Vec<SpanKey> = inner
-            .entries
-            .keys()
-            .filter(|(owner, _)| *owner == layer)
-            .copied()
-            .collect();
-        for key in keys {
-            inner.remove(key);
-        }
+        inner.spans.remove_owner(layer);
+        inner.per_layer.remove(&layer);
     }
 }
 
@@ -180,8 +135,8 @@ impl std::fmt::Debug for SpanMemory {
         let inner = self.inner.lock();
         f.debug_struct("SpanMemory")
             .field("limit", &self.limit)
-            .field("bytes", &inner.bytes)
-            .field("spans", &inner.entries.len())
+            .field("bytes", &inner.spans.bytes())
+            .field("spans", &inner.spans.len())
             .finish()
     }
 }

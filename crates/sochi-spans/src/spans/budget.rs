@@ -7,26 +7,23 @@
 //! layer stored them. Spans of a layer whose background fetch finished are
 //! evicted like any other: a later read fetches and verifies them again.
 //!
-//! Invariants: `bytes` is the sum of the entries' lengths; `order` holds
-//! one tick per entry, its last use; after [`DiskBudget::insert`] returns,
+//! Invariants (besides [`Recency`]'s): after [`DiskBudget::insert`] returns,
 //! `bytes <= limit` once the caller has evicted what it was told to.
 //! A cache that is dropped leaves the budget with its entries (its files
 //! are deleted with its layer, or stay for a later process that counts
 //! them again when it opens them).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
 use super::disk::DiskCache;
+use crate::recency::Recency;
 
 /// A cache's key in a budget.
 pub(super) type CacheId = u64;
-
-/// A span of a cache.
-type SpanKey = (CacheId, usize);
 
 /// Bounds the span caches of many layers together. Share it with
 /// [`crate::SpanStoreConfig::disk_budget`].
@@ -38,21 +35,8 @@ pub struct DiskBudget {
 
 #[derive(Default)]
 struct Inner {
-    /// Each span's length and last-use tick.
-    entries: HashMap<SpanKey, (u64, u64)>,
-    order: BTreeMap<u64, SpanKey>,
+    spans: Recency<()>,
     caches: HashMap<CacheId, Weak<DiskCache>>,
-    bytes: u64,
-    tick: u64,
-}
-
-impl Inner {
-    fn remove(&mut self, key: SpanKey) {
-        if let Some((len, tick)) = self.entries.remove(&key) {
-            self.order.remove(&tick);
-            self.bytes = self.bytes.saturating_sub(len);
-        }
-    }
 }
 
 impl DiskBudget {
@@ -72,12 +56,12 @@ impl DiskBudget {
 
     /// Bytes of spans on disk now, all layers together.
     pub fn bytes(&self) -> u64 {
-        self.inner.lock().bytes
+        self.inner.lock().spans.bytes()
     }
 
     /// Spans on disk now, all layers together.
     pub fn spans(&self) -> usize {
-        self.inner.lock().entries.len()
+        self.inner.lock().spans.len()
     }
 
     /// Counts `cache` in from now on.
@@ -98,23 +82,13 @@ impl DiskBudget {
         len: u64,
     ) -> Vec<(Arc<DiskCache>, usize)> {
         let mut inner = self.inner.lock();
-        inner.remove((id, span));
-        inner.tick += 1;
-        let tick = inner.tick;
-        inner.entries.insert((id, span), (len, tick));
-        inner.order.insert(tick, (id, span));
-        inner.bytes += len;
+        inner.spans.insert((id, span), (), len);
         let mut evict = Vec::new();
-        while inner.bytes > self.limit {
-            let Some(oldest) = inner
-                .order
-                .values()
-                .find(|key| **key != (id, span))
-                .copied()
-            else {
+        while inner.spans.bytes() > self.limit {
+            let Some(oldest) = inner.spans.oldest(|key| *key != (id, span)) else {
                 break;
             };
-            inner.remove(oldest);
+            inner.spans.remove(oldest);
             if let Some(cache) = inner.caches.get(&oldest.0).and_then(Weak::upgrade) {
                 evict.push((cache, oldest.1));
             }
@@ -124,34 +98,19 @@ impl DiskBudget {
 
     /// Marks span `span` of cache `id` as used now, if counted.
     pub(super) fn touch(&self, id: CacheId, span: usize) {
-        let mut inner = self.inner.lock();
-        inner.tick += 1;
-        let tick = inner.tick;
-        if let Some(entry) = inner.entries.get_mut(&(id, span)) {
-            let old = std::mem::replace(&mut entry.1, tick);
-            inner.order.remove(&old);
-            inner.order.insert(tick, (id, span));
-        }
+        self.inner.lock().spans.touch((id, span));
     }
 
     /// Stops counting span `span` of cache `id` (it left the disk).
     pub(super) fn forget(&self, id: CacheId, span: usize) {
-        self.inner.lock().remove((id, span));
+        self.inner.lock().spans.remove((id, span));
     }
 
     /// Stops counting cache `id` and its spans.
     pub(super) fn leave(&self, id: CacheId) {
         let mut inner = self.inner.lock();
         inner.caches.remove(&id);
-        let spans: Vec<SpanKey> = inner
-            .entries
-            .keys()
-            .filter(|(cache, _)| *cache == id)
-            .copied()
-            .collect();
-        for key in spans {
-            inner.remove(key);
-        }
+        inner.spans.remove_owner(id);
     }
 }
 
@@ -160,8 +119,8 @@ impl std::fmt::Debug for DiskBudget {
         let inner = self.inner.lock();
         f.debug_struct("DiskBudget")
             .field("limit", &self.limit)
-            .field("bytes", &inner.bytes)
-            .field("spans", &inner.entries.len())
+            .field("bytes", &inner.spans.bytes())
+            .field("spans", &inner.spans.len())
             .finish()
     }
 }

@@ -54,9 +54,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sochi_e2e::layouts::{sha256, Entry, ImageLayout};
+use sochi_e2e::layouts::{noise, sha256, Entry, ImageLayout};
 use sochi_e2e::snapshotter::keeper_pid;
-use sochi_e2e::{Containerd, Fault, FaultProxy, Snapshotter, SnapshotterOptions, Sochi};
+use sochi_e2e::{rss, Containerd, Fault, FaultProxy, Snapshotter, SnapshotterOptions, Sochi};
 
 /// Pull and run attempts per container before it counts as failed.
 const MAX_ATTEMPTS: usize = 10;
@@ -191,20 +191,6 @@ fn log(msg: impl AsRef<str>) {
 
 // --- images --------------------------------------------------------------------
 
-/// `len` bytes that do not compress, different for each `seed`.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 #[derive(Debug, Clone)]
 struct Image {
     n: usize,
@@ -331,19 +317,6 @@ fn must(cmd: &mut Command, what: &str) -> Output {
 }
 
 // --- measuring -----------------------------------------------------------------
-
-/// The resident set of process `pid` in bytes (0 once it is gone).
-fn rss(pid: u32) -> u64 {
-    if pid == 0 {
-        return 0;
-    }
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
 
 /// Bytes allocated on disk (not apparent sizes: the span caches are sparse
 /// files) to the span data files (`layer-*`, what `max_bytes` bounds) under

@@ -42,7 +42,7 @@
 
 pub use crate::containerd::{Containerd, ContainerdOptions, CriOptions};
 pub use crate::images::{TestImages, IMAGE_NAMES};
-pub use crate::process::{pid_alive, run_ok, workspace_root};
+pub use crate::process::{pid_alive, rss, rss_anon, run_ok, workspace_root};
 pub use crate::proxy::{Fault, FaultProxy, RequestRecord};
 pub use crate::registry::{Credentials, Registry, RegistryBuilder, TLS_LOOPBACK_IP};
 pub use crate::snapshotter::{SnapshotView, Snapshotter, SnapshotterOptions};

@@ -157,6 +157,38 @@ pub fn dying_with_parent(bin: &Path) -> Command {
     }
 }
 
+/// The resident set of process `pid` in bytes (0 once it is gone).
+pub fn rss(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// Resident anonymous memory of `pid`: the heap, stacks and buffers, not
+/// the program's code paged in on first use (file-backed, shared, and most
+/// of what a debug build's RSS grows by as new code paths run).
+pub fn rss_anon(pid: u32) -> u64 {
+    status_bytes(pid, "RssAnon:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in bytes (0 if gone).
+fn status_bytes(pid: u32, field: &str) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib << 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

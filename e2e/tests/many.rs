@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sochi_e2e::layouts::{sha256, Entry, ImageLayout};
+use sochi_e2e::layouts::{noise, sha256, Entry, ImageLayout};
 use sochi_e2e::snapshotter::keeper_pid;
-use sochi_e2e::{Containerd, Registry, Snapshotter, SnapshotterOptions, Sochi};
+use sochi_e2e::{rss, rss_anon, Containerd, Registry, Snapshotter, SnapshotterOptions, Sochi};
 
 /// The node's span memory budget (`[directory_cache] memory_bytes`).
 const BUDGET: u64 = 32 << 20;
@@ -29,50 +29,6 @@ const OVERHEAD: u64 = 128 << 20;
 const IMAGES: usize = 6;
 const DATA_LAYERS: usize = 3;
 const LAYER_BYTES: usize = 8 << 20;
-
-/// `len` bytes that do not compress, different for each `seed`.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// The resident set of process `pid` in bytes (0 once it is gone).
-fn rss(pid: u32) -> u64 {
-    status_bytes(pid, "VmRSS:")
-}
-
-/// Resident anonymous memory: the heap, stacks and buffers, not the
-/// program's code paged in on first use (file-backed, shared, and most of
-/// what a debug build's RSS grows by as new code paths run).
-fn rss_anon(pid: u32) -> u64 {
-    status_bytes(pid, "RssAnon:")
-}
-
-/// A `kB` field of `/proc/<pid>/status`, in bytes (0 if gone).
-fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(0)
-        << 10
-}
 
 /// Bytes allocated on disk to the span cache files (`layer-*`) under
 /// `root`, mounts not entered.

@@ -33,3 +33,7 @@ mod kube;
 
 // A node with many images: one memory budget for all of them.
 mod many;
+
+// Load orders recorded from real starts, made into prefetch artifacts;
+// hostile prefetch artifacts refused.
+mod load_order;

@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use sochi_format::{annotations, media_types, Descriptor, IndexVersion, SociIndex, Ztoc};
+use sochi_format::{
+    annotations, media_types, Descriptor, IndexVersion, LoadOrder, SociIndex, Ztoc,
+};
 
 use crate::error::{Error, Result};
 use crate::layer::{
     build_layer_ztoc, has_xattrs, LayerKind, LayerOptions, LayerZtoc, DEFAULT_SPAN_SIZE,
 };
-use crate::prefetch::{build_prefetch, PrefetchBuild};
+use crate::prefetch::{build_load_order_prefetch, build_prefetch, PrefetchBuild};
 use crate::source::{ImageSource, PlatformManifest};
 
 /// The reference's default minimum layer size (10 MiB, compressed).
@@ -69,6 +71,9 @@ pub struct BuildOptions {
     /// `--prefetch-file` paths, as given (trimmed, none empty): each layer
     /// holding one gets a prefetch artifact (docs/format.md §3.8).
     pub prefetch_paths: Vec<String>,
+    /// `--load-order`: a recorded load order, made into prefetch artifacts
+    /// in first-use order (docs/prefetch.md); not with `prefetch_paths`.
+    pub load_order: Option<std::sync::Arc<LoadOrder>>,
 }
 
 impl Default for BuildOptions {
@@ -79,6 +84,7 @@ impl Default for BuildOptions {
             optimize_xattrs: false,
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             prefetch_paths: Vec::new(),
+            load_order: None,
         }
     }
 }
@@ -268,7 +274,7 @@ pub fn build_index(
             LayerOutcome::Skipped { .. } => None,
         })
         .collect();
-    let prefetch = prefetch_artifacts(&options.prefetch_paths, &outcomes)?;
+    let prefetch = prefetch_artifacts(options, &outcomes)?;
     blobs.extend(prefetch.blobs.iter().map(|b| b.descriptor.clone()));
     if blobs.is_empty() {
         return Err(Error::Invalid(format!(
@@ -294,14 +300,21 @@ pub fn build_index(
     })
 }
 
-/// The prefetch artifacts of `paths` over the zTOCs the layers got, built
-/// or reused, as the reference does (docs/format.md §3.8).
+/// The prefetch artifacts of the prefetch paths (as the reference makes
+/// them, docs/format.md §3.8) or of the load order over the zTOCs the
+/// layers got, built or reused.
 fn prefetch_artifacts(
-    paths: &[String],
+    options: &BuildOptions,
     outcomes: &[(Descriptor, LayerOutcome)],
 ) -> Result<PrefetchBuild> {
-    if paths.is_empty() {
+    let paths = &options.prefetch_paths;
+    if paths.is_empty() && options.load_order.is_none() {
         return Ok(PrefetchBuild::default());
+    }
+    if !paths.is_empty() && options.load_order.is_some() {
+        return Err(Error::Invalid(
+            "prefetch paths and a load order cannot be used together".into(),
+        ));
     }
     let reused = outcomes
         .iter()
@@ -332,7 +345,10 @@ fn prefetch_artifacts(
             (layer, ztoc)
         })
         .collect();
-    Ok(build_prefetch(paths, &layers))
+    Ok(match &options.load_order {
+        Some(order) => build_load_order_prefetch(order, &layers),
+        None => build_prefetch(paths, &layers),
+    })
 }
 
 fn index_one_layer(

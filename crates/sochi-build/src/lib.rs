@@ -50,8 +50,9 @@ pub use layer::{
     DEFAULT_SPAN_SIZE,
 };
 pub use prefetch::{
-    build_prefetch, clean_prefetch_path, prefetch_descriptor, prefetch_paths_from_json,
-    trim_prefetch_paths, PrefetchBlob, PrefetchBuild, PrefetchHit, PrefetchPathReport,
+    build_load_order_prefetch, build_prefetch, clean_prefetch_path, prefetch_descriptor,
+    prefetch_paths_from_json, trim_prefetch_paths, PrefetchBlob, PrefetchBuild, PrefetchHit,
+    PrefetchPathReport,
 };
 pub use source::{
     manifest_platform, select_manifests, ImageSource, PlatformManifest, PlatformSelection,

@@ -23,8 +23,8 @@
 use std::collections::HashMap;
 
 use sochi_format::{
-    annotations, media_types, Descriptor, Digest, PrefetchArtifact, PrefetchSpan, SpanGeometry,
-    Ztoc,
+    annotations, media_types, Descriptor, Digest, LoadOrder, PrefetchArtifact, PrefetchSpan,
+    SpanGeometry, Ztoc,
 };
 
 use crate::error::{Error, Result};
@@ -72,6 +72,9 @@ pub struct PrefetchBuild {
     pub blobs: Vec<PrefetchBlob>,
     /// One per path, in the order given.
     pub paths: Vec<PrefetchPathReport>,
+    /// Layers a load order names that the image has not, or that have no
+    /// zTOC: their runs are left out.
+    pub unmatched_layers: Vec<String>,
 }
 
 /// A prefetch path as the reference searches for it: `Clean("/" + path)`
@@ -187,6 +190,99 @@ pub fn build_prefetch(paths: &[String], layers: &[(&Descriptor, Option<&Ztoc>)])
         let bytes = artifact.to_bytes();
         let descriptor = prefetch_descriptor(layer, &bytes);
         tracing::info!(layer = %layer.digest, prefetch = %descriptor.digest, ranges = artifact.prefetch_spans.len(), "prefetch artifact built");
+        build.blobs.push(PrefetchBlob {
+            layer: (*layer).clone(),
+            descriptor,
+            artifact,
+            bytes,
+        });
+    }
+    build
+}
+
+/// Builds prefetch artifacts from a recorded load order (docs/prefetch.md)
+/// over the layers of one image manifest, bottom first, each with its
+/// zTOC if it has one.
+///
+/// Unlike [`build_prefetch`], a layer's ranges keep the order of first
+/// use: each run's uncompressed bytes are mapped to the spans of the
+/// layer's zTOC (which may have another span size than the recording's),
+/// spans listed by an earlier run are left out, and a range that
+/// continues the one before it is merged into it. Each range carries the
+/// position of its run in the whole load order as its `priority` (lower
+/// first), which the reference parses and ignores: the artifact stays
+/// valid for it, and sochi fetches in that order.
+pub fn build_load_order_prefetch(
+    order: &LoadOrder,
+    layers: &[(&Descriptor, Option<&Ztoc>)],
+) -> PrefetchBuild {
+    let mut build = PrefetchBuild::default();
+    for layer in &order.layers {
+        let known = layers
+            .iter()
+            .any(|(d, ztoc)| d.digest.as_str() == layer.digest && ztoc.is_some());
+        if !known && !build.unmatched_layers.contains(&layer.digest) {
+            tracing::warn!(layer = %layer.digest, "the load order names a layer that the image has not, or that has no zTOC: its reads are not prefetched");
+            build.unmatched_layers.push(layer.digest.clone());
+        }
+    }
+    let mut done: Vec<&str> = Vec::new();
+    for (layer, ztoc) in layers {
+        let digest = layer.digest.as_str();
+        let Some(ztoc) = ztoc else { continue };
+        if done.contains(&digest) {
+            continue;
+        }
+        done.push(digest);
+        let geometry = match ztoc.span_geometry() {
+            Ok(geometry) => geometry,
+            Err(error) => {
+                let error = sochi_format::error_chain(&error);
+                tracing::warn!(layer = %digest, %error, "load order: cannot read the spans of the layer's zTOC");
+                continue;
+            }
+        };
+        let mut seen = vec![false; geometry.span_count()];
+        let mut ranges: Vec<PrefetchSpan> = Vec::new();
+        for (position, run) in order.runs_of(digest) {
+            if run.start_offset >= geometry.uncompressed_archive_size() {
+                continue;
+            }
+            let first = geometry.span_of(run.start_offset).index();
+            let last = geometry
+                .span_of(run.end_offset.saturating_sub(1).max(run.start_offset))
+                .index();
+            let priority = i64::try_from(position).unwrap_or(i64::MAX);
+            for span in first..=last.min(seen.len().saturating_sub(1)) {
+                let Some(seen) = seen.get_mut(span) else {
+                    break;
+                };
+                if std::mem::replace(seen, true) {
+                    continue;
+                }
+                let Ok(span) = i32::try_from(span) else { break };
+                match ranges.last_mut() {
+                    Some(range) if range.end_span.checked_add(1) == Some(span) => {
+                        range.end_span = span;
+                    }
+                    _ => ranges.push(PrefetchSpan {
+                        start_span: span,
+                        end_span: span,
+                        priority,
+                    }),
+                }
+            }
+        }
+        if ranges.is_empty() {
+            continue;
+        }
+        let artifact = PrefetchArtifact {
+            version: sochi_format::PREFETCH_ARTIFACT_VERSION.to_string(),
+            prefetch_spans: ranges,
+        };
+        let bytes = artifact.to_bytes();
+        let descriptor = prefetch_descriptor(layer, &bytes);
+        tracing::info!(layer = %digest, prefetch = %descriptor.digest, ranges = artifact.prefetch_spans.len(), "prefetch artifact built from the load order");
         build.blobs.push(PrefetchBlob {
             layer: (*layer).clone(),
             descriptor,

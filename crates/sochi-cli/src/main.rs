@@ -70,12 +70,18 @@ enum Command {
     /// Pull an image into containerd lazily: each layer is offered to the
     /// snapshotter as a remote snapshot, the others are unpacked.
     Pull(cmd::pull::Args),
+    /// Record load orders: which spans a real start of an image reads.
+    #[command(subcommand)]
+    LoadOrder(cmd::load_order::Command),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
-    if matches!(cli.command, Command::Mount(_) | Command::Snapshotter(_)) {
+    if matches!(
+        cli.command,
+        Command::Mount(_) | Command::Snapshotter(_) | Command::LoadOrder(_)
+    ) {
         malloc::fix_mmap_threshold();
     }
     let global = cmd::Global {
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
         Command::Unmount(args) => cmd::unmount::run(&global, args),
         Command::Snapshotter(args) => cmd::snapshotter::run(&global, args),
         Command::Pull(args) => cmd::pull::run(&global, args),
+        Command::LoadOrder(command) => cmd::load_order::run(&global, command),
     };
     match result {
         Ok(code) => code,

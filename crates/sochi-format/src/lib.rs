@@ -25,6 +25,7 @@ pub use digest::{Digest, Sha256Digest};
 pub use error::{error_chain, Error, Result};
 pub use gotime::{format_mod_time, parse_mod_time};
 pub use layer_media::{is_layer_media_type, LayerCompression};
+pub use load_order::{LoadLayer, LoadOrder, LoadRun, LOAD_ORDER_VERSION, MAX_LOAD_ORDER_SIZE};
 pub use oci::{
     image_diff_ids, is_image_index, is_index_media_type, media_types, Descriptor, ImageIndex,
     ImageManifest, Platform,
@@ -45,6 +46,7 @@ mod flatbuffer;
 mod gotime;
 pub mod json;
 mod layer_media;
+mod load_order;
 mod oci;
 mod prefetch;
 pub mod snapshot_labels;

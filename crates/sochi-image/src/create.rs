@@ -50,6 +50,10 @@ pub struct IndexReport {
     /// Prefetch paths (as given) that no layer has.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub prefetch_not_found: Vec<String>,
+    /// Layers a load order names that the image has not (or that got no
+    /// zTOC): their reads are not prefetched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub load_order_unmatched_layers: Vec<String>,
 }
 
 /// One prefetch artifact of an index. Serialized as
@@ -220,6 +224,7 @@ pub fn create_indexes(
                 .collect(),
             prefetch,
             prefetch_not_found,
+            load_order_unmatched_layers: built.prefetch.unmatched_layers.clone(),
         });
     }
     Ok(reports)

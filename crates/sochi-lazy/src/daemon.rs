@@ -109,6 +109,9 @@ pub struct ImageMountRequest {
     pub metrics_address: Option<String>,
     /// Keep the layers' local state on unmount.
     pub keep_cache: bool,
+    /// Record the image's load order into this file (written when the
+    /// recording ends by `RecordOptions`, and at unmount).
+    pub record_load_order: Option<(PathBuf, sochi_spans::RecordOptions)>,
 }
 
 /// The state directory of the mount at `mountpoint` (canonical):
@@ -213,6 +216,18 @@ fn serve(
         span_memory: sochi_spans::SpanMemory::new(sochi_spans::DEFAULT_MEMORY_LIMIT),
         span_disk_budget: None,
         keeper: None,
+        load_order: None,
+    };
+    let recorder = request.record_load_order.as_ref().map(|(_, options)| {
+        sochi_spans::LoadRecorder::new(
+            &request.image,
+            Some(plan.manifest.digest.as_str()),
+            options.clone(),
+        )
+    });
+    let options = MountOptions {
+        load_order: recorder.clone(),
+        ..options
     };
     let target = if request.layer.is_some() {
         MountTarget::Layer(&request.mountpoint)
@@ -254,14 +269,54 @@ fn serve(
     tracing::info!(mountpoint = %request.mountpoint.display(), "mounted");
     on_mounted(&info);
 
+    let recording = match (&recorder, &request.record_load_order) {
+        (Some(recorder), Some((path, _))) => Some(write_load_order_when_ended(
+            Arc::clone(recorder),
+            path.clone(),
+            Arc::clone(&stop),
+        )),
+        _ => None,
+    };
     let why = runtime.block_on(wait_for_end(request.mountpoint.clone()));
     tracing::info!(reason = why, "unmounting");
     stop.store(true, Ordering::Relaxed);
+    if let (Some(recorder), Some((path, _))) = (&recorder, &request.record_load_order) {
+        if let Some(thread) = recording {
+            let _ = thread.join();
+        }
+        // Unmounted while still recording: the run it recorded is over.
+        recorder.end(sochi_spans::RecordEnd::Exited);
+        crate::write_load_order(path, &recorder.load_order(), true)?;
+        tracing::info!(path = %path.display(), "load order written");
+    }
     let taken = mount.lock().take();
     match taken {
         Some(mount) => mount.unmount(!request.keep_cache),
         None => Ok(()),
     }
+}
+
+/// A thread that writes the load order to `path` once `recorder` ends by
+/// its bounds, and returns then or when `stop` is set.
+fn write_load_order_when_ended(
+    recorder: Arc<sochi_spans::LoadRecorder>,
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            if recorder.poll().is_some() {
+                match crate::write_load_order(&path, &recorder.load_order(), true) {
+                    Ok(()) => tracing::info!(path = %path.display(), "load order written"),
+                    Err(error) => {
+                        tracing::warn!(error = %sochi_format::error_chain(&error), "cannot write the load order")
+                    }
+                }
+                return;
+            }
+        }
+    })
 }
 
 /// The image `request` names, planned for its platform, cut down to the

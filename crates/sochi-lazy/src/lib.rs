@@ -8,6 +8,8 @@
 //!   reads) and fetching the rest in the background; each layer without a
 //!   zTOC is fetched whole and unpacked ([`unpack`]); an overlay stacks
 //!   them read-only.
+//! - [`LoadRecorders`] record which spans each image's start reads
+//!   (load orders), written under the root when a recording ends.
 //! - [`serve_metrics`] publishes the layers' counters for Prometheus.
 
 #![forbid(unsafe_code)]
@@ -20,6 +22,7 @@ pub use daemon::{
     Unmounted,
 };
 pub use error::{Error, Result};
+pub use load_orders::{find_load_order, load_order_dir, write_load_order, LoadRecorders};
 pub use local_state::{
     private_dir, root_dir, sweep_layer_state, FileLock, SweepReport, PRIVATE_DIR_MODE,
 };
@@ -31,6 +34,7 @@ pub use plan::{plan_image, plan_image_manifest, ImagePlan, IndexSource, PlannedL
 mod blob;
 mod daemon;
 mod error;
+mod load_orders;
 mod local_state;
 mod metrics_server;
 mod mount;

@@ -68,6 +68,8 @@ pub struct MountOptions {
     /// layer ([`MountTarget::Layer`]): the mount then survives this
     /// process, and a later mount with the same `mount_id` takes it over.
     pub keeper: Option<Arc<Keeper>>,
+    /// Record the lazy layers' reads into this load order (docs/prefetch.md).
+    pub load_order: Option<Arc<sochi_spans::LoadRecorder>>,
 }
 
 /// How one layer is served.
@@ -357,6 +359,9 @@ impl ImageMount {
                 .with_context(|| format!("mounting the layer at {}", mountpoint.display()))?,
         };
         let spans = Arc::clone(opened.spans());
+        if let Some(recorder) = &self.options.load_order {
+            spans.record_load_order(recorder, digest.as_str());
+        }
         tracing::info!(layer = %digest, mountpoint = %mountpoint.display(), spans = spans.span_count(), kept = handle.is_kept(), "layer mounted lazily");
         Ok(LayerState::Lazy {
             mountpoint,

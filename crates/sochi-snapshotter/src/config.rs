@@ -30,6 +30,8 @@ pub struct Config {
     pub background_fetch: BackgroundFetch,
     /// Prefetch of the layers' prefetch artifacts.
     pub prefetch: Prefetch,
+    /// Recording of load orders (sochi's own).
+    pub load_order: LoadOrderConfig,
     /// Span cache.
     pub directory_cache: DirectoryCache,
     /// Registry hosts: containerd's `hosts.toml` directory.
@@ -50,6 +52,7 @@ impl Default for Config {
             blob: Blob::default(),
             background_fetch: BackgroundFetch::default(),
             prefetch: Prefetch::default(),
+            load_order: LoadOrderConfig::default(),
             directory_cache: DirectoryCache::default(),
             registry: Registry::default(),
             resolver: Resolver::default(),
@@ -275,6 +278,46 @@ impl Prefetch {
                 n => n,
             },
             ..defaults
+        })
+    }
+}
+
+/// `[load_order]`: recording which spans each image's start reads, in
+/// the order of first use (docs/prefetch.md); `sochi snapshotter
+/// load-order --image REF` exports it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoadOrderConfig {
+    /// Record each image from its first lazy layer mount on.
+    pub record: bool,
+    /// A recording ends once no new span was read for this long.
+    pub quiet_sec: u64,
+    /// ... or this long after the first read.
+    pub max_sec: u64,
+    /// ... or at this many runs of spans.
+    pub max_runs: usize,
+}
+
+impl Default for LoadOrderConfig {
+    fn default() -> Self {
+        let defaults = sochi_spans::RecordOptions::default();
+        LoadOrderConfig {
+            record: true,
+            quiet_sec: defaults.quiet.as_secs(),
+            max_sec: defaults.max_duration.as_secs(),
+            max_runs: defaults.max_runs,
+        }
+    }
+}
+
+impl LoadOrderConfig {
+    /// The recording bounds these keys ask for, `None` when disabled.
+    pub fn options(&self) -> Option<sochi_spans::RecordOptions> {
+        self.record.then(|| sochi_spans::RecordOptions {
+            quiet: std::time::Duration::from_secs(self.quiet_sec.max(1)),
+            max_duration: std::time::Duration::from_secs(self.max_sec.max(1)),
+            max_runs: self.max_runs.max(1),
+            ..sochi_spans::RecordOptions::default()
         })
     }
 }

@@ -96,6 +96,8 @@ pub struct RemoteLayers {
     /// max_bytes` for the node.
     span_disk: Option<Arc<sochi_spans::DiskBudget>>,
     keeper: Option<Arc<Keeper>>,
+    /// The load orders being recorded, one per image (`[load_order]`).
+    load_orders: Option<Arc<sochi_lazy::LoadRecorders>>,
 }
 
 impl RemoteLayers {
@@ -113,11 +115,16 @@ impl RemoteLayers {
             .directory_cache
             .max_bytes
             .map(sochi_spans::DiskBudget::new);
+        let load_orders = config.load_order.options().map(|options| {
+            let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            sochi_lazy::LoadRecorders::start(&root, options, never)
+        });
         RemoteLayers {
             client,
             runtime,
             root,
             config,
+            load_orders,
             plans: Mutex::new(HashMap::new()),
             mounts: Mutex::new(HashMap::new()),
             span_memory,
@@ -256,6 +263,9 @@ impl RemoteLayers {
             span_disk_budget: self.span_disk.clone(),
             span_memory: Arc::clone(&self.span_memory),
             keeper: self.keeper.clone(),
+            load_order: self.load_orders.as_ref().and_then(|recorders| {
+                recorders.recorder(&request.image_ref, request.manifest.as_str())
+            }),
         };
         match ImageMount::mount(
             &single,
@@ -300,6 +310,9 @@ impl RemoteLayers {
     /// process to take over; without, unmounts every layer (not
     /// releasing its local state).
     pub fn unmount_all(&self) {
+        if let Some(recorders) = &self.load_orders {
+            recorders.end_all();
+        }
         let mounts: Vec<ImageMount> = self.mounts.lock().drain().map(|(_, m)| m).collect();
         for mount in mounts {
             if self.keeper.is_some() {

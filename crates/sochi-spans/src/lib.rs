@@ -15,6 +15,8 @@
 //!   ([`PrefetchOptions`], [`prefetch_order`]).
 //! - [`SpanManager::fetch_all`] is the background fetch of the whole layer,
 //!   with its whole-blob digest check ([`BackgroundOptions`]).
+//! - [`LoadRecorder`] records which spans an image's readers touch, in
+//!   the order of first use (a load order, made into prefetch artifacts).
 //! - [`HeaderCheck`] is the first-read verification of a file's tar header
 //!   against its zTOC entry.
 //! - [`LayerMetrics`] counts what a layer did, for Prometheus.
@@ -53,6 +55,7 @@
 pub use background::BackgroundOptions;
 pub use blob::{BlobError, BlobErrorKind, BlobReader, FileBlob, MemoryBlob};
 pub use error::{Error, Result};
+pub use load_order::{LayerRecording, LoadRecorder, RecordEnd, RecordOptions};
 pub use memory::SpanMemory;
 pub use metrics::{
     prefetch_state_name, Histogram, LayerMetrics, PrefetchRefusal, PREFETCH_DONE, PREFETCH_FAILED,
@@ -68,6 +71,7 @@ pub use verify::HeaderCheck;
 mod background;
 mod blob;
 mod error;
+mod load_order;
 mod memory;
 mod metrics;
 mod recency;

@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -45,6 +45,7 @@ use sochi_format::{CheckpointRef, CompressionAlgorithm, Sha256Digest, SpanId, Zi
 
 use crate::blob::BlobReader;
 use crate::error::{Error, Result};
+use crate::load_order::LayerRecording;
 use crate::memory::{LayerKey, SpanMemory};
 use crate::metrics::LayerMetrics;
 
@@ -258,6 +259,8 @@ pub struct SpanManager {
     sequential_bytes: AtomicU64,
     /// Disk-cached spans lately advised to the kernel for readahead.
     advised: Mutex<Range<u64>>,
+    /// Where reads are recorded for a load order, once set.
+    pub(crate) recording: OnceLock<Arc<LayerRecording>>,
 }
 
 /// Where and how much a [`SpanManager`] caches, and how long its readers
@@ -413,6 +416,7 @@ impl SpanManager {
             last_read_end: AtomicU64::new(u64::MAX),
             sequential_bytes: AtomicU64::new(0),
             advised: Mutex::new(0..0),
+            recording: OnceLock::new(),
         })
     }
 
@@ -538,6 +542,11 @@ impl SpanManager {
         // Spec §3.7, skipping the span that only the exclusive end touches.
         let first = self.span_of(offset);
         let last = self.span_of(end - 1);
+        if let Some(recording) = self.recording.get() {
+            for (span, info) in self.spans.iter().enumerate().take(last + 1).skip(first) {
+                recording.touch(span, info.start_uncompressed, info.end_uncompressed);
+            }
+        }
         let previous_end = self.last_read_end.swap(end, Ordering::Relaxed);
         let streak = if previous_end.abs_diff(offset) <= SEQUENTIAL_SLACK {
             self.sequential_bytes.fetch_add(len, Ordering::Relaxed) + len

@@ -308,3 +308,100 @@ fn a_layer_listed_twice_gets_its_artifact_twice() {
     assert_eq!(build.blobs.len(), 2);
     assert_eq!(build.blobs[0].descriptor, build.blobs[1].descriptor);
 }
+
+/// A load order of `(layer, start_offset, end_offset)` runs.
+fn load_order(runs: &[(&Descriptor, u64, u64)]) -> LoadOrder {
+    LoadOrder {
+        version: sochi_format::LOAD_ORDER_VERSION,
+        image: "img".into(),
+        complete: true,
+        layers: runs
+            .iter()
+            .map(|(layer, _, _)| sochi_format::LoadLayer {
+                digest: layer.digest.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        runs: runs
+            .iter()
+            .map(|(layer, start, end)| sochi_format::LoadRun {
+                layer: layer.digest.to_string(),
+                start_offset: *start,
+                end_offset: *end,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn prioritized(start_span: i32, end_span: i32, priority: i64) -> PrefetchSpan {
+    PrefetchSpan {
+        start_span,
+        end_span,
+        priority,
+    }
+}
+
+#[test]
+fn a_load_order_keeps_first_use_order_and_maps_bytes_to_this_ztocs_spans() {
+    // 8 spans of 512 bytes per layer.
+    let bytes = tar(&[("a", b'0', 3000, ""), ("b", b'0', 100, "")]);
+    let ztoc = tar_ztoc(&bytes);
+    let (lower, upper, other) = (layer("lower"), layer("upper"), layer("not-in-image"));
+    let order = load_order(&[
+        (&upper, 2048, 2560), // span 4
+        (&lower, 1024, 2048), // spans 2..=3 (the recording's spans were bigger)
+        (&upper, 512, 1024),  // span 1
+        (&other, 0, 512),     // a layer the image has not
+        (&upper, 2100, 3000), // spans 4 (listed) and 5: 5 only, merged into 4
+        (&lower, 0, 10),      // span 0, later
+    ]);
+    let build = build_load_order_prefetch(&order, &[(&lower, Some(&ztoc)), (&upper, Some(&ztoc))]);
+    assert_eq!(build.unmatched_layers, [other.digest.to_string()]);
+    let artifacts: Vec<_> = build
+        .blobs
+        .iter()
+        .map(|b| (b.layer.digest.clone(), b.artifact.prefetch_spans.clone()))
+        .collect();
+    assert_eq!(
+        artifacts,
+        [
+            (
+                lower.digest.clone(),
+                vec![prioritized(2, 3, 1), prioritized(0, 0, 5)]
+            ),
+            (
+                upper.digest.clone(),
+                vec![
+                    prioritized(4, 4, 0),
+                    prioritized(1, 1, 2),
+                    prioritized(5, 5, 4)
+                ]
+            ),
+        ]
+    );
+    // Bytes the reference parses: the same ranges, priorities included.
+    for blob in &build.blobs {
+        let parsed = PrefetchArtifact::from_bytes(&blob.bytes).unwrap();
+        assert_eq!(parsed, blob.artifact);
+        parsed
+            .validate_against(
+                &blob.descriptor.digest,
+                ztoc.span_geometry().unwrap().span_count(),
+            )
+            .unwrap();
+        assert_eq!(blob.descriptor.media_type, media_types::SOCI_PREFETCH);
+    }
+}
+
+#[test]
+fn a_load_order_past_the_layers_end_or_for_layers_without_ztoc_builds_nothing_for_them() {
+    let bytes = tar(&[("a", b'0', 600, "")]);
+    let ztoc = tar_ztoc(&bytes);
+    let (lazy, unpacked) = (layer("lazy"), layer("unpacked"));
+    let order = load_order(&[(&lazy, 1 << 40, (1 << 40) + 10), (&unpacked, 0, 512)]);
+    let build = build_load_order_prefetch(&order, &[(&lazy, Some(&ztoc)), (&unpacked, None)]);
+    assert!(build.blobs.is_empty());
+    assert_eq!(build.unmatched_layers, [unpacked.digest.to_string()]);
+}

@@ -57,6 +57,9 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
                 p.layer, p.artifact
             );
         }
+        for layer in &report.load_order_unmatched_layers {
+            println!("load order: layer {layer} is not in the image or has no zTOC; its reads are not prefetched");
+        }
         println!("index {} ({})", report.index, report.platform);
     }
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ use sochi_store::Store;
 pub mod convert;
 pub mod create;
 pub mod index;
+pub mod load_order;
 pub mod mount;
 pub mod pull;
 pub mod push;
@@ -138,6 +139,11 @@ pub struct BuildArgs {
     /// those of --prefetch-file).
     #[arg(long, value_name = "FILE")]
     pub prefetch_files_json: Option<PathBuf>,
+    /// A load order recorded from a real start (`sochi snapshotter
+    /// load-order`, `sochi load-order record`): each layer it read gets a
+    /// prefetch artifact listing those spans in the order of first use.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prefetch_file", "prefetch_files_json"])]
+    pub load_order: Option<PathBuf>,
 }
 
 impl BuildArgs {
@@ -164,6 +170,13 @@ impl BuildArgs {
             let paths = prefetch_paths_from_json(&bytes)
                 .with_context(|| format!("reading the prefetch paths in {}", file.display()))?;
             options.prefetch_paths.extend(paths);
+        }
+        if let Some(file) = &self.load_order {
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("reading the load order {}", file.display()))?;
+            let order = sochi_format::LoadOrder::from_bytes(&bytes)
+                .with_context(|| format!("reading the load order {}", file.display()))?;
+            options.load_order = Some(std::sync::Arc::new(order));
         }
         let selection = if self.all_platforms {
             PlatformSelection::All

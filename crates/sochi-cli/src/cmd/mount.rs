@@ -79,6 +79,15 @@ pub struct Args {
     /// Print the mount's state as JSON once mounted.
     #[arg(long)]
     pub json: bool,
+    /// Record which spans the readers touch, in the order of first use,
+    /// into this file: a load order for `sochi convert --load-order`.
+    /// Written when the readers have been quiet for
+    /// --record-quiet-sec, and again at unmount.
+    #[arg(long, value_name = "FILE")]
+    pub record_load_order: Option<PathBuf>,
+    /// The quiet time that ends a --record-load-order recording.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub record_quiet_sec: u64,
     /// A local layer blob (compressed as stored, or a plain tar) to mount
     /// with `--ztoc`, in the foreground.
     #[arg(long, requires = "ztoc")]
@@ -201,6 +210,17 @@ fn serve(global: &Global, args: &Args, image: &str, mountpoint: &Path) -> Result
         fuse_threads: args.fuse_threads,
         metrics_address: args.metrics_address.clone(),
         keep_cache: args.keep_cache,
+        record_load_order: match &args.record_load_order {
+            Some(path) => Some((
+                std::path::absolute(path)
+                    .with_context(|| format!("--record-load-order {}", path.display()))?,
+                sochi_spans::RecordOptions {
+                    quiet: Duration::from_secs(args.record_quiet_sec.max(1)),
+                    ..sochi_spans::RecordOptions::default()
+                },
+            )),
+            None => None,
+        },
     };
     let registry = global.registry()?;
     let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());

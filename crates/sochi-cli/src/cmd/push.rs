@@ -65,6 +65,7 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
         jobs: None,
         prefetch_file: Vec::new(),
         prefetch_files_json: None,
+        load_order: None,
     };
     let (_, selection) = build.options()?;
     let store = global.store()?;

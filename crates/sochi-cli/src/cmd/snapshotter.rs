@@ -49,6 +49,17 @@ pub enum Sub {
         #[arg(long)]
         json: bool,
     },
+    /// The load order recorded for an image (`[load_order]`): the spans
+    /// its first start read, in the order of first use, for `sochi
+    /// convert --load-order`.
+    LoadOrder {
+        /// The image reference (as containerd pulled it) or manifest digest.
+        #[arg(long)]
+        image: String,
+        /// Write it to this file instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
     /// The FUSE keeper the snapshotter starts itself (`[fuse]
     /// keep_connections`): holds the layers' FUSE connections so that they
     /// outlive a snapshotter restart; exits when it holds none.
@@ -72,6 +83,9 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     }
     if let Some(Sub::Layers { image, json }) = &args.command {
         return layers(global, image.as_deref(), *json);
+    }
+    if let Some(Sub::LoadOrder { image, output }) = &args.command {
+        return load_order(global, image, output.as_deref());
     }
     if let Some(Sub::Keeper { socket }) = &args.command {
         sochi_fs::serve_keeper(socket)
@@ -118,6 +132,26 @@ fn layers(global: &Global, image: Option<&str>, json: bool) -> Result<ExitCode> 
                 record.mode,
                 record.reason.unwrap_or_default()
             );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sochi snapshotter load-order`.
+fn load_order(global: &Global, image: &str, output: Option<&std::path::Path>) -> Result<ExitCode> {
+    let Some((_, order)) = sochi_lazy::find_load_order(&global.root, image)? else {
+        anyhow::bail!(
+            "no load order recorded for {image} under {} (a recording is written once the \
+             image's readers have been quiet for [load_order] quiet_sec, or at shutdown)",
+            sochi_lazy::load_order_dir(&global.root).display()
+        );
+    };
+    match output {
+        Some(output) => std::fs::write(output, order.to_bytes())
+            .with_context(|| format!("writing {}", output.display()))?,
+        None => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&order.to_bytes())?;
         }
     }
     Ok(ExitCode::SUCCESS)

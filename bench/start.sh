@@ -9,7 +9,8 @@
 #   --links   comma list of loopback, 1gbit, 100mbit (default all three;
 #             any NNmbit or Ngbit works)
 #   --runs    cold runs per system, image and link (default 3; medians)
-#   --systems comma list of overlayfs, sochi (default both)
+#   --systems comma list of overlayfs, sochi, sochi-lo, sochi-wrong
+#             (default overlayfs,sochi)
 #   --sochi-config  TOML appended to the snapshotter's configuration (e.g.
 #             `[background_fetch]` settings); default: sochi's defaults
 #   --quick   debian-python on loopback, 1 run
@@ -39,6 +40,12 @@
 #              FUSE mounts) -> `ctr run --rm --snapshotter sochi` -> ready
 #              line; the snapshotter's defaults (background fetch on; the
 #              .md records the background-fetch and cache settings)
+#   sochi-lo   "sochi + load order": as sochi, the image converted with
+#              `--load-order` from a run recorded before the runs (`sochi
+#              load-order record NAME:soci -- python3 /app/main.py`, once
+#              per image, cached in bench/work/start/): NAME:soci-lo
+#   sochi-wrong "wrong load order": as sochi-lo, recorded for another
+#              command (`python3 -c 'import json, email'`): NAME:soci-wrong
 # Warm (loopback only; nothing goes over the link then): after the last
 # cold run of a system, its image pulled and run once, for sochi the
 # background fetch finished (every span cached on disk), and `sync` (the
@@ -93,7 +100,7 @@ IFS=, read -r -a images <<<"$images_arg"
 IFS=, read -r -a links <<<"$links_arg"
 IFS=, read -r -a systems <<<"$systems_arg"
 for s in "${systems[@]}"; do
-  case "$s" in overlayfs|sochi) ;; *) echo "start.sh: unknown system $s" >&2; exit 2 ;; esac
+  case "$s" in overlayfs|sochi|sochi-lo|sochi-wrong) ;; *) echo "start.sh: unknown system $s" >&2; exit 2 ;; esac
 done
 [ -z "$sochi_config" ] || [ -f "$sochi_config" ] || { echo "start.sh: no file $sochi_config" >&2; exit 2; }
 for i in "${images[@]}"; do
@@ -224,6 +231,31 @@ for img in "${images[@]}"; do
     "oci:$imgdir/$img:latest" "$loop_reg/$img:soci" >/dev/null
 done
 
+# Load orders, recorded once per image (and sochi binary) from a run of the
+# command under `sochi load-order record`, then converted into NAME:soci-lo
+# (main.py) and NAME:soci-wrong (another command).
+tag_of() { case "$1" in sochi-lo) echo soci-lo ;; sochi-wrong) echo soci-wrong ;; *) echo soci ;; esac; }
+sochi_sum=$(sha256sum "$sochi" | cut -c1-12)
+for img in "${images[@]}"; do
+  for system in "${systems[@]}"; do
+    case "$system" in
+      sochi-lo) cmd=(/usr/bin/python3 /app/main.py) ;;
+      sochi-wrong) cmd=(/usr/bin/python3 -c 'import json, email') ;;
+      *) continue ;;
+    esac
+    order=$cache/load-order-$img-$system-$sochi_sum.json
+    if [ ! -s "$order" ]; then
+      log "recording the load order of $img for $system: ${cmd[*]}"
+      "$sochi" --plain-http --root "$tmp/record-root" load-order record \
+        "$loop_reg/$img:soci" -o "$order.part" -- "${cmd[@]}" >&2
+      mv "$order.part" "$order"
+    fi
+    cp "$order" "bench/results/start-load-order-$img-$system.json"
+    "$sochi" --root "$tmp/convert-root" convert --min-layer-size 0 --load-order "$order" \
+      "oci:$imgdir/$img:latest" "$loop_reg/$img:$(tag_of "$system")" >/dev/null
+  done
+done
+
 need_netns=false
 for l in "${links[@]}"; do [ "$l" = loopback ] || need_netns=true; done
 ns_reg=""
@@ -309,7 +341,7 @@ env_up() {
   ctd=$tmp/c$RANDOM
   metrics=""
   mkdir -p "$ctd"
-  if [ "$1" = sochi ]; then
+  if [ "${1%%-*}" = sochi ]; then
     snap_root=$tmp/s$RANDOM
     mkdir -p "$snap_root"
     metrics=127.0.0.1:$(free_port)
@@ -380,8 +412,8 @@ for img in "${images[@]}"; do
               --run "ctr -a $ctd/containerd.sock run --rm $reg/$img:latest $id" >"$tmp/out"
           else
             "$helper" timed --ready "$ready" --reglog "$reglog" --metrics "$metrics" \
-              --pull "$sochi --plain-http pull -a $ctd/containerd.sock --root $snap_root-pull $reg/$img:soci" \
-              --run "ctr -a $ctd/containerd.sock run --rm --snapshotter sochi $reg/$img:soci $id" >"$tmp/out"
+              --pull "$sochi --plain-http pull -a $ctd/containerd.sock --root $snap_root-pull $reg/$img:$(tag_of "$system")" \
+              --run "ctr -a $ctd/containerd.sock run --rm --snapshotter sochi $reg/$img:$(tag_of "$system") $id" >"$tmp/out"
           fi
           log "  ready after $(awk '$1 == "ready_s" { print $2 }' "$tmp/out") s (pull $(awk '$1 == "pull_s" { print $2 }' "$tmp/out") s, $(awk '$1 == "reg_bytes" { printf "%.1f", $2 / 1e6 }' "$tmp/out") MB from the registry)"
           foreign_drop "$tmp/out" && [ "$attempt" -lt 3 ] || break
@@ -390,7 +422,8 @@ for img in "${images[@]}"; do
         done
         echo "attempts $attempt" >>"$tmp/out"
         rec "$img" "$link" "$system" cold "$run" <"$tmp/out"
-        if [ "$link" = loopback ] && [ "$run" = "$runs" ]; then
+        # Warm runs of the load-order systems would be sochi's again.
+        if [ "$link" = loopback ] && [ "$run" = "$runs" ] && [ "${system#sochi-}" = "$system" ]; then
           if [ "$system" = sochi ]; then
             if grep -Eq '^[[:space:]]*disable[[:space:]]*=[[:space:]]*true' "$snap_root.toml"; then
               bg=0   # background fetch off: warm means page cache and demand-fetched spans only
@@ -417,7 +450,7 @@ for img in "${images[@]}"; do
             rec "$img" "$link" "$system" warm "$w" <"$tmp/out"
           done
         fi
-        [ "$system" = sochi ] && cp "$snap_root.log" "$cache/snapshotter-$img-$link.log"
+        [ "${system%%-*}" = sochi ] && cp "$snap_root.log" "$cache/snapshotter-$img-$link-$system.log"
         env_down
       done
     done

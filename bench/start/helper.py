@@ -51,7 +51,9 @@ METRIC = re.compile(r'^(\w+)\{([^}]*)\} ([0-9.e+-]+)$')
 def metrics(addr):
     """Counters of the snapshotter at ADDR, summed over its layers."""
     out = {"demand_requests": 0, "demand_bytes": 0, "background_requests": 0,
-           "background_bytes": 0, "reads": 0, "read_bytes": 0, "read_time_s": 0.0,
+           "background_bytes": 0, "prefetch_requests": 0, "prefetch_bytes": 0,
+           "reads": 0, "read_bytes": 0, "read_time_s": 0.0,
+           "fetch_time_s": 0.0, "verify_time_s": 0.0, "inflate_time_s": 0.0,
            "layers_mounted": 0, "lazy_layers": 0, "background_complete": 0}
     try:
         text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
@@ -62,7 +64,8 @@ def metrics(addr):
         if not m:
             continue
         name, labels, value = m.group(1), m.group(2), float(m.group(3))
-        kind = "demand" if 'kind="demand"' in labels else "background"
+        kind = ("demand" if 'kind="demand"' in labels
+                else "prefetch" if 'kind="prefetch"' in labels else "background")
         if name == "sochi_layer_fetch_requests_total":
             out[f"{kind}_requests"] += int(value)
         elif name == "sochi_layer_fetched_bytes_total":
@@ -73,6 +76,10 @@ def metrics(addr):
             out["read_bytes"] += int(value)
         elif name == "sochi_read_duration_seconds_sum":
             out["read_time_s"] += value
+        elif name == "sochi_span_stage_seconds_total":
+            stage = re.search(r'stage="(\w+)"', labels)
+            if stage and f"{stage.group(1)}_time_s" in out:
+                out[f"{stage.group(1)}_time_s"] += value
         elif name == "sochi_background_fetch_complete":
             out["background_complete"] += int(value)
         elif name == "sochi_layer_spans":
@@ -604,6 +611,79 @@ def cmd_summary(csv_path, floor_prefix=None):
                   f"{sec(g('read_time_s'))} | {int(g('demand_requests'))} / {mb(g('demand_bytes'))} | "
                   f"{int(g('background_requests'))} / {mb(g('background_bytes'))} | {mb(reg)} | "
                   f"{'–' if floor is None else mb(floor)} | {vs} |")
+
+    load_order_summary(images, links, med, sec, mb, floor_prefix)
+
+
+def link_bits_per_s(link):
+    m = re.match(r"^(\d+)(mbit|gbit)$", link)
+    if not m:
+        return None
+    return int(m.group(1)) * (1e6 if m.group(2) == "mbit" else 1e9)
+
+
+def load_order_summary(images, links, med, sec, mb, floor_prefix):
+    """The load-order systems against sochi: cold starts, targets, where the time goes."""
+    systems = [s for s in ("sochi-lo", "sochi-wrong")
+               if any(med(i, l, s, "cold", "ready_s") is not None for i in images for l in links)]
+    if not systems:
+        return
+    print()
+    print("Load orders (cold, medians): `sochi + load order` (the image converted with a load "
+          "order recorded from `python3 /app/main.py`) and `wrong load order` (recorded from "
+          "`python3 -c 'import json, email'`) against sochi without one. Target for the load "
+          "order: loopback ≤ 2.5× sochi's warm start; a shaped link ≤ floor bytes ÷ link rate + "
+          "warm start, times 1.5 at 1 Gbit/s and 1.05 at 100 Mbit/s; bytes ≤ 1.05× the floor; "
+          "the wrong one ≤ 1.10× sochi.")
+    print()
+    print("| image | link | sochi | + load order | target | met | wrong load order | wrong / sochi "
+          "| MB before ready (lo) | lo vs floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for img in images:
+        floor = None
+        if floor_prefix and os.path.exists(f"{floor_prefix}{img}.json"):
+            floor = json.load(open(f"{floor_prefix}{img}.json"))["floor_bytes"]
+        warm = med(img, "loopback", "sochi", "warm", "ready_s")
+        for link in links:
+            base = med(img, link, "sochi", "cold", "ready_s")
+            lo = med(img, link, "sochi-lo", "cold", "ready_s")
+            wrong = med(img, link, "sochi-wrong", "cold", "ready_s")
+            if lo is None and wrong is None:
+                continue
+            target = None
+            if warm is not None:
+                rate = link_bits_per_s(link)
+                if link == "loopback":
+                    target = 2.5 * warm
+                elif rate and floor:
+                    factor = 1.5 if rate >= 1e9 else 1.05
+                    target = factor * (floor * 8 / rate + warm)
+            met = "–" if target is None or lo is None else ("yes" if lo <= target else "**no**")
+            reg = med(img, link, "sochi-lo", "cold", "reg_bytes")
+            vs = f"{reg / floor:.2f}×" if floor and reg else "–"
+            ratio = f"{wrong / base:.2f}×" if wrong and base else "–"
+            print(f"| {img} | {link} | {sec(base)} | {sec(lo)} | {sec(target)} | {met} | "
+                  f"{sec(wrong)} | {ratio} | {mb(reg)} | {vs} |")
+    print()
+    print("Where the time of a cold start goes (medians; fetch, verify and inflate are summed "
+          "over the threads doing them, for reads and prefetch together, so they may exceed "
+          "the wall time):")
+    print()
+    print("| image | link | system | `sochi pull` | pull end → ready | FUSE read time | "
+          "fetch wait | verify | inflate | demand req | prefetch req / MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for img in images:
+        for link in links:
+            for system in ["sochi"] + systems:
+                ready = med(img, link, system, "cold", "ready_s")
+                if ready is None:
+                    continue
+                g = lambda m: med(img, link, system, "cold", m) or 0
+                print(f"| {img} | {link} | {system} | {sec(g('pull_s'))} | "
+                      f"{sec(ready - g('pull_s'))} | {sec(g('read_time_s'))} | "
+                      f"{sec(g('fetch_time_s'))} | {sec(g('verify_time_s'))} | "
+                      f"{sec(g('inflate_time_s'))} | {int(g('demand_requests'))} | "
+                      f"{int(g('prefetch_requests'))} / {mb(g('prefetch_bytes'))} |")
 
 
 def main():

@@ -210,6 +210,7 @@ fn serve(
         background: request.background.clone(),
         background_jobs: request.background_jobs,
         prefetch: request.prefetch.clone(),
+        prefetch_queue: None,
         fetch_timeout: request.fetch_timeout,
         fuse_threads: request.fuse_threads,
         span_cache_limit: request.span_cache_limit,

@@ -52,6 +52,10 @@ pub struct MountOptions {
     /// Fetch the spans of each lazy layer's prefetch artifact right after
     /// the mount (not waiting for them); `None` to ignore the artifacts.
     pub prefetch: Option<PrefetchOptions>,
+    /// The queue the layers' prefetch requests go to, shared by the
+    /// mounts of one image's layers (a snapshotter mounts each layer on
+    /// its own); `None`: a queue of this mount's own.
+    pub prefetch_queue: Option<Arc<sochi_spans::PrefetchQueue>>,
     /// Bound of one range read from the registry.
     pub fetch_timeout: Duration,
     /// FUSE threads per layer.
@@ -104,7 +108,7 @@ pub struct MountedLayer {
     local: LayerDir,
     /// Its prefetch artifact's digest and span ranges, when it has one
     /// that was not refused.
-    prefetch: Option<(Digest, Vec<std::ops::Range<usize>>)>,
+    prefetch: Option<(Digest, sochi_spans::PrefetchRanges)>,
 }
 
 impl MountedLayer {
@@ -142,6 +146,7 @@ pub struct ImageMount {
     overlay: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     background: Vec<std::thread::JoinHandle<()>>,
+    prefetching: Vec<Arc<sochi_spans::PrefetchJob>>,
     options: MountOptions,
 }
 
@@ -179,6 +184,7 @@ impl ImageMount {
             overlay: None,
             stop: Arc::new(AtomicBool::new(false)),
             background: Vec::new(),
+            prefetching: Vec::new(),
             options,
         };
         if let Err(error) = image.mount_all(plan, client, runtime, target, direct) {
@@ -443,60 +449,52 @@ impl ImageMount {
         Ok(())
     }
 
-    /// Starts the prefetch of each lazy layer with a prefetch artifact: one
-    /// thread per layer, which runs up to `concurrency` requests at once
-    /// (docs/lazy-mounts.md). The mount does not wait for it.
+    /// Starts the prefetch of each lazy layer with a prefetch artifact:
+    /// its requests go to the image's prefetch queue, which runs them in
+    /// priority order across layers with up to `concurrency` in flight
+    /// (docs/prefetch.md). The mount does not wait for it.
     fn start_prefetch(&mut self) {
         let Some(options) = self.options.prefetch.clone() else {
             return;
         };
+        let queue = self
+            .options
+            .prefetch_queue
+            .clone()
+            .unwrap_or_else(|| sochi_spans::PrefetchQueue::new(options));
         for layer in &self.layers {
             let (LayerState::Lazy { spans, .. }, Some((artifact, ranges))) =
                 (&layer.state, &layer.prefetch)
             else {
                 continue;
             };
-            let (spans, artifact, ranges, stop, options, digest) = (
-                Arc::clone(spans),
-                artifact.clone(),
-                ranges.clone(),
-                Arc::clone(&self.stop),
-                options.clone(),
-                layer.descriptor.digest.clone(),
-            );
-            spans
-                .metrics()
+            let metrics = Arc::clone(spans.metrics());
+            metrics
                 .prefetch_state
                 .store(PREFETCH_RUNNING, Ordering::Relaxed);
-            let state = Arc::clone(spans.metrics());
-            let spawned = std::thread::Builder::new()
-                .name("sochi-prefetch".into())
-                .spawn(move || {
-                    let started = Instant::now();
-                    let outcome = spans.prefetch(&ranges, &options, &stop);
-                    let metrics = spans.metrics();
-                    match outcome {
-                        Ok(()) => {
-                            metrics.prefetch_state.store(PREFETCH_DONE, Ordering::Relaxed);
-                            tracing::info!(layer = %digest, %artifact, spans = LayerMetrics::get(&metrics.prefetch_spans), seconds = started.elapsed().as_secs_f64(), "layer prefetched");
-                        }
-                        Err(error) => {
-                            metrics.prefetch_state.store(PREFETCH_FAILED, Ordering::Relaxed);
-                            if !matches!(error, sochi_spans::Error::Stopped) {
-                                tracing::warn!(layer = %digest, %artifact, error = %sochi_format::error_chain(&error), "prefetch failed; reads fetch what they need");
-                            }
+            let (artifact, digest, started) = (
+                artifact.clone(),
+                layer.descriptor.digest.clone(),
+                Instant::now(),
+            );
+            let job = queue.submit(
+                Arc::clone(spans),
+                ranges,
+                Arc::clone(&self.stop),
+                move |outcome| match outcome {
+                    Ok(()) => {
+                        metrics.prefetch_state.store(PREFETCH_DONE, Ordering::Relaxed);
+                        tracing::info!(layer = %digest, %artifact, spans = LayerMetrics::get(&metrics.prefetch_spans), seconds = started.elapsed().as_secs_f64(), "layer prefetched");
+                    }
+                    Err(error) => {
+                        metrics.prefetch_state.store(PREFETCH_FAILED, Ordering::Relaxed);
+                        if !matches!(error, sochi_spans::Error::Stopped) {
+                            tracing::warn!(layer = %digest, %artifact, error = %sochi_format::error_chain(&error), "prefetch failed; reads fetch what they need");
                         }
                     }
-                });
-            match spawned {
-                Ok(handle) => self.background.push(handle),
-                Err(error) => {
-                    state
-                        .prefetch_state
-                        .store(PREFETCH_FAILED, Ordering::Relaxed);
-                    tracing::warn!(%error, "cannot start the prefetch");
-                }
-            }
+                },
+            );
+            self.prefetching.push(job);
         }
     }
 
@@ -602,6 +600,9 @@ impl ImageMount {
         for handle in self.background.drain(..) {
             let _ = handle.join();
         }
+        for job in self.prefetching.drain(..) {
+            job.wait();
+        }
         if self.options.keeper.is_some() {
             // Unpacked layers' overlays stay for the containers on them.
             self.overlay = None;
@@ -626,6 +627,11 @@ impl ImageMount {
         }
         for handle in self.background.drain(..) {
             let _ = handle.join();
+        }
+        // A request in flight ends with its range read (bounded by the
+        // fetch timeout); queued ones are dropped once `stop` is set.
+        for job in self.prefetching.drain(..) {
+            job.wait();
         }
         for layer in self.layers.drain(..) {
             if let LayerState::Lazy {

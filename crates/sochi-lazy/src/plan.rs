@@ -49,8 +49,9 @@ pub enum LayerPrefetch {
     Ready {
         /// The artifact's digest.
         artifact: Digest,
-        /// Half-open span ranges, within the layer's spans.
-        ranges: Vec<std::ops::Range<usize>>,
+        /// Half-open span ranges, within the layer's spans, with their
+        /// priorities (lower first).
+        ranges: sochi_spans::PrefetchRanges,
     },
     /// Refused (logged once, when planned): the layer mounts without it.
     Refused {
@@ -351,7 +352,7 @@ pub(crate) fn check_prefetch(
     bytes: &[u8],
     artifact: &Digest,
     ztoc: &Ztoc,
-) -> std::result::Result<Vec<std::ops::Range<usize>>, (PrefetchRefusal, String)> {
+) -> std::result::Result<sochi_spans::PrefetchRanges, (PrefetchRefusal, String)> {
     let parsed = PrefetchArtifact::from_bytes(bytes).map_err(|error| {
         let reason = if bytes.len() > MAX_PREFETCH_ARTIFACT_SIZE {
             PrefetchRefusal::TooBig

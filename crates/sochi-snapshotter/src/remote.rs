@@ -98,6 +98,9 @@ pub struct RemoteLayers {
     keeper: Option<Arc<Keeper>>,
     /// The load orders being recorded, one per image (`[load_order]`).
     load_orders: Option<Arc<sochi_lazy::LoadRecorders>>,
+    /// One prefetch queue per image manifest, shared by its layers' mounts
+    /// (a load order's priorities run across layers).
+    prefetch_queues: Mutex<HashMap<String, std::sync::Weak<sochi_spans::PrefetchQueue>>>,
 }
 
 impl RemoteLayers {
@@ -125,6 +128,7 @@ impl RemoteLayers {
             root,
             config,
             load_orders,
+            prefetch_queues: Mutex::new(HashMap::new()),
             plans: Mutex::new(HashMap::new()),
             mounts: Mutex::new(HashMap::new()),
             span_memory,
@@ -257,6 +261,7 @@ impl RemoteLayers {
             }),
             background_jobs: 1,
             prefetch: self.config.prefetch.options(),
+            prefetch_queue: self.prefetch_queue(request),
             fetch_timeout: Duration::from_secs(self.config.blob.fetching_timeout_sec.max(1)),
             fuse_threads: self.config.fuse.threads.max(1),
             span_cache_limit: None,
@@ -288,6 +293,21 @@ impl RemoteLayers {
             }
             Err(error) => Outcome::Failed(sochi_format::error_chain(&error)),
         }
+    }
+
+    /// The prefetch queue of the image of `request`, shared with the
+    /// mounts of its other layers while any of them lives.
+    fn prefetch_queue(&self, request: &LayerRequest) -> Option<Arc<sochi_spans::PrefetchQueue>> {
+        let options = self.config.prefetch.options()?;
+        let mut queues = self.prefetch_queues.lock();
+        queues.retain(|_, queue| queue.strong_count() > 0);
+        let key = request.manifest.to_string();
+        if let Some(queue) = queues.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Some(queue);
+        }
+        let queue = sochi_spans::PrefetchQueue::new(options);
+        queues.insert(key, Arc::downgrade(&queue));
+        Some(queue)
     }
 
     /// Whether snapshot `id` has a mount here.

@@ -12,7 +12,8 @@
 //!   span being fetched wait for that fetch, with a bound.
 //! - [`SpanManager::prefetch`] fetches the spans a prefetch artifact lists
 //!   right after the mount, without holding the mount or reads up
-//!   ([`PrefetchOptions`], [`prefetch_order`]).
+//!   ([`PrefetchOptions`], [`prefetch_order`]); a [`PrefetchQueue`] runs
+//!   the prefetch of an image's layers in one priority order.
 //! - [`SpanManager::fetch_all`] is the background fetch of the whole layer,
 //!   with its whole-blob digest check ([`BackgroundOptions`]).
 //! - [`LoadRecorder`] records which spans an image's readers touch, in
@@ -63,8 +64,8 @@ pub use metrics::{
 };
 pub use sochi_format::SpanId;
 pub use spans::{
-    prefetch_order, DiskBudget, PrefetchOptions, SpanManager, SpanStoreConfig,
-    DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND,
+    prefetch_order, DiskBudget, PrefetchJob, PrefetchOptions, PrefetchQueue, PrefetchRanges,
+    SpanManager, SpanStoreConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_WAIT_BOUND,
 };
 pub use verify::HeaderCheck;
 

@@ -169,7 +169,14 @@ pub struct LayerMetrics {
     pub verification_failures: AtomicU64,
     /// Latency of file reads.
     pub read_latency: Histogram,
+    /// Microseconds that reads' and the prefetch's span fetches spent
+    /// waiting on the blob, checking span digests and inflating, in the
+    /// order of [`FETCH_STAGES`].
+    pub stage_micros: [AtomicU64; 3],
 }
+
+/// The stages of a span fetch, as the `stage` label names them.
+pub const FETCH_STAGES: [&str; 3] = ["fetch", "verify", "inflate"];
 
 impl LayerMetrics {
     /// Adds `n` to `counter`.
@@ -351,8 +358,26 @@ impl LayerMetrics {
         );
         let _ = writeln!(out, "sochi_layer_spans{{{labels}}} {spans}");
         let _ = writeln!(out, "sochi_layer_size_bytes{{{labels}}} {compressed_size}");
+        for (stage, micros) in FETCH_STAGES.iter().zip(&self.stage_micros) {
+            let _ = writeln!(
+                out,
+                "sochi_span_stage_seconds_total{{{labels},stage=\"{stage}\"}} {}",
+                g(micros) as f64 / 1e6
+            );
+        }
         self.read_latency
             .render(out, "sochi_read_duration_seconds", labels);
+    }
+
+    /// Counts `elapsed` against fetch stage `stage` (an index of
+    /// [`FETCH_STAGES`]).
+    pub fn add_stage(&self, stage: usize, elapsed: Duration) {
+        if let Some(counter) = self.stage_micros.get(stage) {
+            Self::add(
+                counter,
+                u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            );
+        }
     }
 
     /// `# HELP`/`# TYPE` lines for the families [`LayerMetrics::render`]
@@ -440,6 +465,11 @@ impl LayerMetrics {
                 "sochi_layer_size_bytes",
                 "gauge",
                 "Compressed size of the layer.",
+            ),
+            (
+                "sochi_span_stage_seconds_total",
+                "counter",
+                "Time span fetches for reads and prefetch spent waiting on the blob, verifying and inflating.",
             ),
             (
                 "sochi_read_duration_seconds",

@@ -826,9 +826,21 @@ impl SpanManager {
         let last = *self.span(run.end.saturating_sub(1))?;
         let (start, end) = (first.start_compressed, last.end_compressed);
         let mut retried = false;
+        // Background fetches are not timed: they are not what a reader waits on.
+        let timed = !matches!(kind, FetchKind::Background);
+        let mut clock = Instant::now();
+        let mut lap = |metrics: &LayerMetrics, stage: usize| {
+            if timed {
+                metrics.add_stage(stage, clock.elapsed());
+                clock = Instant::now();
+            }
+        };
         let bytes = loop {
             let bytes = self.fetch_range(start..end, kind)?;
-            match self.verify(run.clone(), start, &bytes) {
+            lap(&self.metrics, 0);
+            let verified = self.verify(run.clone(), start, &bytes);
+            lap(&self.metrics, 1);
+            match verified {
                 Ok(()) => break bytes,
                 Err(error) => {
                     LayerMetrics::add(&self.metrics.digest_mismatches, 1);
@@ -851,11 +863,14 @@ impl SpanManager {
             FetchKind::Background => {}
         }
         let zinfo = Zinfo::parse(self.algorithm, self.zinfo.bytes())?;
-        run.map(|span| {
-            let compressed = self.compressed_slice(span, start, &bytes)?;
-            self.decompress(&zinfo, span, compressed)
-        })
-        .collect()
+        let spans = run
+            .map(|span| {
+                let compressed = self.compressed_slice(span, start, &bytes)?;
+                self.decompress(&zinfo, span, compressed)
+            })
+            .collect();
+        lap(&self.metrics, 2);
+        spans
     }
 
     /// Exactly `range` of the blob, counted as a `kind` read.
@@ -980,6 +995,8 @@ mod tests;
 mod budget;
 mod disk;
 mod prefetch;
+mod queue;
 
 pub use budget::DiskBudget;
-pub use prefetch::{prefetch_order, PrefetchOptions};
+pub use prefetch::{prefetch_order, PrefetchOptions, PrefetchRanges};
+pub use queue::{PrefetchJob, PrefetchQueue};

@@ -239,7 +239,7 @@ mod prefetch {
         Ztoc::from_bytes(&std::fs::read(path).unwrap()).unwrap()
     }
 
-    fn check(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>, PrefetchRefusal> {
+    fn check(bytes: &[u8]) -> Result<sochi_spans::PrefetchRanges, PrefetchRefusal> {
         let artifact = Digest::from(sochi_format::Sha256Digest::of(bytes).to_string());
         check_prefetch(bytes, &artifact, &ztoc()).map_err(|(reason, detail)| {
             assert!(!detail.is_empty());
@@ -253,7 +253,10 @@ mod prefetch {
         let body = format!(
             r#"{{"version":"1.0","prefetch_spans":[{{"start_span":1,"end_span":{last}}},{{"start_span":0,"end_span":0,"priority":-1}}]}}"#
         );
-        assert_eq!(check(body.as_bytes()), Ok(vec![0..1, 1..last as usize + 1]));
+        assert_eq!(
+            check(body.as_bytes()),
+            Ok(vec![(0..1, -1), (1..last as usize + 1, 0)])
+        );
     }
 
     #[test]

@@ -52,12 +52,17 @@ impl Default for PrefetchOptions {
     }
 }
 
-/// The span ranges of `artifact` in the order they are fetched: the
-/// artifact's order, lower `priority` first (a stable sort), as
-/// half-open ranges. Ranges that start below span 0 or end before they
-/// start are skipped ([`PrefetchArtifact::validate_against`] refuses them
-/// before this is called).
-pub fn prefetch_order(artifact: &PrefetchArtifact) -> Vec<Range<usize>> {
+/// Half-open span ranges to prefetch, each with its priority (lower
+/// first), in the order they are fetched.
+pub type PrefetchRanges = Vec<(Range<usize>, i64)>;
+
+/// The span ranges of `artifact` in the order they are fetched, each
+/// with its priority: the artifact's order, lower `priority` first (a
+/// stable sort), as half-open ranges. Ranges that start below span 0 or
+/// end before they start are skipped
+/// ([`PrefetchArtifact::validate_against`] refuses them before this is
+/// called).
+pub fn prefetch_order(artifact: &PrefetchArtifact) -> PrefetchRanges {
     let mut ranges: Vec<_> = artifact.prefetch_spans.iter().collect();
     ranges.sort_by_key(|range| range.priority);
     ranges
@@ -65,7 +70,7 @@ pub fn prefetch_order(artifact: &PrefetchArtifact) -> Vec<Range<usize>> {
         .filter_map(|range| {
             let start = usize::try_from(range.start_span).ok()?;
             let end = usize::try_from(range.end_span).ok()?;
-            (start <= end).then(|| start..end.saturating_add(1))
+            (start <= end).then(|| (start..end.saturating_add(1), range.priority))
         })
         .collect()
 }
@@ -83,7 +88,16 @@ impl SpanManager {
         options: &PrefetchOptions,
         stop: &AtomicBool,
     ) -> Result<()> {
-        let requests = self.prefetch_requests(ranges, options.request_bytes);
+        let ranges: Vec<(Range<usize>, i64)> = ranges
+            .iter()
+            .zip(0..)
+            .map(|(range, priority)| (range.clone(), priority))
+            .collect();
+        let requests: Vec<Range<usize>> = self
+            .prefetch_requests(&ranges, options.request_bytes)
+            .into_iter()
+            .map(|(run, _)| run)
+            .collect();
         let next = AtomicUsize::new(0);
         let workers = options.concurrency.max(1).min(requests.len());
         let failures: Vec<Error> = std::thread::scope(|scope| {
@@ -123,18 +137,24 @@ impl SpanManager {
 
     /// The requests of a prefetch: runs of adjacent spans of `ranges`, in
     /// order, each span once, each run at most `request_bytes` of
-    /// compressed bytes (or one span), spans past the layer's end left out.
-    fn prefetch_requests(&self, ranges: &[Range<usize>], request_bytes: u64) -> Vec<Range<usize>> {
+    /// compressed bytes (or one span), spans past the layer's end left
+    /// out; each with the priority of the range it comes from.
+    pub(crate) fn prefetch_requests(
+        &self,
+        ranges: &[(Range<usize>, i64)],
+        request_bytes: u64,
+    ) -> Vec<(Range<usize>, i64)> {
         let count = self.spans.len();
         let mut seen = vec![false; count];
-        let mut requests: Vec<Range<usize>> = Vec::new();
-        for range in ranges {
+        let mut requests: Vec<(Range<usize>, i64)> = Vec::new();
+        for (range, priority) in ranges {
+            let priority = *priority;
             let mut current: Option<Range<usize>> = None;
             let (from, to) = (range.start.min(count), range.end.min(count));
             for (span, seen) in seen.iter_mut().enumerate().take(to).skip(from) {
                 if *seen {
                     if let Some(run) = current.take() {
-                        requests.push(run);
+                        requests.push((run, priority));
                     }
                     continue;
                 }
@@ -149,13 +169,13 @@ impl SpanManager {
                         Some(run.start..span + 1)
                     }
                     Some(run) => {
-                        requests.push(run);
+                        requests.push((run, priority));
                         Some(span..span + 1)
                     }
                     None => Some(span..span + 1),
                 };
             }
-            requests.extend(current);
+            requests.extend(current.map(|run| (run, priority)));
         }
         requests
     }
@@ -163,7 +183,7 @@ impl SpanManager {
     /// Claims the spans of `run` that nobody fetches and that are not
     /// cached, fetches each claimed stretch with one request, stores and
     /// publishes it.
-    fn prefetch_run(&self, run: Range<usize>) -> Result<()> {
+    pub(crate) fn prefetch_run(&self, run: Range<usize>) -> Result<()> {
         let claims = {
             let mut flights = self.flights.lock();
             let mut claims = Vec::new();

@@ -893,6 +893,104 @@ mod prefetch {
         assert_eq!(blob.requests(), 4);
     }
 
+    /// A blob that records which ranges were read in the background, and
+    /// as what (a name shared with other layers' blobs).
+    struct Recording {
+        inner: MemoryBlob,
+        name: &'static str,
+        log: Arc<Mutex<Vec<(&'static str, u64)>>>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl BlobReader for Recording {
+        fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
+            self.inner.read_range(range)
+        }
+
+        fn read_range_in_background(&self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push((self.name, range.start / SPAN));
+            let (open, opened) = &*self.gate;
+            let guard = open.lock().unwrap();
+            let _open = opened
+                .wait_timeout_while(guard, Duration::from_secs(20), |open| !*open)
+                .unwrap();
+            self.inner.read_range(range)
+        }
+    }
+
+    /// One queue for two layers: requests run lowest priority first across
+    /// both, then in the order submitted; each layer's `done` runs once.
+    #[test]
+    fn a_prefetch_queue_runs_the_layers_requests_in_one_priority_order() {
+        let (ztoc, tar) = synthetic();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let layer = |name| {
+            let blob = Arc::new(Recording {
+                inner: MemoryBlob::new(tar.clone()),
+                name,
+                log: Arc::clone(&log),
+                gate: Arc::clone(&gate),
+            });
+            Arc::new(SpanManager::new(&ztoc, blob, None).unwrap())
+        };
+        let (lower, upper) = (layer("lower"), layer("upper"));
+        // One worker, held in its first request (the lowest priority)
+        // until both layers are queued.
+        let queue = crate::PrefetchQueue::new(options(1, SPAN));
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let counter = |done: &Arc<AtomicU64>| {
+            let done = Arc::clone(done);
+            move |outcome: crate::Result<()>| {
+                outcome.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let a = queue.submit(
+            Arc::clone(&lower),
+            &[(0..1, 0), (5..6, 3), (9..10, 5)],
+            Arc::clone(&stop),
+            counter(&done),
+        );
+        let b = queue.submit(
+            Arc::clone(&upper),
+            &[(2..3, 1), (7..8, 4), (4..5, 2)],
+            Arc::clone(&stop),
+            counter(&done),
+        );
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        a.wait();
+        b.wait();
+        assert_eq!(done.load(Ordering::SeqCst), 2);
+        let order = log.lock().unwrap().clone();
+        assert_eq!(
+            order,
+            [
+                ("lower", 0),
+                ("upper", 2),
+                ("upper", 4),
+                ("lower", 5),
+                ("upper", 7),
+                ("lower", 9)
+            ]
+        );
+        assert_eq!(LayerMetrics::get(&lower.metrics().prefetch_spans), 3);
+        // Nothing left to fetch: done at once.
+        let c = queue.submit(
+            Arc::clone(&lower),
+            &[(0..1, 0)],
+            Arc::clone(&stop),
+            counter(&done),
+        );
+        c.wait();
+        assert_eq!(done.load(Ordering::SeqCst), 3);
+    }
+
     #[test]
     fn prefetch_order_is_the_artifacts_with_lower_priority_first() {
         let range = |start_span, end_span, priority| PrefetchSpan {
@@ -909,7 +1007,10 @@ mod prefetch {
                 range(7, 8, 0),
             ],
         };
-        assert_eq!(prefetch_order(&artifact), vec![4..5, 9..10, 7..9, 1..3]);
+        assert_eq!(
+            prefetch_order(&artifact),
+            vec![(4..5, -1), (9..10, 0), (7..9, 0), (1..3, 5)]
+        );
     }
 
     /// A read of a span being prefetched waits for that request: the blob

@@ -1,5 +1,6 @@
 //! The JSON documents sochi reads (image manifests and indexes, SOCI index
-//! manifests, prefetch artifacts, image configs) and platform strings.
+//! manifests, prefetch artifacts, load orders, image configs) and platform
+//! strings.
 //! Whatever parses must re-encode to Go-canonical JSON that parses back
 //! and re-encodes to the same bytes: the reference re-encodes what it
 //! fetches and compares digests, so the encoding must be a fixed point.
@@ -10,7 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sochi_format::{
-    ImageIndex, ImageManifest, Platform, PrefetchArtifact, Sha256Digest,
+    ImageIndex, ImageManifest, LoadOrder, Platform, PrefetchArtifact, Sha256Digest,
     SociIndex,
 };
 
@@ -18,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, document)) = data.split_first() else {
         return;
     };
-    match selector % 6 {
+    match selector % 7 {
         0 => {
             if let Ok(manifest) = ImageManifest::from_json(document) {
                 let json = manifest.to_go_json();
@@ -67,6 +68,18 @@ fuzz_target!(|data: &[u8]| {
                 let digest = sochi_format::Digest::from("sha256:fuzz");
                 let _ = artifact.validate_against(&digest, document.len());
                 let _ = PrefetchArtifact::merged(artifact.prefetch_spans.iter().copied());
+            }
+        }
+        5 => {
+            // A load order that parses round-trips, and its runs per layer
+            // can be listed.
+            if let Ok(order) = LoadOrder::from_bytes(document) {
+                let again = LoadOrder::from_bytes(&order.to_bytes())
+                    .unwrap_or_else(|err| panic!("re-encoded load order does not parse: {err}"));
+                assert_eq!(again, order);
+                for layer in &order.layers {
+                    let _ = order.runs_of(&layer.digest).count();
+                }
             }
         }
         4 => {

@@ -8,7 +8,8 @@
 //!   reads) and fetching the rest in the background; each layer without a
 //!   zTOC is fetched whole and unpacked ([`unpack`]); an overlay stacks
 //!   them read-only.
-//! - [`serve_metrics`] publishes the layers' counters for Prometheus.
+//! - [`serve_metrics`] publishes the layers' counters for Prometheus, and
+//!   [`render_plan_metrics`] why layers were planned to be unpacked.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -26,7 +27,9 @@ pub use local_state::{
 pub use metrics_server::serve_metrics;
 pub use mount::{ImageMount, LayerState, MountOptions, MountTarget, MountedLayer};
 pub use overlay::{mount_overlay, unmount};
-pub use plan::{plan_image, plan_image_manifest, ImagePlan, IndexSource, PlannedLayer};
+pub use plan::{
+    plan_image, plan_image_manifest, render_plan_metrics, ImagePlan, IndexSource, PlannedLayer,
+};
 
 mod blob;
 mod daemon;

@@ -419,7 +419,10 @@ fn zstd_layer_of_several_frames_unpacks_with_both_digests_checked() {
     let dir = tempfile::tempdir().unwrap();
     let stats = unpack_layer(&layer[..], LayerCompression::Zstd, dir.path(), expected).unwrap();
     assert_eq!((stats.entries, stats.bytes), (4, 700_005));
-    assert_eq!(fs::read(dir.path().join("etc/hostname")).unwrap(), b"zstd\n");
+    assert_eq!(
+        fs::read(dir.path().join("etc/hostname")).unwrap(),
+        b"zstd\n"
+    );
     let big = fs::read(dir.path().join("big")).unwrap();
     assert_eq!(big.len(), 700_000);
     assert_eq!(big.get(699_999), Some(&((699_999u32 * 7 % 251) as u8)));
@@ -528,7 +531,10 @@ fn gzip_data_in_a_zstd_layer_is_a_zstd_error() {
     let Err(UnpackError::Zstd { source, .. }) = &result else {
         panic!("{result:?}")
     };
-    assert!(source.message.contains("Unknown frame descriptor"), "{source}");
+    assert!(
+        source.message.contains("Unknown frame descriptor"),
+        "{source}"
+    );
 }
 
 /// An error of the blob itself (the registry stream's digest check, a

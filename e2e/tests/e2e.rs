@@ -33,3 +33,6 @@ mod kube;
 
 // A node with many images: one memory budget for all of them.
 mod many;
+
+// zstd and zstd:chunked images, and SOCI images copied with recompression.
+mod zstd;

@@ -32,6 +32,10 @@
 //!   sandbox image made from busybox, and [`cri::Pod`], a host-network pod
 //!   torn down on drop.
 //!
+//! - [`zstd`]: test images recompressed by skopeo as zstd or zstd:chunked
+//!   (cached like the test images), and registry-to-registry copies that
+//!   recompress.
+//!
 //! A missing service (registry binary, skopeo, …) fails the test; nothing
 //! is skipped. Install what the harness needs with `scripts/e2e-deps.sh`.
 //!
@@ -61,3 +65,4 @@ mod registry;
 pub mod snapshotter;
 mod sochi;
 mod tls;
+pub mod zstd;

@@ -37,3 +37,6 @@ mod many;
 // Load orders recorded from real starts, made into prefetch artifacts;
 // hostile prefetch artifacts refused.
 mod load_order;
+
+// zstd and zstd:chunked images, and SOCI images copied with recompression.
+mod zstd;

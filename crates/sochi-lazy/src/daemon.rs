@@ -248,6 +248,7 @@ fn serve(
                 if let Some(mount) = &*mount.lock() {
                     mount.render_metrics(&mut out);
                 }
+                crate::render_plan_metrics(&mut out);
                 out
             });
             Some(crate::serve_metrics(address, render, Arc::clone(&stop))?.to_string())

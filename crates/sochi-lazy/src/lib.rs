@@ -10,7 +10,8 @@
 //!   them read-only.
 //! - [`LoadRecorders`] record which spans each image's start reads
 //!   (load orders), written under the root when a recording ends.
-//! - [`serve_metrics`] publishes the layers' counters for Prometheus.
+//! - [`serve_metrics`] publishes the layers' counters for Prometheus, and
+//!   [`render_plan_metrics`] why layers were planned to be unpacked.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -29,7 +30,9 @@ pub use local_state::{
 pub use metrics_server::serve_metrics;
 pub use mount::{ImageMount, LayerState, MountOptions, MountTarget, MountedLayer};
 pub use overlay::{mount_overlay, unmount};
-pub use plan::{plan_image, plan_image_manifest, ImagePlan, IndexSource, PlannedLayer};
+pub use plan::{
+    plan_image, plan_image_manifest, render_plan_metrics, ImagePlan, IndexSource, PlannedLayer,
+};
 
 mod blob;
 mod daemon;

@@ -2,6 +2,13 @@
 //! the image manifest for the platform, its SOCI index (found the way the
 //! reference snapshotter finds it, docs/format.md §5.2) and the zTOC of each layer
 //! that has one (docs/format.md §5.3).
+//!
+//! An index that cannot serve the image never fails the plan: an index
+//! the image names but the repository does not have, an index made for
+//! other layer blobs, or a zTOC that does not describe its layer leaves
+//! those layers to be unpacked, with a warning, the reason and a counter
+//! ([`not_lazy`]). Copies of an image recompressed with zstd are the usual
+//! cause (issue 16, docs/zstd.md).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +19,11 @@ use sochi_format::{
     media_types, Descriptor, Digest, ImageManifest, Platform, PrefetchArtifact, Sha256Digest,
     SociIndex, Ztoc, MAX_PREFETCH_ARTIFACT_SIZE,
 };
-use sochi_registry::{Client, DiscoveryOptions, Reference};
+use sochi_registry::{Client, DiscoveryOptions, FoundBy, Reference};
 use sochi_spans::PrefetchRefusal;
+
+pub use self::not_lazy::render_plan_metrics;
+use self::not_lazy::{is_zstd, not_lazy, NotLazy};
 
 /// Where the image's index came from, for logs and `--json` output.
 #[derive(Clone, Debug)]
@@ -73,6 +83,9 @@ pub struct ImagePlan {
     pub layers: Vec<PlannedLayer>,
     /// The SOCI index used, if one was found.
     pub index: Option<IndexSource>,
+    /// Why the image is planned without the index it names, when the
+    /// repository does not have that index.
+    pub index_problem: Option<String>,
 }
 
 impl ImagePlan {
@@ -167,35 +180,48 @@ async fn plan_manifest(
     let (index_digest, found_by, index) = match cached_index {
         Some((digest, index)) => (digest, "cache".to_string(), index),
         None => {
-            let discovered = client
+            let discovered = match client
                 .discover_soci_index(reference, &manifest_descriptor.digest, discovery)
                 .await
-                .with_context(|| {
-                    format!(
-                        "looking for the SOCI index of {}@{}",
-                        reference.repository, manifest_descriptor.digest
-                    )
-                })?;
+            {
+                Ok(discovered) => discovered,
+                // Named by the image (not by the caller) but not there: a
+                // copy that kept the annotation and left the index behind.
+                Err(error @ sochi_registry::Error::SociIndexNotFound { found_by, .. })
+                    if found_by != FoundBy::Explicit =>
+                {
+                    let why = format!("the image's SOCI index is missing: {error}");
+                    tracing::warn!(image = %manifest_descriptor.digest, reason = %why, "SOCI index missing: every layer is unpacked");
+                    let mut plan = unindexed_plan(
+                        reference,
+                        manifest_descriptor,
+                        &manifest,
+                        &diff_ids,
+                        NotLazy::IndexMissing,
+                        &why,
+                    );
+                    plan.index_problem = Some(why);
+                    return Ok(plan);
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| {
+                        format!(
+                            "looking for the SOCI index of {}@{}",
+                            reference.repository, manifest_descriptor.digest
+                        )
+                    })
+                }
+            };
             let Some(discovered) = discovered else {
                 tracing::info!(image = %manifest_descriptor.digest, "no SOCI index: every layer is unpacked locally");
-                let layers = manifest
-                    .layers()
-                    .iter()
-                    .zip(&diff_ids)
-                    .map(|(layer, diff_id)| PlannedLayer {
-                        descriptor: layer.clone(),
-                        ztoc: None,
-                        no_ztoc_reason: Some("the image has no SOCI index".into()),
-                        diff_id: diff_id.clone().into(),
-                        prefetch: None,
-                    })
-                    .collect();
-                return Ok(ImagePlan {
-                    repository: reference.clone(),
-                    manifest: manifest_descriptor,
-                    layers,
-                    index: None,
-                });
+                return Ok(unindexed_plan(
+                    reference,
+                    manifest_descriptor,
+                    &manifest,
+                    &diff_ids,
+                    NotLazy::NoIndex,
+                    "the image has no SOCI index",
+                ));
             };
             if let Some(dir) = cache {
                 store_cached(dir, &discovered.descriptor.digest, &discovered.bytes);
@@ -208,12 +234,26 @@ async fn plan_manifest(
         }
     };
     let index = &index;
+    let stale = names_none_of(index, &manifest).then(|| {
+        let why = format!(
+            "the SOCI index {index_digest} names none of the image's layers (it was made for other layer blobs: a recompressed copy?)"
+        );
+        tracing::warn!(image = %manifest_descriptor.digest, index = %index_digest, "the SOCI index names none of the image's layers: every layer is unpacked");
+        why
+    });
     let fetches = manifest
         .layers()
         .iter()
         .zip(&diff_ids)
         .map(|(layer, diff_id)| {
-            plan_layer(client, reference, index, layer, diff_id.clone(), cache)
+            let context = LayerContext {
+                client,
+                reference,
+                index,
+                stale: stale.as_deref(),
+                cache,
+            };
+            plan_layer(context, layer, diff_id.clone())
         });
     let layers = try_join_all(fetches).await?;
     Ok(ImagePlan {
@@ -224,41 +264,117 @@ async fn plan_manifest(
             digest: index_digest,
             found_by,
         }),
+        index_problem: None,
     })
+}
+
+/// The plan of an image without a usable index: every layer unpacked, for
+/// `why` (`detail` in words).
+fn unindexed_plan(
+    reference: &Reference,
+    manifest_descriptor: Descriptor,
+    manifest: &ImageManifest,
+    diff_ids: &[String],
+    why: NotLazy,
+    detail: &str,
+) -> ImagePlan {
+    let layers = manifest
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(layer, diff_id)| PlannedLayer {
+            descriptor: layer.clone(),
+            ztoc: None,
+            no_ztoc_reason: Some(not_lazy(layer, why, detail)),
+            diff_id: diff_id.clone().into(),
+            prefetch: None,
+        })
+        .collect();
+    ImagePlan {
+        repository: reference.clone(),
+        manifest: manifest_descriptor,
+        layers,
+        index: None,
+        index_problem: None,
+    }
+}
+
+/// Whether `index` has zTOCs but none for a layer of `manifest`: it was
+/// made for other layer blobs (the image was recompressed since).
+fn names_none_of(index: &SociIndex, manifest: &ImageManifest) -> bool {
+    index.ztocs().next().is_some()
+        && manifest
+            .layers()
+            .iter()
+            .all(|layer| index.ztoc_for_layer(&layer.digest).is_none())
+}
+
+/// What planning one layer of an indexed image reads.
+#[derive(Clone, Copy)]
+struct LayerContext<'a> {
+    client: &'a Client,
+    reference: &'a Reference,
+    index: &'a SociIndex,
+    /// Why the index is stale, when it names none of the image's layers.
+    stale: Option<&'a str>,
+    cache: Option<&'a Path>,
 }
 
 /// One layer of an image with a SOCI index: its zTOC (from the cache, else
 /// fetched and cached), decoded and checked against the layer, or why it
-/// has none.
+/// has none. A zTOC the repository does not have, or one that does not
+/// describe the layer, leaves the layer to be unpacked (with a warning);
+/// a zTOC that does not decode fails the plan.
 async fn plan_layer(
-    client: &Client,
-    reference: &Reference,
-    index: &SociIndex,
+    context: LayerContext<'_>,
     layer: &Descriptor,
     diff_id: String,
-    cache: Option<&Path>,
 ) -> Result<PlannedLayer> {
+    let LayerContext {
+        client,
+        reference,
+        index,
+        stale,
+        cache,
+    } = context;
+    let unpacked = |why: NotLazy, detail: &str| PlannedLayer {
+        descriptor: layer.clone(),
+        ztoc: None,
+        no_ztoc_reason: Some(not_lazy(layer, why, detail)),
+        diff_id: diff_id.clone().into(),
+        prefetch: None,
+    };
     let Some(ztoc_descriptor) = index.ztoc_for_layer(&layer.digest) else {
-        return Ok(PlannedLayer {
-            descriptor: layer.clone(),
-            ztoc: None,
-            no_ztoc_reason: Some("the SOCI index has no zTOC for it (small layer?)".into()),
-            diff_id: diff_id.into(),
-            prefetch: None,
+        return Ok(match stale {
+            Some(why) => unpacked(NotLazy::IndexStale, why),
+            None => unpacked(
+                NotLazy::NoZtoc,
+                "the SOCI index has no zTOC for it (small layer?)",
+            ),
         });
     };
     let bytes = match cache.and_then(|dir| load_cached(dir, &ztoc_descriptor.digest)) {
         Some(bytes) => bytes,
         None => {
-            let bytes = client
-                .read_blob(reference, ztoc_descriptor)
-                .await
-                .with_context(|| {
-                    format!(
-                        "fetching the zTOC {} of layer {}",
-                        ztoc_descriptor.digest, layer.digest
-                    )
-                })?;
+            let bytes = match client.read_blob(reference, ztoc_descriptor).await {
+                Ok(bytes) => bytes,
+                Err(error) if error.is_not_found() => {
+                    let why = format!(
+                        "the zTOC {} the SOCI index names for it is not in the repository (404)",
+                        ztoc_descriptor.digest
+                    );
+                    tracing::warn!(layer = %layer.digest, reason = %why, "zTOC missing: the layer is unpacked");
+                    return Ok(unpacked(NotLazy::ZtocMismatch, &why));
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| {
+                        format!(
+                            "fetching the zTOC {} of layer {}",
+                            ztoc_descriptor.digest, layer.digest
+                        )
+                    })
+                }
+            };
             if let Some(dir) = cache {
                 store_cached(dir, &ztoc_descriptor.digest, &bytes);
             }
@@ -271,7 +387,10 @@ async fn plan_layer(
             ztoc_descriptor.digest, layer.digest
         )
     })?;
-    check_ztoc_fits_layer(&ztoc, layer)?;
+    if let Err(why) = check_ztoc_fits_layer(&ztoc, layer) {
+        tracing::warn!(layer = %layer.digest, ztoc = %ztoc_descriptor.digest, reason = %why, "the zTOC does not describe the layer: the layer is unpacked");
+        return Ok(unpacked(NotLazy::ZtocMismatch, &why));
+    }
     let prefetch = match index.prefetches().find(|d| {
         d.annotations
             .get(sochi_format::annotations::LAYER_DIGEST)
@@ -447,25 +566,21 @@ fn store_cached(dir: &Path, digest: &str, bytes: &[u8]) {
 }
 
 /// A zTOC must describe a layer of the layer's size and a compression the
-/// layer has (docs/format.md §1.3); anything else is a zTOC for another layer.
-fn check_ztoc_fits_layer(ztoc: &Ztoc, layer: &Descriptor) -> Result<()> {
+/// layer has (docs/format.md §1.3); anything else is a zTOC for another
+/// layer, and the error says why.
+fn check_ztoc_fits_layer(ztoc: &Ztoc, layer: &Descriptor) -> std::result::Result<(), String> {
     if ztoc.compressed_archive_size != layer.size {
-        invalid!(
-            "the zTOC of layer {} describes {} compressed bytes, the layer has {}",
-            layer.digest,
-            ztoc.compressed_archive_size,
-            layer.size
-        );
+        return Err(format!(
+            "the SOCI index's zTOC for it describes {} compressed bytes, the layer has {} (made for another blob)",
+            ztoc.compressed_archive_size, layer.size
+        ));
     }
-    let zstd = [media_types::OCI_LAYER_ZSTD, media_types::DOCKER_LAYER_ZSTD];
-    if zstd.contains(&layer.media_type.as_str()) {
-        invalid!(
-            "layer {} is zstd-compressed, which zTOCs cannot describe",
-            layer.digest
-        );
+    if is_zstd(layer) {
+        return Err("the SOCI index has a zTOC for it, which cannot describe zstd".into());
     }
     Ok(())
 }
 
+mod not_lazy;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,8 @@
 //! See the OCI image spec, layer.md, "Whiteouts".
 //!
 //! The layer is read with the readers the index builder uses (`sochi-zran`
-//! for gzip, `sochi-tar` for the tar, with Go `archive/tar` semantics), and
+//! for gzip, `sochi-tar` for the tar, with Go `archive/tar` semantics;
+//! libzstd for zstd, which the index builder does not read), and
 //! its xattrs pass the policy the lazy layer tree applies
 //! ([`sochi_tar::check_xattr`]): a layer is unpacked only if it would also
 //! be served lazily, and errors name the same offsets as `create`'s. The
@@ -110,10 +111,9 @@ impl fmt::Display for EntryPosition {
 
 /// Why unpacking a layer failed.
 ///
-/// Grouped by who is at fault: the layer's bytes (`Tar`, `Gzip`,
-/// `DigestMismatch`, `Refused`), a compression sochi does not unpack
-/// (`Unsupported`), then reading the blob (`Read`) and writing the tree
-/// (`Io`).
+/// Grouped by who is at fault: the layer's bytes (`Tar`, `Gzip`, `Zstd`,
+/// `DigestMismatch`, `Refused`), then reading the blob (`Read`) and
+/// writing the tree (`Io`).
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     /// The tar stream is malformed, or holds an entry type no layer may
@@ -135,6 +135,14 @@ pub enum UnpackError {
         /// What the inflater found.
         source: sochi_zran::Error,
     },
+    /// The zstd stream is corrupt or cut short.
+    #[error("layer (uncompressed offset {uncompressed_offset} reached)")]
+    Zstd {
+        /// Uncompressed bytes the tar reader had taken.
+        uncompressed_offset: u64,
+        /// What libzstd found, and where.
+        source: ZstdError,
+    },
     /// A digest of the layer is not the one the image names.
     #[error("layer: {what} mismatch: the image says {expected}, the layer's bytes are {actual}")]
     DigestMismatch {
@@ -154,12 +162,6 @@ pub enum UnpackError {
         position: EntryPosition,
         /// Why.
         reason: Refusal,
-    },
-    /// A layer format we do not unpack.
-    #[error("layer: {what} is not supported")]
-    Unsupported {
-        /// What it is.
-        what: &'static str,
     },
     /// Reading the layer blob failed (the registry, a file).
     #[error("layer: reading the blob")]
@@ -183,6 +185,18 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Corrupt zstd data: libzstd's words, and how far the blob had been read
+/// (libzstd reads ahead by up to its input buffer, 128 KiB, so the bad
+/// bytes are at or before that offset).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("zstd: {message} (compressed bytes read {compressed_read})")]
+pub struct ZstdError {
+    /// Blob bytes read when it was found.
+    pub compressed_read: u64,
+    /// libzstd's message, e.g. "Unknown frame descriptor".
+    pub message: String,
 }
 
 fn compressed_note(read: Option<u64>) -> String {
@@ -248,20 +262,7 @@ pub fn unpack_layer(
     expected: ExpectedDigests<'_>,
 ) -> Result<UnpackStats, UnpackError> {
     let blob = BlobReader::new(blob, expected.compressed.is_some());
-    let decoder = match Decoder::new(blob, compression) {
-        Ok(Some(decoder)) => decoder,
-        Ok(None) => {
-            return Err(UnpackError::Unsupported {
-                what: "zstd compression",
-            })
-        }
-        Err(source) => {
-            return Err(UnpackError::Gzip {
-                uncompressed_offset: 0,
-                source,
-            })
-        }
-    };
+    let decoder = Decoder::new(blob, compression)?;
     let mut tar = TarReader::new(DiffHasher::new(decoder));
     let mut unpacker = Unpacker {
         dest,
@@ -329,9 +330,18 @@ fn stream_error<R: Read>(error: TarError, tar: &TarReader<DiffHasher<Decoder<R>>
     }
 }
 
-/// An I/O error from under the tar reader: the inflater's (corrupt gzip)
-/// or the blob's.
+/// An I/O error from under the tar reader: the inflater's (corrupt gzip),
+/// libzstd's (corrupt zstd) or the blob's.
 fn io_stream_error(error: io::Error, uncompressed_offset: u64) -> UnpackError {
+    if let Some(source) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ZstdError>())
+    {
+        return UnpackError::Zstd {
+            uncompressed_offset,
+            source: source.clone(),
+        };
+    }
     match sochi_zran::Error::from_io(error) {
         sochi_zran::Error::Io { source } => UnpackError::Read { source },
         source => UnpackError::Gzip {

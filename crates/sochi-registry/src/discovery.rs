@@ -29,7 +29,10 @@
 //!
 //! An `Err` means an index was named but is broken, or the registry could
 //! not be asked; a caller that wants the reference's behaviour pulls the
-//! image normally then too.
+//! image normally then too. An index that was named but is not in the
+//! repository at all is [`Error::SociIndexNotFound`], apart from the
+//! broken ones: copies of an image keep its annotation without the index
+//! (issue 16), and `sochi-lazy` plans such an image as having none.
 //!
 //! zTOCs are then read with [`Client::read_blob`], which checks their size
 //! and digest against the index's descriptors.
@@ -321,14 +324,12 @@ impl Client {
         let (fetched, bytes) = match self.get_manifest(&repo.with_digest(digest)).await {
             Ok(found) => found,
             Err(e) if e.is_not_found() => {
-                return Err(Error::Malformed {
-                    what: "SOCI index",
+                return Err(Error::SociIndexNotFound {
                     url: redact_url(&url),
-                    detail: format!(
-                        "{}, but repository {} does not have it (the registry answered 404)",
-                        found_by.origin(image),
-                        repo.name()
-                    ),
+                    digest: digest.to_string(),
+                    found_by,
+                    origin: found_by.origin(image),
+                    repository: repo.name(),
                 });
             }
             Err(e) => return Err(e),

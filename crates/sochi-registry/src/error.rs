@@ -131,6 +131,25 @@ pub enum Error {
         /// The registry's message.
         message: String,
     },
+    /// A SOCI index that discovery was pointed at (by the image's v2
+    /// annotation, a referrer, or explicitly) is not in the repository:
+    /// the registry answered 404. A copy of an image keeps its annotation
+    /// but not always its index (`skopeo copy`, issue 16); the caller
+    /// decides whether that fails or means "no index".
+    #[error("SOCI index from {url}: {origin}, but repository {repository} does not have it (the registry answered 404)")]
+    SociIndexNotFound {
+        /// The index manifest's URL (redacted).
+        url: String,
+        /// The index digest.
+        digest: String,
+        /// How discovery came to it.
+        found_by: crate::FoundBy,
+        /// Where it was named, e.g. "named by the
+        /// com.amazon.soci.index-digest annotation of image manifest …".
+        origin: String,
+        /// The repository asked.
+        repository: String,
+    },
     /// An answer of the registry could not be understood.
     #[error("{what} from {url}: {detail}")]
     Malformed {
@@ -245,6 +264,7 @@ impl Error {
     pub fn status(&self) -> Option<u16> {
         match self {
             Error::Status { status, .. } => Some(*status),
+            Error::SociIndexNotFound { .. } => Some(404),
             _ => None,
         }
     }

@@ -42,8 +42,9 @@ pub enum Offer {
     Ztoc,
     /// The index has no zTOC for it (a small layer), for this reason.
     NoZtoc(String),
-    /// The image has no SOCI index.
-    NoIndex,
+    /// The image has no SOCI index, or (with why) none it can use: the
+    /// one it names is not in the repository.
+    NoIndex(Option<String>),
     /// The image manifest does not list the layer.
     LayerNotInImage,
     /// The registry wants credentials sochi does not have, with the error.
@@ -57,8 +58,8 @@ pub enum Offer {
 pub enum Fallback {
     /// The client sent no image labels.
     NoLabels,
-    /// The image has no SOCI index.
-    NoIndex,
+    /// The image has no SOCI index, or (with why) none it can use.
+    NoIndex(Option<String>),
     /// The registry wants credentials sochi does not have (the image was
     /// pulled around sochi's CRI image service, or the node has none).
     NoCredentials(String),
@@ -72,7 +73,8 @@ impl Fallback {
     pub fn reason(&self) -> String {
         match self {
             Fallback::NoLabels => "no image labels (the client passed no cri.* labels)".into(),
-            Fallback::NoIndex => "the image has no SOCI index".into(),
+            Fallback::NoIndex(None) => "the image has no SOCI index".into(),
+            Fallback::NoIndex(Some(why)) => format!("the image has no usable SOCI index: {why}"),
             Fallback::NoCredentials(why) => format!(
                 "no credentials for the image's registry (pull through sochi's CRI image service, or give the node credentials): {why}"
             ),
@@ -84,7 +86,7 @@ impl Fallback {
     pub fn outcome(&self) -> &'static str {
         match self {
             Fallback::NoLabels => "containerd_no_labels",
-            Fallback::NoIndex => "containerd_no_index",
+            Fallback::NoIndex(_) => "containerd_no_index",
             Fallback::NoCredentials(_) => "containerd_no_credentials",
             Fallback::Failed(_) => "containerd_error",
         }
@@ -149,7 +151,7 @@ pub fn decide(
             lazily: false,
             reason: Some(reason),
         },
-        Offer::NoIndex => Decision::HandBack(Fallback::NoIndex),
+        Offer::NoIndex(why) => Decision::HandBack(Fallback::NoIndex(why)),
         Offer::LayerNotInImage => Decision::HandBack(Fallback::Failed(format!(
             "layer {} is not in image {}",
             request.layer, request.manifest
@@ -287,8 +289,16 @@ mod tests {
                 Kind::Active,
                 &full,
                 false,
-                Offer::NoIndex,
-                Decision::HandBack(Fallback::NoIndex),
+                Offer::NoIndex(None),
+                Decision::HandBack(Fallback::NoIndex(None)),
+            ),
+            (
+                "the index the image names is missing",
+                Kind::Active,
+                &full,
+                false,
+                Offer::NoIndex(Some("index gone".into())),
+                Decision::HandBack(Fallback::NoIndex(Some("index gone".into()))),
             ),
             (
                 "layer not in the image",
@@ -360,7 +370,16 @@ mod tests {
                 "containerd_no_labels",
                 "no image labels",
             ),
-            (Fallback::NoIndex, "containerd_no_index", "no SOCI index"),
+            (
+                Fallback::NoIndex(None),
+                "containerd_no_index",
+                "no SOCI index",
+            ),
+            (
+                Fallback::NoIndex(Some("index gone".into())),
+                "containerd_no_index",
+                "no usable SOCI index: index gone",
+            ),
             (
                 Fallback::Failed("boom".into()),
                 "containerd_error",

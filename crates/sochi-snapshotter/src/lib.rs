@@ -136,6 +136,7 @@ pub async fn serve(daemon: Daemon) -> Result<()> {
             sochi_spans::LayerMetrics::render_help(&mut out);
             remote.render_metrics(&mut out);
             render_counters(&snapshotter.counters, &mut out);
+            sochi_lazy::render_plan_metrics(&mut out);
             render_registry_hosts(&client.host_stats(), &mut out);
             out
         });

@@ -198,7 +198,7 @@ impl RemoteLayers {
             Err(failure) => return Offer::PlanFailed(failure.reason),
         };
         if plan.index.is_none() {
-            return Offer::NoIndex;
+            return Offer::NoIndex(plan.index_problem.clone());
         }
         match plan
             .layers

@@ -252,7 +252,7 @@ impl Snapshotter {
     fn hand_back(&self, labels: &BTreeMap<String, String>, fallback: &Fallback) -> String {
         let counter = match fallback {
             Fallback::NoLabels => &self.counters.no_labels,
-            Fallback::NoIndex => &self.counters.no_index,
+            Fallback::NoIndex(_) => &self.counters.no_index,
             Fallback::NoCredentials(_) => &self.counters.no_credentials,
             Fallback::Failed(_) => &self.counters.failed,
         };
@@ -331,7 +331,9 @@ impl Snapshotter {
             }
             Outcome::NoIndex => {
                 let _ = std::fs::remove_dir_all(&dir);
-                Ok(Provided::No(self.hand_back(labels, &Fallback::NoIndex)))
+                Ok(Provided::No(
+                    self.hand_back(labels, &Fallback::NoIndex(None)),
+                ))
             }
             Outcome::Failed(why) => {
                 let _ = sochi_lazy::unmount(&fs_dir);

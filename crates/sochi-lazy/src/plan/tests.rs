@@ -141,8 +141,23 @@ fn edited_v2(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     serde_json::to_vec(&manifest).unwrap()
 }
 
+async fn plan_of(fake: &FakeRegistry, digest: &str) -> ImagePlan {
+    let dir = tempfile::tempdir().unwrap();
+    plan_image_manifest(
+        &client(&dir),
+        &repository(fake),
+        digest,
+        &DiscoveryOptions::default(),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+/// A zTOC that does not describe its layer is not used, and the layer is
+/// unpacked with the reason; the other layers stay lazy.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_ztoc_that_describes_another_layer_is_refused() {
+async fn a_ztoc_that_describes_another_layer_leaves_the_layer_unpacked() {
     let fake = FakeRegistry::start(Config::default()).await;
     serve_image(&fake, "converted", IMAGE_V2);
     serve_index(&fake);
@@ -152,18 +167,110 @@ async fn a_ztoc_that_describes_another_layer_is_refused() {
         m["layers"][0]["size"] = (size + 1).into();
     });
     let digest = fake.add_manifest("app", None, media_types::OCI_MANIFEST, &bytes);
-    let dir = tempfile::tempdir().unwrap();
-    let error = plan_image_manifest(
-        &client(&dir),
-        &repository(&fake),
-        &digest,
-        &DiscoveryOptions::default(),
-        None,
-    )
-    .await
-    .unwrap_err();
-    let message = sochi_format::error_chain(&error);
-    assert!(message.contains("compressed bytes"), "{message}");
+    let plan = plan_of(&fake, &digest).await;
+    assert!(plan.index.is_some());
+    assert_eq!(plan.lazy_layers(), 2);
+    let first = &plan.layers[0];
+    assert!(first.ztoc.is_none());
+    let reason = first.no_ztoc_reason.as_deref().unwrap();
+    assert!(reason.contains("compressed bytes"), "{reason}");
+}
+
+/// The layers of `manifest` recompressed with zstd: new digests and media
+/// type, as `skopeo copy --dest-compress-format zstd` leaves them (the
+/// annotation naming the gzip image's index is kept).
+fn recompressed(manifest: &mut serde_json::Value) {
+    for layer in manifest["layers"].as_array_mut().unwrap() {
+        let old = layer["digest"].as_str().unwrap().to_string();
+        let new = Sha256Digest::of(format!("zstd of {old}").as_bytes()).to_string();
+        layer["digest"] = new.into();
+        layer["mediaType"] = media_types::OCI_LAYER_ZSTD.into();
+    }
+}
+
+/// The annotation names an index the repository does not have (a copy
+/// that left it behind): the image is planned without one, with the
+/// reason on the plan and on every layer; issue 16.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_the_repository_does_not_have_leaves_the_image_unindexed() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    serve_image(&fake, "converted", IMAGE_V2);
+    let bytes = edited_v2(recompressed);
+    let digest = fake.add_manifest("app", None, media_types::OCI_MANIFEST, &bytes);
+    let plan = plan_of(&fake, &digest).await;
+    assert!(plan.index.is_none());
+    let problem = plan.index_problem.as_deref().unwrap();
+    assert!(
+        problem.contains(INDEX_V2) && problem.contains("404"),
+        "{problem}"
+    );
+    assert_eq!(plan.layers.len(), 3);
+    for layer in &plan.layers {
+        let reason = layer.no_ztoc_reason.as_deref().unwrap();
+        assert!(
+            reason.starts_with(not_lazy::ZSTD_REASON) && reason.contains(problem),
+            "{reason}"
+        );
+    }
+    let mut metrics = String::new();
+    render_plan_metrics(&mut metrics);
+    assert!(
+        !metrics.contains("sochi_layers_not_lazy_total{why=\"index_missing\"} 0\n"),
+        "{metrics}"
+    );
+}
+
+/// The index is there but was made for the gzip layers: every layer is
+/// unpacked, saying why, and no zTOC is fetched.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_of_other_layers_leaves_every_layer_unpacked() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    serve_image(&fake, "converted", IMAGE_V2);
+    serve_index(&fake);
+    let bytes = edited_v2(recompressed);
+    let digest = fake.add_manifest("app", None, media_types::OCI_MANIFEST, &bytes);
+    let plan = plan_of(&fake, &digest).await;
+    assert_eq!(plan.index.as_ref().unwrap().digest, INDEX_V2);
+    assert_eq!(plan.lazy_layers(), 0);
+    for layer in &plan.layers {
+        let reason = layer.no_ztoc_reason.as_deref().unwrap();
+        assert!(
+            reason.contains("names none of the image's layers"),
+            "{reason}"
+        );
+    }
+    let index = SociIndex::from_bytes(&blob("converted", INDEX_V2)).unwrap();
+    for ztoc in index.ztocs() {
+        let path = format!("/blobs/{}", ztoc.digest);
+        assert!(fake.requests("GET", &path).is_empty(), "{path}");
+    }
+}
+
+/// A zTOC the index names but the repository does not have: that layer
+/// is unpacked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_ztoc_leaves_its_layer_unpacked() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    serve_image(&fake, "converted", IMAGE_V2);
+    let bytes = blob("converted", INDEX_V2);
+    fake.add_manifest("app", None, media_types::OCI_MANIFEST, &bytes);
+    let index = SociIndex::from_bytes(&bytes).unwrap();
+    let ztocs: Vec<_> = index.ztocs().collect();
+    for ztoc in ztocs.iter().skip(1) {
+        fake.add_blob("app", &blob("converted", &ztoc.digest));
+    }
+    let plan = plan_of(&fake, IMAGE_V2).await;
+    assert_eq!(plan.lazy_layers(), 2);
+    let unpacked: Vec<&str> = plan
+        .layers
+        .iter()
+        .filter_map(|l| l.no_ztoc_reason.as_deref())
+        .collect();
+    assert_eq!(unpacked.len(), 1);
+    assert!(
+        unpacked[0].contains(ztocs[0].digest.as_str()) && unpacked[0].contains("404"),
+        "{unpacked:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,12 @@
 //! that a corrupt layer gets the same message from `create` and from an
 //! unpack: zlib's own words ("incorrect length check" is not a CRC error)
 //! at a compressed offset.
+//!
+//! zstd goes through libzstd (the `zstd` crate), which decodes every frame
+//! of the blob and skips skippable frames: zstd:chunked keeps its table of
+//! contents in one at the end (docs/zstd.md). libzstd, not the pure-Rust
+//! `ruzstd`, because it is about four times faster here (docs/zstd.md has
+//! the numbers); the workspace builds C already (aws-lc).
 
 use std::io::{self, BufRead, BufReader, Read};
 
@@ -13,14 +19,23 @@ use sha2::{Digest as _, Sha256};
 use sochi_format::LayerCompression;
 use sochi_zran::CheckpointingReader;
 
+use super::{UnpackError, ZstdError};
+
 /// Input buffer of a plain tar layer.
 const PLAIN_BUFFER: usize = 256 * 1024;
+
+/// Input and output buffers of a zstd layer: libzstd's recommended input
+/// size is 128 KiB (`ZSTD_DStreamInSize`); more only delays error offsets.
+const ZSTD_BUFFER: usize = 128 * 1024;
 
 /// The blob as read: bytes counted, and hashed when a digest is expected.
 pub(super) struct BlobReader<R> {
     inner: R,
     read: u64,
     hasher: Option<Sha256>,
+    /// Whether a read of `inner` failed: an error coming out of the zstd
+    /// decoder is then the blob's, not corrupt data.
+    failed: bool,
 }
 
 impl<R: Read> BlobReader<R> {
@@ -29,13 +44,14 @@ impl<R: Read> BlobReader<R> {
             inner,
             read: 0,
             hasher: hash.then(Sha256::new),
+            failed: false,
         }
     }
 }
 
 impl<R: Read> Read for BlobReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|_| self.failed = true)?;
         if let (Some(hasher), Some(bytes)) = (&mut self.hasher, buf.get(..n)) {
             hasher.update(bytes);
         }
@@ -50,41 +66,63 @@ pub(super) enum Decoder<R: Read> {
     Gzip(Box<CheckpointingReader<BlobReader<R>>>),
     /// A plain tar: the blob itself.
     Plain(BufReader<BlobReader<R>>),
+    /// zstd, decoded by libzstd.
+    Zstd(Box<BufReader<ZstdStream<R>>>),
 }
 
 impl<R: Read> Decoder<R> {
-    /// A decoder for `blob` compressed as `compression`; `None` for zstd.
+    /// A decoder for `blob` compressed as `compression`.
     pub(super) fn new(
         blob: BlobReader<R>,
         compression: LayerCompression,
-    ) -> Result<Option<Decoder<R>>, sochi_zran::Error> {
+    ) -> Result<Decoder<R>, UnpackError> {
         Ok(match compression {
             // A span size no layer reaches: one checkpoint, at the start.
-            LayerCompression::Gzip => Some(Decoder::Gzip(Box::new(CheckpointingReader::new(
-                blob,
-                u64::MAX >> 1,
-            )?))),
+            LayerCompression::Gzip => Decoder::Gzip(Box::new(
+                CheckpointingReader::new(blob, u64::MAX >> 1).map_err(|source| {
+                    UnpackError::Gzip {
+                        uncompressed_offset: 0,
+                        source,
+                    }
+                })?,
+            )),
             LayerCompression::Uncompressed => {
-                Some(Decoder::Plain(BufReader::with_capacity(PLAIN_BUFFER, blob)))
+                Decoder::Plain(BufReader::with_capacity(PLAIN_BUFFER, blob))
             }
-            LayerCompression::Zstd => None,
+            LayerCompression::Zstd => {
+                let input = BufReader::with_capacity(ZSTD_BUFFER, blob);
+                let decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(|error| {
+                    UnpackError::Zstd {
+                        uncompressed_offset: 0,
+                        source: ZstdError {
+                            compressed_read: 0,
+                            message: error.to_string(),
+                        },
+                    }
+                })?;
+                Decoder::Zstd(Box::new(BufReader::with_capacity(
+                    ZSTD_BUFFER,
+                    ZstdStream { decoder },
+                )))
+            }
         })
     }
 
     /// Compressed bytes consumed so far: for gzip what the inflater took
-    /// (it runs ahead of the tar reader by at most one buffer), for a
-    /// plain tar the blob bytes read.
+    /// (it runs ahead of the tar reader by at most one buffer), for zstd
+    /// and a plain tar the blob bytes read (zstd's input buffer included).
     pub(super) fn compressed_read(&self) -> u64 {
         match self {
             Decoder::Gzip(reader) => reader.compressed_position(),
             Decoder::Plain(reader) => reader.get_ref().read,
+            Decoder::Zstd(reader) => reader.get_ref().blob().read,
         }
     }
 
     /// Whether offsets in the compressed and the uncompressed stream
     /// differ (a compressed layer).
     pub(super) fn is_compressed(&self) -> bool {
-        matches!(self, Decoder::Gzip(_))
+        matches!(self, Decoder::Gzip(_) | Decoder::Zstd(_))
     }
 
     /// Blob bytes read, and their SHA-256 if it was asked for.
@@ -92,6 +130,7 @@ impl<R: Read> Decoder<R> {
         let blob = match self {
             Decoder::Gzip(reader) => reader.into_inner(),
             Decoder::Plain(reader) => reader.into_inner(),
+            Decoder::Zstd(reader) => reader.into_inner().decoder.finish().into_inner(),
         };
         (blob.read, blob.hasher.map(|h| h.finalize().into()))
     }
@@ -102,6 +141,7 @@ impl<R: Read> Read for Decoder<R> {
         match self {
             Decoder::Gzip(reader) => reader.read(buf),
             Decoder::Plain(reader) => reader.read(buf),
+            Decoder::Zstd(reader) => reader.read(buf),
         }
     }
 }
@@ -111,6 +151,7 @@ impl<R: Read> BufRead for Decoder<R> {
         match self {
             Decoder::Gzip(reader) => reader.fill_buf(),
             Decoder::Plain(reader) => reader.fill_buf(),
+            Decoder::Zstd(reader) => reader.fill_buf(),
         }
     }
 
@@ -118,7 +159,39 @@ impl<R: Read> BufRead for Decoder<R> {
         match self {
             Decoder::Gzip(reader) => reader.consume(amt),
             Decoder::Plain(reader) => reader.consume(amt),
+            Decoder::Zstd(reader) => reader.consume(amt),
         }
+    }
+}
+
+/// libzstd's decoder over the blob, whose errors say whose they are: the
+/// blob's pass through as they are, anything else is corrupt zstd data
+/// and comes out as a [`ZstdError`] (inside the `io::Error`) with the
+/// compressed bytes read by then. A blob that ends inside a frame is
+/// libzstd's "incomplete frame".
+pub(super) struct ZstdStream<R: Read> {
+    decoder: zstd::stream::read::Decoder<'static, BufReader<BlobReader<R>>>,
+}
+
+impl<R: Read> ZstdStream<R> {
+    fn blob(&self) -> &BlobReader<R> {
+        self.decoder.get_ref().get_ref()
+    }
+}
+
+impl<R: Read> Read for ZstdStream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.decoder.read(buf).map_err(|error| {
+            let blob = self.blob();
+            if blob.failed {
+                error
+            } else {
+                io::Error::other(ZstdError {
+                    compressed_read: blob.read,
+                    message: error.to_string(),
+                })
+            }
+        })
     }
 }
 

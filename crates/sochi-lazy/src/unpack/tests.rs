@@ -383,16 +383,185 @@ fn truncated_tar_is_an_error() {
     assert!(message.contains("inside a header block"), "{message}");
 }
 
+/// A zstd layer as zstd:chunked writers make them: several frames, then a
+/// skippable frame (where zstd:chunked keeps its table of contents).
+fn zstd_frames(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in parts {
+        out.extend(zstd::encode_all(*part, 3).unwrap());
+    }
+    // Skippable frame: magic 0x184D2A50 (little-endian), size, payload
+    // (RFC 8878 §3.1.2).
+    out.extend([0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4]);
+    out
+}
+
+/// A tar of a few files, one big enough to cross zstd's buffers.
+fn files_tar() -> Vec<u8> {
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut b = Builder::new(Vec::new());
+    add(&mut b, EntryType::Directory, "etc/", "", b"");
+    add(&mut b, EntryType::Regular, "etc/hostname", "", b"zstd\n");
+    add(&mut b, EntryType::Regular, "big", "", &big);
+    add(&mut b, EntryType::Symlink, "link", "big", b"");
+    b.into_inner().unwrap()
+}
+
 #[test]
-fn zstd_is_unsupported() {
+fn zstd_layer_of_several_frames_unpacks_with_both_digests_checked() {
+    let tar = files_tar();
+    let (first, second) = tar.split_at(300_000);
+    let layer = zstd_frames(&[first, second]);
+    let expected = ExpectedDigests {
+        compressed: Some(&sha256(&layer)),
+        diff_id: Some(&sha256(&tar)),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let stats = unpack_layer(&layer[..], LayerCompression::Zstd, dir.path(), expected).unwrap();
+    assert_eq!((stats.entries, stats.bytes), (4, 700_005));
+    assert_eq!(
+        fs::read(dir.path().join("etc/hostname")).unwrap(),
+        b"zstd\n"
+    );
+    let big = fs::read(dir.path().join("big")).unwrap();
+    assert_eq!(big.len(), 700_000);
+    assert_eq!(big.get(699_999), Some(&((699_999u32 * 7 % 251) as u8)));
+    assert_eq!(
+        fs::read_link(dir.path().join("link")).unwrap(),
+        Path::new("big")
+    );
+}
+
+/// `data` as one zstd frame, with its content checksum or without.
+fn zstd_frame(data: &[u8], checksum: bool) -> Vec<u8> {
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    encoder.include_checksum(checksum).unwrap();
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// Flips 64 bytes in the middle of `layer`, inside compressed data.
+fn corrupt_middle(layer: &mut [u8]) {
+    let middle = layer.len() / 2;
+    for byte in layer.iter_mut().skip(middle).take(64) {
+        *byte ^= 0x5a;
+    }
+}
+
+#[test]
+fn corrupt_zstd_is_an_error_naming_where() {
+    let tar = files_tar();
+    let mut layer = zstd_frame(&tar, true);
+    corrupt_middle(&mut layer);
     let dir = tempfile::tempdir().unwrap();
     let result = unpack_layer(
-        &b""[..],
+        &layer[..],
         LayerCompression::Zstd,
         dir.path(),
         ExpectedDigests::default(),
     );
-    assert!(matches!(result, Err(UnpackError::Unsupported { .. })));
+    let Err(error @ UnpackError::Zstd { .. }) = result else {
+        panic!("{result:?}")
+    };
+    let message = sochi_format::error_chain(&error);
+    assert!(
+        message.contains("zstd: ") && message.contains("compressed bytes read"),
+        "{message}"
+    );
+}
+
+/// A frame without a content checksum (the zstd library's default) may
+/// decode corrupt data to wrong bytes: the diff_id is what catches it.
+#[test]
+fn corrupt_zstd_without_checksum_fails_the_diff_id() {
+    let tar = files_tar();
+    let mut layer = zstd_frame(&tar, false);
+    corrupt_middle(&mut layer);
+    let expected = ExpectedDigests {
+        compressed: None,
+        diff_id: Some(&sha256(&tar)),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let result = unpack_layer(&layer[..], LayerCompression::Zstd, dir.path(), expected);
+    assert!(
+        matches!(
+            &result,
+            Err(UnpackError::Zstd { .. }
+                | UnpackError::Tar { .. }
+                | UnpackError::DigestMismatch {
+                    what: DigestKind::DiffId,
+                    ..
+                })
+        ),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn truncated_zstd_is_an_error_not_a_short_tree() {
+    let tar = files_tar();
+    let layer = zstd::encode_all(&tar[..], 3).unwrap();
+    // Cut after the tar's end (the tar reader would be satisfied) and in
+    // the middle.
+    for cut in [layer.len() - 3, layer.len() / 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let result = unpack_layer(
+            &layer[..cut],
+            LayerCompression::Zstd,
+            dir.path(),
+            ExpectedDigests::default(),
+        );
+        assert!(
+            matches!(&result, Err(UnpackError::Zstd { .. })),
+            "cut at {cut}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn gzip_data_in_a_zstd_layer_is_a_zstd_error() {
+    let layer = gzip(&files_tar());
+    let dir = tempfile::tempdir().unwrap();
+    let result = unpack_layer(
+        &layer[..],
+        LayerCompression::Zstd,
+        dir.path(),
+        ExpectedDigests::default(),
+    );
+    let Err(UnpackError::Zstd { source, .. }) = &result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        source.message.contains("Unknown frame descriptor"),
+        "{source}"
+    );
+}
+
+/// An error of the blob itself (the registry stream's digest check, a
+/// reset connection) stays the blob's, not "corrupt zstd".
+#[test]
+fn a_failing_blob_under_zstd_is_a_read_error() {
+    struct Failing<'a>(&'a [u8]);
+    impl Read for Failing<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::other("connection reset"));
+            }
+            self.0.read(buf)
+        }
+    }
+    let layer = zstd::encode_all(&files_tar()[..], 3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let result = unpack_layer(
+        Failing(&layer[..layer.len() / 2]),
+        LayerCompression::Zstd,
+        dir.path(),
+        ExpectedDigests::default(),
+    );
+    let Err(UnpackError::Read { source }) = &result else {
+        panic!("{result:?}")
+    };
+    assert_eq!(source.to_string(), "connection reset");
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -408,13 +577,28 @@ fn diff_id_and_blob_digest_are_checked() {
     let mut b = Builder::new(Vec::new());
     add(&mut b, EntryType::Regular, "f", "", b"data");
     let tar = b.into_inner().unwrap();
-    let layer = gzip(&tar);
-    let right = ExpectedDigests {
-        compressed: Some(&sha256(&layer)),
+    for (compression, layer) in [
+        (LayerCompression::Gzip, gzip(&tar)),
+        (LayerCompression::Zstd, zstd_frames(&[&tar])),
+    ] {
+        digests_are_checked(compression, &tar, &layer);
+    }
+    // A plain tar's diff_id is its own digest.
+    let dir = tempfile::tempdir().unwrap();
+    let plain = ExpectedDigests {
+        compressed: Some(&sha256(&tar)),
         diff_id: Some(&sha256(&tar)),
     };
+    unpack_layer(&tar[..], LayerCompression::Uncompressed, dir.path(), plain).unwrap();
+}
+
+fn digests_are_checked(compression: LayerCompression, tar: &[u8], layer: &[u8]) {
+    let right = ExpectedDigests {
+        compressed: Some(&sha256(layer)),
+        diff_id: Some(&sha256(tar)),
+    };
     let dir = tempfile::tempdir().unwrap();
-    unpack_layer(&layer[..], LayerCompression::Gzip, dir.path(), right).unwrap();
+    unpack_layer(layer, compression, dir.path(), right).unwrap();
 
     let wrong = sha256(b"another layer");
     for (expected, what, actual) in [
@@ -424,7 +608,7 @@ fn diff_id_and_blob_digest_are_checked() {
                 ..right
             },
             DigestKind::DiffId,
-            sha256(&tar),
+            sha256(tar),
         ),
         (
             ExpectedDigests {
@@ -432,12 +616,11 @@ fn diff_id_and_blob_digest_are_checked() {
                 ..right
             },
             DigestKind::Compressed,
-            sha256(&layer),
+            sha256(layer),
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let error =
-            unpack_layer(&layer[..], LayerCompression::Gzip, dir.path(), expected).unwrap_err();
+        let error = unpack_layer(layer, compression, dir.path(), expected).unwrap_err();
         let UnpackError::DigestMismatch {
             what: found,
             expected: e,
@@ -453,16 +636,9 @@ fn diff_id_and_blob_digest_are_checked() {
         let message = sochi_format::error_chain(&error);
         assert!(
             message.contains(&wrong) && message.contains(&actual),
-            "{message}"
+            "{compression:?}: {message}"
         );
     }
-    // A plain tar's diff_id is its own digest.
-    let dir = tempfile::tempdir().unwrap();
-    let plain = ExpectedDigests {
-        compressed: Some(&sha256(&tar)),
-        diff_id: Some(&sha256(&tar)),
-    };
-    unpack_layer(&tar[..], LayerCompression::Uncompressed, dir.path(), plain).unwrap();
 }
 
 /// A valid v2 file capability (`cap_net_raw+ep`).

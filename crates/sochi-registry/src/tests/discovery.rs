@@ -357,7 +357,17 @@ async fn explicit_digest_wins_and_needs_no_pull_mode() {
     let e = discover(&client, &fake, IMAGE_V2, &options)
         .await
         .unwrap_err();
-    let text = malformed_detail(&e);
+    assert!(
+        matches!(
+            e,
+            Error::SociIndexNotFound {
+                found_by: FoundBy::Explicit,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let text = e.to_string();
     assert!(text.contains(&missing) && text.contains("/app"), "{text}");
     assert!(text.contains("given explicitly"), "{text}");
 
@@ -480,7 +490,19 @@ async fn a_dangling_v2_annotation_is_an_error_naming_it() {
     let e = discover(&client, &fake, IMAGE_V2, &DiscoveryOptions::default())
         .await
         .unwrap_err();
-    let text = malformed_detail(&e);
+    // Its own variant, which a caller may take as "no index" (issue 16).
+    let Error::SociIndexNotFound {
+        digest, found_by, ..
+    } = &e
+    else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        (digest.as_str(), *found_by),
+        (INDEX_V2, FoundBy::V2Annotation)
+    );
+    assert!(e.is_not_found());
+    let text = e.to_string();
     assert!(text.contains(INDEX_V2), "{text}");
     assert!(text.contains(IMAGE_V2), "{text}");
     assert!(text.contains("/app"), "{text}");
@@ -499,6 +521,28 @@ async fn a_dangling_v2_annotation_is_an_error_naming_it() {
         text.contains(&digest) && text.contains("sha256:zz"),
         "{text}"
     );
+}
+
+/// A referrer (here under the fallback tag) whose index manifest is gone.
+#[tokio::test]
+async fn a_referrer_the_repository_does_not_have_is_index_not_found() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(&dir);
+    serve_manifest(&fake, "image", IMAGE);
+    let index = fixture_blob("index-v1", INDEX_V1);
+    set_fallback_tag(&fake, IMAGE, vec![v1_entry(&index)]);
+    let e = discover(&client, &fake, IMAGE, &DiscoveryOptions::default())
+        .await
+        .unwrap_err();
+    let Error::SociIndexNotFound {
+        digest, found_by, ..
+    } = &e
+    else {
+        panic!("{e:?}")
+    };
+    assert_eq!((digest.as_str(), *found_by), (INDEX_V1, FoundBy::Referrers));
+    assert!(e.to_string().contains("referrer"), "{e}");
 }
 
 #[tokio::test]

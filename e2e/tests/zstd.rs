@@ -1,0 +1,386 @@
+//! zstd images never fail (issue 16): images skopeo recompressed as zstd
+//! or zstd:chunked mount through `sochi mount` (their layers unpacked,
+//! each saying why) with the gzip image's files, and run through the
+//! snapshotter; a SOCI-enabled image copied with recompression keeps an
+//! annotation naming an index its repository does not have (or one made
+//! for the gzip layers) and is mounted without it, the reason shown in
+//! `sochi mount --json`, `sochi snapshotter layers` and the metrics.
+//!
+//! Mounts are `LazyMount` guards and services are harness guards: each is
+//! stopped on drop, also when a test fails.
+
+use std::path::Path;
+use std::process::Command;
+
+use sochi_e2e::lazy::{oracle_rootfs, push_layout_exact, LazyMount, MountState};
+use sochi_e2e::oracle::assert_trees_equal;
+use sochi_e2e::zstd::{copy_recompressed, layout_manifest, set_diff_ids, zstd_layout, ZstdFormat};
+use sochi_e2e::{run_ok, Containerd, Registry, Snapshotter, Sochi};
+
+use crate::cri::layer_records;
+
+/// The reason of a zstd layer (`sochi-lazy`'s `ZSTD_REASON`).
+const ZSTD_REASON: &str = "zstd layer: no zTOC (the reference cannot index zstd)";
+/// What debian-python's `/app/main.py` prints first.
+const READY: &str = "sochi debian-python ready python=3";
+
+/// A container ID unique on this machine (runc's state is machine-wide).
+fn container_id(name: &str) -> String {
+    format!("sochi-e2e-zstd-{name}-{}", std::process::id())
+}
+
+/// Every layer of the mount is unpacked, with a reason containing each
+/// of `words`.
+#[track_caller]
+fn assert_unpacked_saying(state: &MountState, words: &[&str]) {
+    assert!(!state.layers.is_empty(), "{:#}", state.json);
+    for layer in &state.layers {
+        assert_eq!(layer.mode, "unpacked", "{:#}", state.json);
+        let reason = layer.reason.as_deref().unwrap_or_default();
+        for word in words {
+            assert!(reason.contains(word), "{word:?} not in {:#}", state.json);
+        }
+    }
+}
+
+/// `sochi_layers_not_lazy_total{why}` of a mount's daemon.
+fn not_lazy(mount: &LazyMount<'_>, why: &str) -> u64 {
+    mount
+        .metrics()
+        .value("sochi_layers_not_lazy_total", &[("why", why)])
+        .unwrap_or(0.0) as u64
+}
+
+/// The media types of the layers of the image manifest `reference`.
+fn layer_media_types(registry: &Registry, reference: &str) -> Vec<String> {
+    let manifest = inspect_raw(registry, reference);
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|layer| layer["mediaType"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `skopeo inspect --raw` of `reference` (in `registry`).
+fn inspect_raw(registry: &Registry, reference: &str) -> serde_json::Value {
+    let output = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .args(registry.skopeo_args(""))
+            .arg(format!("docker://{}", registry.reference(reference))),
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+// --- (a) plain zstd ------------------------------------------------------------------
+
+/// The python image recompressed as zstd: no zTOC can describe it, so
+/// `sochi mount` unpacks every layer (checking digests and diff_ids) and
+/// says why; its files equal the gzip image's.
+#[test]
+fn zstd_image_mounts_unpacked_with_the_gzip_images_files() {
+    let registry = Registry::plain();
+    let sochi = Sochi::for_registry(&registry);
+    let layout = zstd_layout("debian-python", ZstdFormat::Zstd);
+    let image = push_layout_exact(&registry, &layout, "py-zstd", "latest");
+    assert!(
+        layer_media_types(&registry, "py-zstd:latest")
+            .iter()
+            .all(|media_type| media_type.ends_with("tar+zstd")),
+        "{image} is not zstd"
+    );
+    let mount = LazyMount::mount(&sochi, &image, &["--metrics-address", "127.0.0.1:0"]);
+    let state = mount.state().clone();
+    assert_eq!(state.index, None, "{:#}", state.json);
+    assert_eq!(state.layers.len(), 3);
+    assert_unpacked_saying(&state, &[ZSTD_REASON, "no SOCI index"]);
+    assert_eq!(not_lazy(&mount, "zstd"), 3, "{}", mount.metrics().summary());
+    assert_trees_equal(&oracle_rootfs("debian-python"), mount.mountpoint(), &[]);
+    mount.unmount();
+}
+
+/// The same image through the snapshotter: it has no index, so containerd
+/// unpacks it (zstd is containerd's too), and python runs from it.
+#[test]
+fn zstd_image_runs_through_the_snapshotter() {
+    let registry = Registry::plain();
+    let containerd = Containerd::start();
+    let snapshotter = Snapshotter::for_containerd(&containerd);
+    let sochi = Sochi::for_registry(&registry);
+    let layout = zstd_layout("debian-python", ZstdFormat::Zstd);
+    let image = push_layout_exact(&registry, &layout, "py-zstd", "latest");
+
+    let report = pull(&sochi, &containerd, &image);
+    for layer in report["layers"].as_array().unwrap() {
+        assert_eq!(layer["outcome"], "pulled", "{report:#}");
+    }
+    assert_eq!(snapshotter.layers_total("containerd_no_index"), 3);
+    assert_eq!(snapshotter.layers_total("containerd_error"), 0);
+    let out = containerd.ctr([
+        "run",
+        "--rm",
+        "--snapshotter",
+        "sochi",
+        &image,
+        &container_id("py"),
+        "/usr/bin/python3",
+        "/app/main.py",
+    ]);
+    assert!(out.contains(READY), "ctr run printed:\n{out}");
+}
+
+/// The `sochi pull --json` report of `image` into the `sochi` snapshotter.
+#[track_caller]
+fn pull(sochi: &Sochi, containerd: &Containerd, image: &str) -> serde_json::Value {
+    let address = containerd.address();
+    sochi
+        .run([
+            "pull",
+            "--address",
+            address.to_str().unwrap(),
+            "--snapshotter",
+            "sochi",
+            "--json",
+            image,
+        ])
+        .json()
+}
+
+// --- (b) a SOCI-enabled image copied with recompression ------------------------------
+
+/// busybox pushed and converted (`bb:soci`, v2: the image manifest carries
+/// the index annotation), then copied by skopeo with zstd recompression to
+/// `bb:zstd` (same repository: the index is there, made for the gzip
+/// layer) and to `copy:zstd` (another repository: no index there).
+/// Returns (`bb:zstd`, `copy:zstd`) as references.
+fn soci_image_recompressed(registry: &Registry, sochi: &Sochi) -> (String, String) {
+    let source = sochi_e2e::TestImages::get().push_to(registry, "busybox");
+    sochi.run([
+        "convert",
+        "--min-layer-size",
+        "0",
+        &source,
+        &registry.reference("bb:soci"),
+    ]);
+    // The image manifest of the converted index (not the SOCI index
+    // manifest listed beside it for the same platform).
+    let index = inspect_raw(registry, "bb:soci");
+    let image_manifest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry.get("artifactType").is_none())
+        .and_then(|entry| entry["digest"].as_str())
+        .unwrap_or_else(|| panic!("no image manifest in {index:#}"))
+        .to_string();
+    let converted = format!("bb@{image_manifest}");
+    copy_recompressed(registry, &converted, "bb:zstd", ZstdFormat::Zstd);
+    copy_recompressed(registry, &converted, "copy:zstd", ZstdFormat::Zstd);
+    for copy in ["bb:zstd", "copy:zstd"] {
+        let manifest = inspect_raw(registry, copy);
+        assert!(
+            manifest["annotations"]["com.amazon.soci.index-digest"].is_string(),
+            "skopeo dropped the annotation: {manifest:#}"
+        );
+        assert!(
+            layer_media_types(registry, copy)[0].ends_with("tar+zstd"),
+            "{manifest:#}"
+        );
+    }
+    (
+        registry.reference("bb:zstd"),
+        registry.reference("copy:zstd"),
+    )
+}
+
+/// Both copies mount with their layer unpacked and the reason shown: the
+/// index the annotation names is missing (404) in `copy`, and names none
+/// of the image's layers in `bb`.
+#[test]
+fn soci_image_copied_with_recompression_mounts_unindexed() {
+    let registry = Registry::plain();
+    let sochi = Sochi::for_registry(&registry);
+    let (stale, missing) = soci_image_recompressed(&registry, &sochi);
+
+    let mount = LazyMount::mount(&sochi, &missing, &["--metrics-address", "127.0.0.1:0"]);
+    let state = mount.state().clone();
+    assert_eq!(state.index, None, "{:#}", state.json);
+    assert_unpacked_saying(
+        &state,
+        &[ZSTD_REASON, "SOCI index is missing", "404", "/copy"],
+    );
+    assert!(not_lazy(&mount, "index_missing") >= 1);
+    assert_trees_equal(&oracle_rootfs("busybox"), mount.mountpoint(), &[]);
+    assert!(
+        mount.log().contains("SOCI index missing"),
+        "no warning in the log:\n{}",
+        mount.log()
+    );
+    mount.unmount();
+
+    let mount = LazyMount::mount(&sochi, &stale, &["--metrics-address", "127.0.0.1:0"]);
+    let state = mount.state().clone();
+    assert!(state.index.is_some(), "{:#}", state.json);
+    assert_unpacked_saying(&state, &[ZSTD_REASON, "names none of the image's layers"]);
+    assert!(not_lazy(&mount, "index_stale") >= 1);
+    assert_trees_equal(&oracle_rootfs("busybox"), mount.mountpoint(), &[]);
+    mount.unmount();
+}
+
+/// Through the snapshotter, the stale index leaves the zstd layer to
+/// sochi's own unpack (a zstd unpack in the snapshotter); the container
+/// runs and `sochi snapshotter layers` says why.
+#[test]
+fn stale_index_of_a_recompressed_copy_runs_through_the_snapshotter() {
+    let registry = Registry::plain();
+    let containerd = Containerd::start();
+    let snapshotter = Snapshotter::for_containerd(&containerd);
+    let sochi = Sochi::for_registry(&registry);
+    let (stale, _) = soci_image_recompressed(&registry, &sochi);
+
+    pull(&sochi, &containerd, &stale);
+    assert_eq!(snapshotter.layers_total("unpacked"), 1);
+    assert_eq!(snapshotter.layers_total("containerd_error"), 0);
+    let records = layer_records(&snapshotter, &stale);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["mode"], "unpacked", "{records:#?}");
+    let reason = records[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(ZSTD_REASON) && reason.contains("names none of the image's layers"),
+        "{records:#?}"
+    );
+    assert_counted(&snapshotter, "index_stale");
+    run_echo(&containerd, &stale, "stale");
+}
+
+/// Through the snapshotter, an image whose index is missing is handed to
+/// containerd (as an image without an index is), with the reason in
+/// `sochi snapshotter layers`, and runs. (Its own containerd: the stale
+/// copy's layer has the same chain ID, so containerd would not ask.)
+#[test]
+fn missing_index_of_a_recompressed_copy_runs_through_the_snapshotter() {
+    let registry = Registry::plain();
+    let containerd = Containerd::start();
+    let snapshotter = Snapshotter::for_containerd(&containerd);
+    let sochi = Sochi::for_registry(&registry);
+    let (_, missing) = soci_image_recompressed(&registry, &sochi);
+
+    let report = pull(&sochi, &containerd, &missing);
+    assert_eq!(report["layers"][0]["outcome"], "pulled", "{report:#}");
+    assert_eq!(snapshotter.layers_total("containerd_no_index"), 1);
+    assert_eq!(snapshotter.layers_total("containerd_error"), 0);
+    let records = layer_records(&snapshotter, &missing);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["mode"], "containerd", "{records:#?}");
+    let reason = records[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("no usable SOCI index") && reason.contains("404"),
+        "{records:#?}"
+    );
+    assert_counted(&snapshotter, "index_missing");
+    run_echo(&containerd, &missing, "missing");
+}
+
+/// `sochi_layers_not_lazy_total{why}` of the snapshotter is at least 1.
+#[track_caller]
+fn assert_counted(snapshotter: &Snapshotter, why: &str) {
+    let metrics = snapshotter.metrics();
+    let counted = metrics
+        .value("sochi_layers_not_lazy_total", &[("why", why)])
+        .unwrap_or(0.0);
+    assert!(counted >= 1.0, "{why}: {}", metrics.summary());
+}
+
+/// `busybox echo` in a container of `image`.
+#[track_caller]
+fn run_echo(containerd: &Containerd, image: &str, name: &str) {
+    let out = containerd.ctr([
+        "run",
+        "--rm",
+        "--snapshotter",
+        "sochi",
+        image,
+        &container_id(name),
+        "/bin/busybox",
+        "echo",
+        "hi",
+    ]);
+    assert_eq!(out.trim(), "hi");
+}
+
+// --- (c) zstd:chunked -------------------------------------------------------------------
+
+/// zstd:chunked (its table of contents in a skippable frame at the end
+/// of each layer) is unpacked, not yet read lazily, and has the right
+/// files once its `diff_ids` are right (skopeo 1.9 writes them wrong).
+#[test]
+fn zstd_chunked_image_mounts_unpacked_with_the_right_files() {
+    let registry = Registry::plain();
+    let sochi = Sochi::for_registry(&registry);
+    let layout = zstd_layout("busybox", ZstdFormat::Chunked);
+    let (_, manifest) = layout_manifest(&layout);
+    assert!(
+        manifest["layers"][0]["annotations"]["io.containers.zstd-chunked.manifest-checksum"]
+            .is_string(),
+        "not zstd:chunked: {manifest:#}"
+    );
+    let image = push_layout_exact(&registry, &layout, "bb-chunked", "latest");
+    let mount = LazyMount::mount(&sochi, &image, &[]);
+    let state = mount.state().clone();
+    assert_unpacked_saying(&state, &[ZSTD_REASON]);
+    assert_trees_equal(&oracle_rootfs("busybox"), mount.mountpoint(), &[]);
+    mount.unmount();
+}
+
+/// A chunked layer whose uncompressed digest is not the config's
+/// `diff_id` (what skopeo 1.9 writes for a tar with padding past its end,
+/// environment.md) is refused naming the layer and the digests; the mount
+/// fails and leaves nothing mounted.
+#[test]
+fn zstd_chunked_image_with_a_wrong_diff_id_is_refused_naming_the_layer() {
+    let registry = Registry::plain();
+    let sochi = Sochi::for_registry(&registry);
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(zstd_layout("busybox", ZstdFormat::Chunked))
+            .arg(&layout),
+    );
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    set_diff_ids(&layout, std::slice::from_ref(&wrong));
+    let (_, manifest) = layout_manifest(&layout);
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let image = push_layout_exact(&registry, &layout, "bb-chunked", "wrong-diff-id");
+    let mountpoint = work.path().join("rootfs");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let mountpoint_text = mountpoint.to_str().unwrap();
+    let output = sochi.output(["mount", "--json", &image, mountpoint_text]);
+    if output.status.success() {
+        sochi.output(["unmount", mountpoint_text]);
+        panic!("mounted an image with a wrong diff_id: {}", output.stdout);
+    }
+    for word in [layer.as_str(), wrong.as_str(), "diff_id"] {
+        assert!(
+            output.stderr.contains(word),
+            "{word:?} not in {}",
+            output.stderr
+        );
+    }
+    assert_nothing_mounted(&mountpoint);
+}
+
+#[track_caller]
+fn assert_nothing_mounted(path: &Path) {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let path = path.to_string_lossy();
+    assert!(
+        !table.lines().any(|line| line.contains(path.as_ref())),
+        "{path} is mounted:\n{table}"
+    );
+}

@@ -26,9 +26,10 @@ pub fn load_order_dir(root: &Path) -> PathBuf {
 }
 
 /// Writes `order` to `path` whole (through a rename). Unless `replace`, a
-/// complete recording already there is kept when `order` is not complete.
+/// complete recording already there is kept (a later start, after a
+/// restart or with some layers mounted already, may record less).
 pub fn write_load_order(path: &Path, order: &LoadOrder, replace: bool) -> Result<()> {
-    if !replace && !order.complete {
+    if !replace {
         let existing = std::fs::read(path)
             .ok()
             .and_then(|bytes| LoadOrder::from_bytes(&bytes).ok());
@@ -202,11 +203,15 @@ mod tests {
         let dir = load_order_dir(root.path());
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.json");
-        write_load_order(&path, &order("reg/app:1", true), false).unwrap();
         write_load_order(&path, &order("reg/app:1", false), false).unwrap();
+        write_load_order(&path, &order("reg/app:1", true), false).unwrap();
+        let mut later = order("reg/app:1", true);
+        later.duration_ms = 7;
+        write_load_order(&path, &later, false).unwrap();
         let (found, kept) = find_load_order(root.path(), "reg/app:1").unwrap().unwrap();
         assert_eq!(found, path);
-        assert!(kept.complete, "the incomplete one did not replace it");
+        assert!(kept.complete, "a complete one replaced the incomplete one");
+        assert_eq!(kept.duration_ms, 0, "the first complete one is kept");
         let manifest = format!("sha256:{}", "c".repeat(64));
         assert!(find_load_order(root.path(), &manifest).unwrap().is_some());
         assert!(find_load_order(root.path(), "reg/other:1")

@@ -35,6 +35,12 @@ pub use prefetch::{
 };
 pub use soci_index::{annotations, IndexVersion, SociIndex, EMPTY_CONFIG};
 pub use zinfo::{CheckpointRef, GzipZinfo, GzipZinfoWriter, TarZinfo, Zinfo, WINDOW_SIZE};
+pub use zstd_chunked::{
+    check_toc_digest, ChunkedToc, TocEntry, TocPosition, FOOTER_LEN as ZSTD_CHUNKED_FOOTER_LEN,
+    MANIFEST_CHECKSUM as ZSTD_CHUNKED_MANIFEST_CHECKSUM,
+    MANIFEST_POSITION as ZSTD_CHUNKED_MANIFEST_POSITION,
+};
+pub use zstd_frames::{zstd_frames, ZstdFrame, ZSTD_MAGIC};
 pub use ztoc::{
     CompressionAlgorithm, CompressionInfo, EntryType, FileMetadata, SpanGeometry, SpanId, Ztoc,
     ZtocFileInfo, ZtocInfo, BUILD_TOOL_IDENTIFIER, ZTOC_VERSION,
@@ -52,4 +58,6 @@ mod prefetch;
 pub mod snapshot_labels;
 mod soci_index;
 mod zinfo;
+mod zstd_chunked;
+mod zstd_frames;
 mod ztoc;

@@ -529,6 +529,17 @@ pub fn unmount_image(root: &Path, mountpoint: &Path, timeout: Duration) -> Resul
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A daemon that was dying already (killed a moment ago, its lock not
+    // yet dropped) exits without unmounting: its state is still there.
+    if state_file.exists() {
+        tracing::warn!(
+            pid = mount.pid,
+            "mount daemon exited without unmounting; cleaning up its mounts"
+        );
+        clean_up_after(&mount, mountpoint)?;
+        let _ = std::fs::remove_dir_all(&state);
+        return Ok(Unmounted::AfterDeadDaemon);
+    }
     Ok(Unmounted::ByDaemon)
 }
 

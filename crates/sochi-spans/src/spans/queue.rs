@@ -25,23 +25,6 @@ use crate::error::{Error, Result};
 
 type Done = Box<dyn FnOnce(Result<()>) + Send>;
 
-/// The nice value of prefetch workers. Verifying and inflating what a
-/// load order lists is CPU work of its own (a start of debian-pydata
-/// inflates about 300 MB): at the container's priority it takes half the
-/// cores the container starts on. Lower, the container's own work goes
-/// first, and a reader waiting on a prefetched span leaves the CPU to the
-/// worker fetching it anyway.
-const PREFETCH_NICE: i32 = 10;
-
-/// Lowers this thread's priority to [`PREFETCH_NICE`] (Linux sets the nice
-/// value per thread); on failure the worker runs as it is.
-fn run_at_low_priority() {
-    let thread = rustix::thread::gettid();
-    if let Err(error) = rustix::process::setpriority_process(Some(thread), PREFETCH_NICE) {
-        tracing::debug!(%error, "cannot lower the priority of a prefetch worker");
-    }
-}
-
 /// The prefetch requests of the layers of one image, in priority order.
 pub struct PrefetchQueue {
     options: PrefetchOptions,
@@ -231,7 +214,6 @@ impl PrefetchQueue {
     }
 
     fn work(&self) {
-        run_at_low_priority();
         loop {
             let next = {
                 let mut state = self.state.lock();

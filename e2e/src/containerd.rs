@@ -323,6 +323,41 @@ impl Containerd {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// `ctr run --rm --snapshotter SNAPSHOTTER IMAGE ID ARGS…`: a container
+    /// run to its end; its stdout.
+    #[track_caller]
+    pub fn run_container(&self, snapshotter: &str, image: &str, id: &str, args: &[&str]) -> String {
+        let mut command = vec!["run", "--rm", "--snapshotter", snapshotter, image, id];
+        command.extend_from_slice(args);
+        self.ctr(command)
+    }
+
+    /// `sochi pull --json IMAGE` into this containerd through
+    /// `snapshotter`: the pull report.
+    #[track_caller]
+    pub fn sochi_pull(
+        &self,
+        sochi: &crate::Sochi,
+        snapshotter: &str,
+        image: &str,
+    ) -> serde_json::Value {
+        let address = self.address();
+        let Some(address) = address.to_str() else {
+            panic!("containerd socket {} is not UTF-8", address.display());
+        };
+        sochi
+            .run([
+                "pull",
+                "--address",
+                address,
+                "--snapshotter",
+                snapshotter,
+                "--json",
+                image,
+            ])
+            .json()
+    }
+
     /// Best effort: force-deletes every task (and so its container
     /// processes) in every namespace, so no shim or mount outlives the
     /// test.

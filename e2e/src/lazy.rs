@@ -617,6 +617,25 @@ pub fn oracle_rootfs(name: &str) -> PathBuf {
     cached_rootfs(&layout, &manifest, &images.dir().join("oracle"), name)
 }
 
+/// What debian-python's `/app/main.py` prints first.
+pub const PYTHON_READY: &str = "sochi debian-python ready python=3";
+
+/// Panics unless `out` (what `python3 /app/main.py` printed) has the ready
+/// line with the sha256 of the oracle's `/app/data.bin`.
+#[track_caller]
+pub fn assert_python_ready(out: &str) {
+    assert!(out.contains(PYTHON_READY), "the container printed:\n{out}");
+    let data = match std::fs::read(oracle_rootfs("debian-python").join("app/data.bin")) {
+        Ok(data) => data,
+        Err(err) => panic!("reading the oracle's /app/data.bin: {err}"),
+    };
+    let data = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data));
+    assert!(
+        out.contains(&format!("data=sha256:{data}")),
+        "the container printed:\n{out}\nbut /app/data.bin has sha256 {data}"
+    );
+}
+
 /// [`oracle_rootfs`] for any OCI layout and manifest digest, cached under
 /// `cache_dir`.
 #[track_caller]

@@ -14,11 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use sochi_e2e::lazy::{oracle_rootfs, push_layout_exact, LazyMount};
+use sochi_e2e::lazy::{assert_python_ready, oracle_rootfs, push_layout_exact, LazyMount};
 use sochi_e2e::{Containerd, Registry, Snapshotter, SnapshotterOptions, Sochi, TestImages};
-
-/// What debian-python's `/app/main.py` prints first.
-const READY: &str = "sochi debian-python ready python=3";
 
 /// A snapshotter that ends a recording after 1 s of quiet, without
 /// background fetch (what is fetched is what was read or prefetched).
@@ -46,15 +43,7 @@ fn convert(sochi: &Sochi, registry: &Registry, repo_and_tag: &str, extra: &[&str
 
 /// `sochi pull` of `image` into `containerd` through snapshotter `sochi`.
 fn pull(sochi: &Sochi, containerd: &Containerd, image: &str) {
-    let address = containerd.address();
-    sochi.run([
-        "pull",
-        "--address",
-        address.to_str().unwrap(),
-        "--snapshotter",
-        "sochi",
-        image,
-    ]);
+    containerd.sochi_pull(sochi, "sochi", image);
 }
 
 /// `python3 /app/main.py` in a new container; panics unless it printed the
@@ -62,28 +51,8 @@ fn pull(sochi: &Sochi, containerd: &Containerd, image: &str) {
 #[track_caller]
 fn run_python(containerd: &Containerd, image: &str, id: &str) {
     let id = format!("sochi-e2e-lo-{id}-{}", std::process::id());
-    let out = containerd.ctr([
-        "run",
-        "--rm",
-        "--snapshotter",
-        "sochi",
-        image,
-        &id,
-        "/usr/bin/python3",
-        "/app/main.py",
-    ]);
-    assert_python_output(&out);
-}
-
-#[track_caller]
-fn assert_python_output(out: &str) {
-    assert!(out.contains(READY), "the container printed:\n{out}");
-    let data = fs::read(oracle_rootfs("debian-python").join("app/data.bin")).unwrap();
-    let data = hex::encode(Sha256::digest(data));
-    assert!(
-        out.contains(&format!("data=sha256:{data}")),
-        "the container printed:\n{out}\nbut /app/data.bin has sha256 {data}"
-    );
+    let args = ["/usr/bin/python3", "/app/main.py"];
+    assert_python_ready(&containerd.run_container("sochi", image, &id, &args));
 }
 
 /// `sochi --root ROOT snapshotter load-order --image IMAGE -o OUT`, retried
@@ -256,7 +225,7 @@ fn load_order_record_runs_a_command_and_a_wrong_load_order_still_runs_right() {
 
     let right = work.path().join("python.json");
     let out = record(&image, &right, &["/usr/bin/python3", "/app/main.py"]);
-    assert_python_output(&out);
+    assert_python_ready(&out);
     let python: serde_json::Value = serde_json::from_slice(&fs::read(&right).unwrap()).unwrap();
     assert!(
         python["runs"].as_array().unwrap().len() > order["runs"].as_array().unwrap().len(),
@@ -276,7 +245,7 @@ fn load_order_record_runs_a_command_and_a_wrong_load_order_still_runs_right() {
         &work.path().join("again.json"),
         &["/usr/bin/python3", "/app/main.py"],
     );
-    assert_python_output(&out);
+    assert_python_ready(&out);
     let converted = convert(
         &sochi,
         &registry,
@@ -288,7 +257,7 @@ fn load_order_record_runs_a_command_and_a_wrong_load_order_still_runs_right() {
         &work.path().join("again.json"),
         &["/usr/bin/python3", "/app/main.py"],
     );
-    assert_python_output(&out);
+    assert_python_ready(&out);
 }
 
 /// The SOCI index of `image` (converted, v2): its digest and JSON.

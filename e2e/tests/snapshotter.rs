@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use sochi_e2e::lazy::{oracle_rootfs, push_layout_exact};
+use sochi_e2e::lazy::{assert_python_ready, oracle_rootfs, push_layout_exact};
 use sochi_e2e::oracle::compare_trees;
 use sochi_e2e::snapshotter::{keeper_pid, mounts_under};
 use sochi_e2e::{
@@ -27,8 +27,7 @@ use sochi_e2e::{
     SnapshotterOptions, Sochi, TestImages,
 };
 
-/// What debian-python's `/app/main.py` prints first.
-const READY: &str = "sochi debian-python ready python=3";
+use sochi_e2e::lazy::PYTHON_READY as READY;
 
 /// Labels sochi writes on the layers it provides.
 const LABEL_REMOTE: &str = "containerd.io/snapshot/remote";
@@ -63,18 +62,7 @@ fn pull(
     snapshotter: &str,
     image: &str,
 ) -> serde_json::Value {
-    let address = containerd.address();
-    sochi
-        .run([
-            "pull",
-            "--address",
-            address.to_str().unwrap(),
-            "--snapshotter",
-            snapshotter,
-            "--json",
-            image,
-        ])
-        .json()
+    containerd.sochi_pull(sochi, snapshotter, image)
 }
 
 /// The layer digests of test image `name`, bottom first.
@@ -180,28 +168,15 @@ fn ctr_run(
     id: &str,
     args: &[&str],
 ) -> String {
-    let mut command = vec!["run", "--rm", "--snapshotter", snapshotter, image, id];
-    command.extend_from_slice(args);
-    containerd.ctr(command)
+    containerd.run_container(snapshotter, image, id, args)
 }
 
 /// `python3 /app/main.py` in a new container: the ready line, whose
 /// `data=sha256:` must be that of the oracle's `/app/data.bin`.
 #[track_caller]
 fn run_python(containerd: &Containerd, image: &str, id: &str) {
-    let out = ctr_run(
-        containerd,
-        "sochi",
-        image,
-        id,
-        &["/usr/bin/python3", "/app/main.py"],
-    );
-    assert!(out.contains(READY), "ctr run printed:\n{out}");
-    let data = sha256_file(&oracle_rootfs("debian-python").join("app/data.bin"));
-    assert!(
-        out.contains(&format!("data=sha256:{data}")),
-        "ctr run printed:\n{out}\nbut /app/data.bin has sha256 {data}"
-    );
+    let args = ["/usr/bin/python3", "/app/main.py"];
+    assert_python_ready(&ctr_run(containerd, "sochi", image, id, &args));
 }
 
 fn sha256_file(path: &Path) -> String {

@@ -12,7 +12,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use sochi_e2e::lazy::{oracle_rootfs, push_layout_exact, LazyMount, MountState};
+use sochi_e2e::lazy::{
+    assert_python_ready, oracle_rootfs, push_layout_exact, LazyMount, MountState,
+};
 use sochi_e2e::oracle::assert_trees_equal;
 use sochi_e2e::zstd::{copy_recompressed, layout_manifest, set_diff_ids, zstd_layout, ZstdFormat};
 use sochi_e2e::{run_ok, Containerd, Registry, Snapshotter, Sochi};
@@ -21,8 +23,6 @@ use crate::cri::layer_records;
 
 /// The reason of a zstd layer (`sochi-lazy`'s `ZSTD_REASON`).
 const ZSTD_REASON: &str = "zstd layer: no zTOC (the reference cannot index zstd)";
-/// What debian-python's `/app/main.py` prints first.
-const READY: &str = "sochi debian-python ready python=3";
 
 /// A container ID unique on this machine (runc's state is machine-wide).
 fn container_id(name: &str) -> String {
@@ -117,34 +117,15 @@ fn zstd_image_runs_through_the_snapshotter() {
     }
     assert_eq!(snapshotter.layers_total("containerd_no_index"), 3);
     assert_eq!(snapshotter.layers_total("containerd_error"), 0);
-    let out = containerd.ctr([
-        "run",
-        "--rm",
-        "--snapshotter",
-        "sochi",
-        &image,
-        &container_id("py"),
-        "/usr/bin/python3",
-        "/app/main.py",
-    ]);
-    assert!(out.contains(READY), "ctr run printed:\n{out}");
+    let args = ["/usr/bin/python3", "/app/main.py"];
+    let out = containerd.run_container("sochi", &image, &container_id("py"), &args);
+    assert_python_ready(&out);
 }
 
 /// The `sochi pull --json` report of `image` into the `sochi` snapshotter.
 #[track_caller]
 fn pull(sochi: &Sochi, containerd: &Containerd, image: &str) -> serde_json::Value {
-    let address = containerd.address();
-    sochi
-        .run([
-            "pull",
-            "--address",
-            address.to_str().unwrap(),
-            "--snapshotter",
-            "sochi",
-            "--json",
-            image,
-        ])
-        .json()
+    containerd.sochi_pull(sochi, "sochi", image)
 }
 
 // --- (b) a SOCI-enabled image copied with recompression ------------------------------
@@ -295,17 +276,8 @@ fn assert_counted(snapshotter: &Snapshotter, why: &str) {
 /// `busybox echo` in a container of `image`.
 #[track_caller]
 fn run_echo(containerd: &Containerd, image: &str, name: &str) {
-    let out = containerd.ctr([
-        "run",
-        "--rm",
-        "--snapshotter",
-        "sochi",
-        image,
-        &container_id(name),
-        "/bin/busybox",
-        "echo",
-        "hi",
-    ]);
+    let args = ["/bin/busybox", "echo", "hi"];
+    let out = containerd.run_container("sochi", image, &container_id(name), &args);
     assert_eq!(out.trim(), "hi");
 }
 

@@ -194,7 +194,8 @@ fn a_load_order_recorded_by_the_snapshotter_makes_the_next_start_prefetch() {
 /// `sochi load-order record` runs a command in the lazily mounted image
 /// under runc and writes its load order; a load order recorded for
 /// another command (`ls`) still gives the right output for `python3
-/// /app/main.py`, and so does one recorded for it.
+/// /app/main.py`, and so does one recorded for it; an image without an
+/// index is refused (nothing to record through).
 #[test]
 fn load_order_record_runs_a_command_and_a_wrong_load_order_still_runs_right() {
     let registry = Registry::plain();
@@ -231,6 +232,21 @@ fn load_order_record_runs_a_command_and_a_wrong_load_order_still_runs_right() {
         python["runs"].as_array().unwrap().len() > order["runs"].as_array().unwrap().len(),
         "python reads more than ls: {python:#}"
     );
+
+    // An image without an index has no lazy layer to record through.
+    let plain = TestImages::get().push_to(&registry, "debian-python");
+    let empty = work.path().join("none.json");
+    let failed = sochi.run_fail([
+        "load-order",
+        "record",
+        &plain,
+        "-o",
+        empty.to_str().unwrap(),
+        "--",
+        "/bin/true",
+    ]);
+    assert!(failed.stderr.contains("no lazy layer"), "{}", failed.stderr);
+    assert!(!empty.exists(), "an empty load order was written");
 
     // The wrong load order: the image still runs right, lazily, with
     // prefetch artifacts of what ls read.

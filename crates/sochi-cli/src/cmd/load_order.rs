@@ -140,6 +140,13 @@ fn record(global: &Global, args: &RecordArgs) -> Result<ExitCode> {
     let bytes = std::fs::read(&recording)
         .with_context(|| format!("reading the recording {}", recording.display()))?;
     let mut order = LoadOrder::from_bytes(&bytes)?;
+    if order.layers.is_empty() {
+        bail!(
+            "{} has no lazy layer (no SOCI index, or no zTOC for any layer): nothing was \
+             recorded; record with the SOCI-enabled image (`sochi convert` makes one)",
+            args.image
+        );
+    }
     order.command = process.args.clone();
     std::fs::write(&args.output, order.to_bytes())
         .with_context(|| format!("writing {}", args.output.display()))?;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 
+use crate::layouts::read_json;
 use crate::process::{display_command, run_ok, target_dir, workspace_root};
 use crate::registry::Registry;
 
@@ -125,6 +126,19 @@ impl TestImages {
         read_json(&self.blob_path(name, &digest))
     }
 
+    /// The layer digests of `name`'s manifest, bottom first.
+    #[track_caller]
+    pub fn layer_digests(&self, name: &str) -> Vec<String> {
+        let manifest = self.manifest(name);
+        let Some(layers) = manifest["layers"].as_array() else {
+            panic!("the manifest of {name} has no layers: {manifest:#}");
+        };
+        layers
+            .iter()
+            .filter_map(|layer| layer["digest"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// The file of blob `digest` (`sha256:…`) in the layout of `name`.
     #[track_caller]
     pub fn blob_path(&self, name: &str, digest: &str) -> PathBuf {
@@ -215,17 +229,5 @@ fn remove_stale_siblings(root: &Path, keep: &Path) {
         if is_hash && path != keep && path.is_dir() {
             let _ = std::fs::remove_dir_all(&path);
         }
-    }
-}
-
-#[track_caller]
-fn read_json(path: &Path) -> serde_json::Value {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) => panic!("reading {}: {err}", path.display()),
-    };
-    match serde_json::from_slice(&bytes) {
-        Ok(value) => value,
-        Err(err) => panic!("parsing {}: {err}", path.display()),
     }
 }

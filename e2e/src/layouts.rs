@@ -338,9 +338,11 @@ fn host_architecture() -> &'static str {
     }
 }
 
-fn blob_path(layout: &Path, digest: &str) -> PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    layout.join("blobs/sha256").join(hex)
+/// Where OCI layout `layout` keeps the blob `digest` (`sha256:` if it
+/// names no algorithm).
+pub fn blob_path(layout: &Path, digest: &str) -> PathBuf {
+    let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
+    layout.join("blobs").join(algorithm).join(hex)
 }
 
 #[track_caller]
@@ -357,8 +359,9 @@ fn write(path: &Path, bytes: &[u8]) {
     }
 }
 
+/// The JSON document in file `path`; panics naming the file otherwise.
 #[track_caller]
-fn read_json(path: &Path) -> serde_json::Value {
+pub fn read_json(path: &Path) -> serde_json::Value {
     let bytes =
         std::fs::read(path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|err| panic!("parsing {}: {err}", path.display()))

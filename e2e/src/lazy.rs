@@ -20,14 +20,13 @@
 //!   request gets a `401` with a challenge (what a registry does when a
 //!   token expires).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use crate::images::TestImages;
+use crate::layouts::read_json;
 use crate::process::pid_alive;
 use crate::registry::Registry;
 use crate::sochi::Sochi;
@@ -640,47 +640,19 @@ pub fn assert_python_ready(out: &str) {
 /// `cache_dir`.
 #[track_caller]
 pub fn cached_rootfs(layout: &Path, manifest: &str, cache_dir: &Path, label: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<PathBuf, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
     let mut hasher = Sha256::new();
     hasher.update(manifest.as_bytes());
     hasher.update(include_str!("oracle.rs").as_bytes());
     let key = hex::encode(&hasher.finalize()[..8]);
     let dest = cache_dir.join(format!("{label}-{key}"));
-    let cell = {
-        let mut built = match BUILT.get_or_init(Default::default).lock() {
-            Ok(built) => built,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        Arc::clone(built.entry(dest.clone()).or_default())
-    };
-    cell.get_or_init(|| {
-        if dest.join(".complete").is_file() {
-            return dest.join("rootfs");
-        }
-        // Another test process may be unpacking too: each unpacks into its
-        // own dir and renames it into place; the first rename wins.
-        let temp = cache_dir.join(format!(".{label}-{key}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&temp);
-        let rootfs = temp.join("rootfs");
-        let started = Instant::now();
-        crate::oracle::unpack_image(layout, manifest, &rootfs);
+    let what = format!("oracle rootfs of {label}");
+    crate::built::build_once(&dest, ".complete", &what, |temp| {
+        crate::oracle::unpack_image(layout, manifest, &temp.join("rootfs"));
         if let Err(err) = std::fs::write(temp.join(".complete"), manifest) {
             panic!("writing {}: {err}", temp.join(".complete").display());
         }
-        if std::fs::rename(&temp, &dest).is_err() {
-            let _ = std::fs::remove_dir_all(&temp);
-            if !dest.join(".complete").is_file() {
-                panic!("could not put the oracle rootfs at {}", dest.display());
-            }
-        }
-        eprintln!(
-            "sochi-e2e: oracle rootfs of {label} at {} ({:.1} s)",
-            dest.display(),
-            started.elapsed().as_secs_f64()
-        );
-        dest.join("rootfs")
     })
-    .clone()
+    .join("rootfs")
 }
 
 /// Regular files below `root` (relative paths, sorted) with their sizes.
@@ -778,7 +750,7 @@ pub fn layer_files(sochi: &Sochi, layer: &Path, span_size: u64) -> Vec<LayerFile
 /// the reference.
 #[track_caller]
 pub fn push_layout_exact(registry: &Registry, layout: &Path, repo: &str, tag: &str) -> String {
-    let index = read_json_file(&layout.join("index.json"));
+    let index = read_json(&layout.join("index.json"));
     let entries = index["manifests"].as_array().cloned().unwrap_or_default();
     let [top] = entries.as_slice() else {
         panic!(
@@ -923,18 +895,6 @@ impl LayoutPusher<'_> {
             let text = response.text().unwrap_or_default();
             panic!("PUT {upload}: {status}: {text}");
         }
-    }
-}
-
-#[track_caller]
-fn read_json_file(path: &Path) -> serde_json::Value {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) => panic!("reading {}: {err}", path.display()),
-    };
-    match serde_json::from_slice(&bytes) {
-        Ok(value) => value,
-        Err(err) => panic!("parsing {}: {err}", path.display()),
     }
 }
 

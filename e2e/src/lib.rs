@@ -52,6 +52,7 @@ pub use crate::registry::{Credentials, Registry, RegistryBuilder, TLS_LOOPBACK_I
 pub use crate::snapshotter::{SnapshotView, Snapshotter, SnapshotterOptions};
 pub use crate::sochi::{sochi_bin, Sochi, SochiOutput};
 
+mod built;
 mod containerd;
 pub mod cri;
 mod images;

@@ -30,6 +30,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
+use crate::layouts::{blob_path, read_json};
 use crate::process::{describe_output, display_command, run_ok};
 
 /// The whiteout prefix of the OCI image spec.
@@ -377,20 +378,6 @@ fn read_dir_sorted(dir: &Path) -> Vec<OsString> {
         .collect();
     names.sort();
     names
-}
-
-#[track_caller]
-fn blob_path(layout: &Path, digest: &str) -> PathBuf {
-    let Some((algorithm, hex)) = digest.split_once(':') else {
-        panic!("not a digest: {digest}");
-    };
-    layout.join("blobs").join(algorithm).join(hex)
-}
-
-#[track_caller]
-fn read_json(path: &Path) -> serde_json::Value {
-    let bytes = fs::read(path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
-    serde_json::from_slice(&bytes).unwrap_or_else(|err| panic!("parsing {}: {err}", path.display()))
 }
 
 // --- comparison --------------------------------------------------------------

@@ -17,16 +17,14 @@
 //!   for them, but an image whose tar has padding past its end-of-archive
 //!   blocks needs it; [`set_diff_ids`] writes any `diff_ids`.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
 use crate::images::TestImages;
+use crate::layouts::{blob_path, read_json};
 use crate::lazy::push_layout_exact;
 use crate::process::run_ok;
 use crate::registry::Registry;
@@ -61,7 +59,6 @@ impl ZstdFormat {
 /// `format`, built on first use and cached; treat it as read-only.
 #[track_caller]
 pub fn zstd_layout(name: &str, format: ZstdFormat) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<PathBuf, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
     let images = TestImages::get();
     let source = images.oci_ref(name);
     let mut hasher = Sha256::new();
@@ -70,26 +67,11 @@ pub fn zstd_layout(name: &str, format: ZstdFormat) -> PathBuf {
     let key = hex::encode(&hasher.finalize()[..8]);
     let cache = images.dir().join("zstd");
     let dest = cache.join(format!("{name}-{}-{key}", format.label()));
-    let cell = {
-        let mut built = match BUILT.get_or_init(Default::default).lock() {
-            Ok(built) => built,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        Arc::clone(built.entry(dest.clone()).or_default())
-    };
-    cell.get_or_init(|| {
-        if dest.join("index.json").is_file() {
-            return dest.clone();
-        }
-        if let Err(err) = std::fs::create_dir_all(&cache) {
-            panic!("creating {}: {err}", cache.display());
-        }
+    if !dest.join("index.json").is_file() {
         remove_older_builds(&cache, &format!("{name}-{}-", format.label()), &dest);
-        // Another test process may build it too: each writes its own dir
-        // and renames it into place; the first rename wins.
-        let temp = cache.join(format!(".{}.tmp-{}", format.label(), std::process::id()));
-        let _ = std::fs::remove_dir_all(&temp);
-        let started = Instant::now();
+    }
+    let what = format!("{name} as {}", format.skopeo_format());
+    crate::built::build_once(&dest, "index.json", &what, |temp| {
         run_ok(
             Command::new("skopeo")
                 .args(["copy", "--quiet", "--dest-compress"])
@@ -98,23 +80,9 @@ pub fn zstd_layout(name: &str, format: ZstdFormat) -> PathBuf {
                 .arg(format!("oci:{}:latest", temp.display())),
         );
         if format == ZstdFormat::Chunked {
-            fix_diff_ids(&temp);
+            fix_diff_ids(temp);
         }
-        if std::fs::rename(&temp, &dest).is_err() {
-            let _ = std::fs::remove_dir_all(&temp);
-            if !dest.join("index.json").is_file() {
-                panic!("could not put the zstd layout at {}", dest.display());
-            }
-        }
-        eprintln!(
-            "sochi-e2e: {name} as {} at {} ({:.1} s)",
-            format.skopeo_format(),
-            dest.display(),
-            started.elapsed().as_secs_f64()
-        );
-        dest.clone()
     })
-    .clone()
 }
 
 /// Removes builds named `<prefix><key>` of other keys (older sources or an
@@ -237,11 +205,6 @@ fn uncompressed_digest(path: &Path) -> String {
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
-fn blob_path(layout: &Path, digest: &str) -> PathBuf {
-    let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
-    layout.join("blobs").join(algorithm).join(hex)
-}
-
 #[track_caller]
 fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
     match serde_json::to_vec(value) {
@@ -263,17 +226,5 @@ fn write_json_blob(layout: &Path, value: &serde_json::Value) -> (String, u64) {
 fn write_file(path: &Path, bytes: &[u8]) {
     if let Err(err) = std::fs::write(path, bytes) {
         panic!("writing {}: {err}", path.display());
-    }
-}
-
-#[track_caller]
-fn read_json(path: &Path) -> serde_json::Value {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) => panic!("reading {}: {err}", path.display()),
-    };
-    match serde_json::from_slice(&bytes) {
-        Ok(value) => value,
-        Err(err) => panic!("parsing {}: {err}", path.display()),
     }
 }

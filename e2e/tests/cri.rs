@@ -92,12 +92,7 @@ impl Node {
 
 /// The layer digests of debian-python, bottom first.
 pub(crate) fn layer_digests() -> Vec<String> {
-    TestImages::get().manifest("debian-python")["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|layer| layer["digest"].as_str().unwrap().to_string())
-        .collect()
+    TestImages::get().layer_digests("debian-python")
 }
 
 /// The chain IDs of debian-python's layers, bottom first (OCI image spec:

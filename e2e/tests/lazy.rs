@@ -54,16 +54,6 @@ fn push_and_convert(registry: &Registry, sochi: &Sochi, name: &str) -> String {
     target
 }
 
-/// The layer digests of test image `name`, bottom first.
-fn layer_digests(name: &str) -> Vec<String> {
-    TestImages::get().manifest(name)["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|layer| layer["digest"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The digest of the largest layer of `name`.
 fn largest_layer(name: &str) -> String {
     let manifest = TestImages::get().manifest(name);
@@ -91,7 +81,8 @@ fn own_files_of_largest_layer(
     sizes: std::ops::RangeInclusive<u64>,
 ) -> (String, Vec<LayerFile>) {
     let largest = largest_layer(name);
-    let others: BTreeSet<String> = layer_digests(name)
+    let others: BTreeSet<String> = TestImages::get()
+        .layer_digests(name)
         .iter()
         .filter(|digest| **digest != largest)
         .flat_map(|digest| table(sochi, name, digest))
@@ -202,7 +193,10 @@ fn mount_matches_oracle(name: &str) {
     let mount = LazyMount::mount(&sochi, &image, &[]);
     let state = mount.state().clone();
     assert_eq!(found_by(&state), "v2annotation", "{:#}", state.json);
-    assert_eq!(state.layers.len(), layer_digests(name).len());
+    assert_eq!(
+        state.layers.len(),
+        TestImages::get().layer_digests(name).len()
+    );
     for layer in &state.layers {
         assert_eq!(layer.mode, "lazy", "{name}: {:#}", state.json);
     }

@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 use sochi_e2e::lazy::{assert_python_ready, oracle_rootfs, push_layout_exact, LazyMount};
 use sochi_e2e::{Containerd, Registry, Snapshotter, SnapshotterOptions, Sochi, TestImages};
 
+use super::cri::layer_digests;
+
 /// A snapshotter that ends a recording after 1 s of quiet, without
 /// background fetch (what is fetched is what was read or prefetched).
 fn recording_snapshotter(containerd: &Containerd) -> Snapshotter {
@@ -84,16 +86,6 @@ fn export_load_order(
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-/// The layer digests of debian-python, bottom first.
-fn layer_digests() -> Vec<String> {
-    TestImages::get().manifest("debian-python")["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|layer| layer["digest"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// Demand requests, prefetch requests and prefetched bytes of all layers.

@@ -34,16 +34,6 @@ fn pull(
     out.json()
 }
 
-/// The layer digests of a test image's manifest, bottom first.
-fn layer_digests(images: &TestImages, name: &str) -> Vec<String> {
-    images.manifest(name)["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|layer| layer["digest"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Every layer of `report` has `outcome`, and the totals say so.
 #[track_caller]
 fn assert_all(report: &serde_json::Value, outcome: &str, layers: &[String]) {
@@ -83,7 +73,7 @@ fn pull_of_a_soci_enabled_image_with_overlayfs_unpacks_every_layer_and_ctr_runs_
         &images.oci_ref("debian-python"),
         &image,
     ]);
-    let layers = layer_digests(images, "debian-python");
+    let layers = images.layer_digests("debian-python");
     assert_eq!(layers.len(), 3);
 
     let report = pull(&sochi, &containerd, "overlayfs", &image);
@@ -163,7 +153,7 @@ fn pull_of_busybox_with_overlayfs_then_ctr_run_and_errors_name_the_layer() {
     let sochi = Sochi::for_registry(&registry);
     // A plain image (one manifest, no index), pushed by skopeo.
     let image = images.push_to(&registry, "busybox");
-    let layers = layer_digests(images, "busybox");
+    let layers = images.layer_digests("busybox");
     let address = containerd.address();
     let address = address.to_str().unwrap();
 

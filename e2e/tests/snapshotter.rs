@@ -65,16 +65,6 @@ fn pull(
     containerd.sochi_pull(sochi, snapshotter, image)
 }
 
-/// The layer digests of test image `name`, bottom first.
-fn layer_digests(name: &str) -> Vec<String> {
-    TestImages::get().manifest(name)["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|layer| layer["digest"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The reported layers are `layers` and each has `outcome`.
 #[track_caller]
 fn assert_all(report: &serde_json::Value, outcome: &str, layers: &[String]) {
@@ -243,7 +233,7 @@ fn pull_python_via(
     let sochi = Sochi::for_registry(registry);
     convert(&sochi, registry, "debian-python", "py:soci");
     let image = proxy.reference("py:soci");
-    let layers = layer_digests("debian-python");
+    let layers = TestImages::get().layer_digests("debian-python");
     let report = pull(&sochi, containerd, "sochi", &image);
     assert_all(&report, "lazy", &layers);
     (image, layers, report)
@@ -310,7 +300,7 @@ fn python_runs_lazily() {
     );
     let sochi = Sochi::for_registry(&registry);
     let image = convert(&sochi, &registry, "debian-python", "py:soci");
-    let layers = layer_digests("debian-python");
+    let layers = TestImages::get().layer_digests("debian-python");
     assert_eq!(layers.len(), 3);
 
     let report = pull(&sochi, &containerd, "sochi", &image);
@@ -372,7 +362,7 @@ fn rootfs_equals_overlayfs_pull() {
     let sochi = Sochi::for_registry(&registry);
     let lazy_image = convert(&sochi, &registry, "debian-python", "py:soci");
     let plain_image = images.push_to(&registry, "debian-python");
-    let layers = layer_digests("debian-python");
+    let layers = TestImages::get().layer_digests("debian-python");
 
     let lazy = pull(&sochi, &containerd, "sochi", &lazy_image);
     assert_all(&lazy, "lazy", &layers);
@@ -412,7 +402,7 @@ fn edgecase_whiteouts_and_opaque_dirs() {
     let snapshotter = Snapshotter::for_containerd(&containerd);
     let sochi = Sochi::for_registry(&registry);
     let image = convert(&sochi, &registry, "edgecase", "edgecase:soci");
-    let layers = layer_digests("edgecase");
+    let layers = TestImages::get().layer_digests("edgecase");
     assert_eq!(layers.len(), 2);
 
     let report = pull(&sochi, &containerd, "sochi", &image);
@@ -476,7 +466,7 @@ fn image_without_index_still_runs() {
     let sochi = Sochi::for_registry(&registry);
     // Pushed by skopeo, no SOCI index anywhere.
     let image = images.push_to(&registry, "busybox");
-    let layers = layer_digests("busybox");
+    let layers = TestImages::get().layer_digests("busybox");
 
     let report = pull(&sochi, &containerd, "sochi", &image);
     assert_all(&report, "pulled", &layers);
@@ -796,7 +786,7 @@ fn unmount_on_sigint() {
     let sochi = Sochi::for_registry(&registry);
     let image = convert(&sochi, &registry, "busybox", "busybox:soci");
     let report = pull(&sochi, &containerd, "sochi", &image);
-    assert_all(&report, "lazy", &layer_digests("busybox"));
+    assert_all(&report, "lazy", &TestImages::get().layer_digests("busybox"));
     let out = ctr_run(
         &containerd,
         "sochi",
@@ -868,7 +858,7 @@ fn fail_with_lazy_layers(kill9: bool) -> Leftovers {
         let sochi = Sochi::for_registry(&registry);
         let image = convert(&sochi, &registry, "busybox", "busybox:soci");
         let report = pull(&sochi, &containerd, "sochi", &image);
-        assert_all(&report, "lazy", &layer_digests("busybox"));
+        assert_all(&report, "lazy", &TestImages::get().layer_digests("busybox"));
         let view = SnapshotView::new(&containerd, "sochi", report["chain_id"].as_str().unwrap());
         assert!(view.path().join("bin/busybox").is_file());
         *seen.lock().unwrap() = Some(Leftovers {

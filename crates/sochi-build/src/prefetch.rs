@@ -43,6 +43,19 @@ pub struct PrefetchBlob {
     pub bytes: Vec<u8>,
 }
 
+impl PrefetchBlob {
+    /// `artifact` of `layer`, encoded, with the descriptor the index lists.
+    fn new(layer: &Descriptor, artifact: PrefetchArtifact) -> PrefetchBlob {
+        let bytes = artifact.to_bytes();
+        PrefetchBlob {
+            layer: layer.clone(),
+            descriptor: prefetch_descriptor(layer, &bytes),
+            artifact,
+            bytes,
+        }
+    }
+}
+
 /// Where one prefetch path was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrefetchHit {
@@ -187,15 +200,9 @@ pub fn build_prefetch(paths: &[String], layers: &[(&Descriptor, Option<&Ztoc>)])
         let Some(artifact) = PrefetchArtifact::merged(layer_ranges.iter().copied()) else {
             continue;
         };
-        let bytes = artifact.to_bytes();
-        let descriptor = prefetch_descriptor(layer, &bytes);
-        tracing::info!(layer = %layer.digest, prefetch = %descriptor.digest, ranges = artifact.prefetch_spans.len(), "prefetch artifact built");
-        build.blobs.push(PrefetchBlob {
-            layer: (*layer).clone(),
-            descriptor,
-            artifact,
-            bytes,
-        });
+        let blob = PrefetchBlob::new(layer, artifact);
+        tracing::info!(layer = %layer.digest, prefetch = %blob.descriptor.digest, ranges = blob.artifact.prefetch_spans.len(), "prefetch artifact built");
+        build.blobs.push(blob);
     }
     build
 }
@@ -280,15 +287,9 @@ pub fn build_load_order_prefetch(
             version: sochi_format::PREFETCH_ARTIFACT_VERSION.to_string(),
             prefetch_spans: ranges,
         };
-        let bytes = artifact.to_bytes();
-        let descriptor = prefetch_descriptor(layer, &bytes);
-        tracing::info!(layer = %digest, prefetch = %descriptor.digest, ranges = artifact.prefetch_spans.len(), "prefetch artifact built from the load order");
-        build.blobs.push(PrefetchBlob {
-            layer: (*layer).clone(),
-            descriptor,
-            artifact,
-            bytes,
-        });
+        let blob = PrefetchBlob::new(layer, artifact);
+        tracing::info!(layer = %digest, prefetch = %blob.descriptor.digest, ranges = blob.artifact.prefetch_spans.len(), "prefetch artifact built from the load order");
+        build.blobs.push(blob);
     }
     build
 }

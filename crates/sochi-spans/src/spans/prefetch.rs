@@ -24,12 +24,12 @@
 //! fetch the span themselves.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use sochi_format::PrefetchArtifact;
 
-use super::{Claim, FetchKind, Flight, SpanManager};
+use super::{Claim, FetchKind, Flight, PrefetchQueue, SpanManager};
 use crate::error::{Error, Result};
 use crate::metrics::LayerMetrics;
 
@@ -77,62 +77,29 @@ pub fn prefetch_order(artifact: &PrefetchArtifact) -> PrefetchRanges {
 
 impl SpanManager {
     /// Fetches the spans of `ranges` (in that order, each span once) into
-    /// the caches, with up to [`PrefetchOptions::concurrency`] requests in
-    /// flight; spans already cached or being fetched are skipped. Returns
-    /// when every request has ended, or early with [`Error::Stopped`] once
-    /// `stop` is set; a failed request does not stop the others, and the
-    /// first failure is returned at the end.
+    /// the caches through a [`PrefetchQueue`] of its own, with up to
+    /// [`PrefetchOptions::concurrency`] requests in flight; spans already
+    /// cached or being fetched are skipped. Returns when every request has
+    /// ended: [`Error::Stopped`] if `stop` was set, else the first failure
+    /// (a failed request does not stop the others).
     pub fn prefetch(
-        &self,
+        self: &Arc<Self>,
         ranges: &[Range<usize>],
         options: &PrefetchOptions,
-        stop: &AtomicBool,
+        stop: &Arc<AtomicBool>,
     ) -> Result<()> {
-        let ranges: Vec<(Range<usize>, i64)> = ranges
-            .iter()
-            .zip(0..)
-            .map(|(range, priority)| (range.clone(), priority))
-            .collect();
-        let requests: Vec<Range<usize>> = self
-            .prefetch_requests(&ranges, options.request_bytes)
-            .into_iter()
-            .map(|(run, _)| run)
-            .collect();
-        let next = AtomicUsize::new(0);
-        let workers = options.concurrency.max(1).min(requests.len());
-        let failures: Vec<Error> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut first_failure = None;
-                        while let Some(run) = requests.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            if stop.load(Ordering::Relaxed) {
-                                return Some(Error::Stopped);
-                            }
-                            if let Err(error) = self.prefetch_run(run.clone()) {
-                                tracing::debug!(spans = ?run, error = %sochi_format::error_chain(&error), "prefetch request failed");
-                                first_failure.get_or_insert(error);
-                            }
-                        }
-                        first_failure
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .filter_map(|handle| match handle.join() {
-                    Ok(failure) => failure,
-                    Err(_) => Some(Error::Stopped),
-                })
-                .collect()
-        });
-        if stop.load(Ordering::Relaxed) {
-            return Err(Error::Stopped);
-        }
-        match failures.into_iter().next() {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+        let ranges: PrefetchRanges = ranges.iter().cloned().zip(0..).collect();
+        let (sender, outcome) = std::sync::mpsc::channel();
+        let job = PrefetchQueue::new(options.clone()).submit(
+            Arc::clone(self),
+            &ranges,
+            Arc::clone(stop),
+            move |result| {
+                let _ = sender.send(result);
+            },
+        );
+        job.wait();
+        outcome.recv().unwrap_or(Err(Error::Stopped))
     }
 
     /// The requests of a prefetch: runs of adjacent spans of `ranges`, in

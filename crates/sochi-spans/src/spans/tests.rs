@@ -856,8 +856,8 @@ mod prefetch {
     fn prefetch_fetches_listed_spans_in_merged_requests() {
         let (ztoc, tar) = synthetic();
         let blob = Arc::new(MemoryBlob::new(tar.clone()));
-        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
-        let stop = AtomicBool::new(false);
+        let manager = Arc::new(SpanManager::new(&ztoc, blob.clone(), None).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
         // Two ranges and one overlapping the first: spans 2..=5 and 8.
         manager
             .prefetch(&[2..6, 8..9, 4..6], &options(4, 4 << 20), &stop)
@@ -880,7 +880,7 @@ mod prefetch {
         // A request holds at most `request_bytes` (whole spans).
         let (ztoc, tar) = synthetic();
         let blob = Arc::new(MemoryBlob::new(tar));
-        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
+        let manager = Arc::new(SpanManager::new(&ztoc, blob.clone(), None).unwrap());
         manager
             .prefetch(&[0..6], &options(2, 2 * SPAN), &stop)
             .unwrap();
@@ -1019,8 +1019,8 @@ mod prefetch {
     fn a_read_during_a_slow_prefetch_joins_it() {
         let (ztoc, tar) = synthetic();
         let blob = Gated::new(tar.clone(), false, false);
-        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
-        let stop = AtomicBool::new(false);
+        let manager = Arc::new(SpanManager::new(&ztoc, blob.clone(), None).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
         std::thread::scope(|scope| {
             let prefetch = scope.spawn(|| manager.prefetch(&[3..4], &options(1, SPAN), &stop));
             blob.wait_for_background(1);
@@ -1044,8 +1044,8 @@ mod prefetch {
     fn reads_are_not_held_up_behind_queued_prefetch_work() {
         let (ztoc, tar) = synthetic();
         let blob = Gated::new(tar.clone(), false, false);
-        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
-        let stop = AtomicBool::new(false);
+        let manager = Arc::new(SpanManager::new(&ztoc, blob.clone(), None).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
         std::thread::scope(|scope| {
             // One request at a time, one span each: span 0 is fetching
             // (and stuck), spans 1..=5 are queued.
@@ -1073,8 +1073,8 @@ mod prefetch {
     fn a_layer_whose_prefetch_fails_still_serves_reads() {
         let (ztoc, tar) = synthetic();
         let blob = Gated::new(tar.clone(), false, true);
-        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
-        let stop = AtomicBool::new(false);
+        let manager = Arc::new(SpanManager::new(&ztoc, blob.clone(), None).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
         std::thread::scope(|scope| {
             let prefetch = scope.spawn(|| manager.prefetch(&[2..4], &options(2, SPAN), &stop));
             blob.wait_for_background(1);
@@ -1096,8 +1096,8 @@ mod prefetch {
     fn a_stopped_prefetch_ends_early() {
         let (ztoc, tar) = synthetic();
         let blob = Arc::new(MemoryBlob::new(tar));
-        let manager = SpanManager::new(&ztoc, blob.clone(), None).unwrap();
-        let stop = AtomicBool::new(true);
+        let manager = Arc::new(SpanManager::new(&ztoc, blob.clone(), None).unwrap());
+        let stop = Arc::new(AtomicBool::new(true));
         assert!(matches!(
             manager.prefetch(&[0..16], &options(4, SPAN), &stop),
             Err(crate::Error::Stopped)

@@ -357,6 +357,17 @@ impl Registry {
         self.dir.path().join("data")
     }
 
+    /// Where the registry keeps blob `digest` (`sha256:…`): a test that
+    /// corrupts it there gets those bytes served as they are.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.data_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(hex.get(..2).unwrap_or_default())
+            .join(hex)
+            .join("data")
+    }
+
     /// The registry's log so far (its stdout and stderr, access log
     /// included).
     pub fn log(&self) -> String {

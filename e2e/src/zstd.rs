@@ -181,6 +181,48 @@ pub fn set_diff_ids(layout: &Path, diff_ids: &[String]) {
     write_file(&index_path, &json_bytes(&index));
 }
 
+/// Sets annotation `key` of layer `layer` of `layout`'s only image to
+/// `value`, and re-points `index.json` at the new manifest.
+#[track_caller]
+pub fn set_layer_annotation(layout: &Path, layer: usize, key: &str, value: &str) {
+    let (_, mut manifest) = layout_manifest(layout);
+    manifest["layers"][layer]["annotations"][key] = value.into();
+    let (digest, size) = write_json_blob(layout, &manifest);
+    let index_path = layout.join("index.json");
+    let mut index = read_json(&index_path);
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = size.into();
+    write_file(&index_path, &json_bytes(&index));
+}
+
+/// The zstd:chunked table of contents of layer `layer` of `layout`'s only
+/// image, decoded: found by its `manifest-position` annotation.
+#[track_caller]
+pub fn chunked_toc(layout: &Path, layer: usize) -> serde_json::Value {
+    let (_, manifest) = layout_manifest(layout);
+    let descriptor = &manifest["layers"][layer];
+    let position = descriptor["annotations"]["io.containers.zstd-chunked.manifest-position"]
+        .as_str()
+        .unwrap_or_else(|| panic!("layer {layer} is not zstd:chunked: {manifest:#}"));
+    let fields: Vec<usize> = position.split(':').filter_map(|f| f.parse().ok()).collect();
+    let [offset, length, ..] = fields[..] else {
+        panic!("position {position:?}");
+    };
+    let blob = blob_path(layout, descriptor["digest"].as_str().unwrap_or_default());
+    let bytes = match std::fs::read(&blob) {
+        Ok(bytes) => bytes,
+        Err(err) => panic!("reading {}: {err}", blob.display()),
+    };
+    let json = match zstd::stream::decode_all(&bytes[offset..offset + length]) {
+        Ok(json) => json,
+        Err(err) => panic!("decoding the table of {}: {err}", blob.display()),
+    };
+    match serde_json::from_slice(&json) {
+        Ok(toc) => toc,
+        Err(err) => panic!("parsing the table of {}: {err}", blob.display()),
+    }
+}
+
 /// `sha256:` of the zstd blob at `path`, decompressed.
 #[track_caller]
 fn uncompressed_digest(path: &Path) -> String {

@@ -16,7 +16,10 @@ use sochi_e2e::lazy::{
     assert_python_ready, oracle_rootfs, push_layout_exact, LazyMount, MountState,
 };
 use sochi_e2e::oracle::assert_trees_equal;
-use sochi_e2e::zstd::{copy_recompressed, layout_manifest, set_diff_ids, zstd_layout, ZstdFormat};
+use sochi_e2e::zstd::{
+    chunked_toc, copy_recompressed, layout_manifest, set_diff_ids, set_layer_annotation,
+    zstd_layout, ZstdFormat,
+};
 use sochi_e2e::{run_ok, Containerd, Registry, Snapshotter, Sochi};
 
 use crate::cri::layer_records;
@@ -283,34 +286,218 @@ fn run_echo(containerd: &Containerd, image: &str, name: &str) {
 
 // --- (c) zstd:chunked -------------------------------------------------------------------
 
-/// zstd:chunked (its table of contents in a skippable frame at the end
-/// of each layer) is unpacked, not yet read lazily, and has the right
-/// files once its `diff_ids` are right (skopeo 1.9 writes them wrong).
+/// The metrics summed over the mount's layers: (demand requests, demand
+/// bytes).
+fn demand(mount: &LazyMount<'_>) -> (u64, u64) {
+    let metrics = mount.metrics();
+    mount
+        .state()
+        .layers
+        .iter()
+        .fold((0, 0), |(requests, bytes), layer| {
+            (
+                requests + metrics.demand_requests(&layer.digest),
+                bytes + metrics.demand_bytes(&layer.digest),
+            )
+        })
+}
+
+/// The python image as zstd:chunked through `sochi mount`: no SOCI index,
+/// every layer lazy from its own table of contents; reading one small file
+/// fetches its one chunk (a few hundred bytes, one request); python runs
+/// from the mount; the tree equals the gzip image's.
 #[test]
-fn zstd_chunked_image_mounts_unpacked_with_the_right_files() {
+fn zstd_chunked_image_mounts_lazily_from_its_tables_of_contents() {
     let registry = Registry::plain();
     let sochi = Sochi::for_registry(&registry);
-    let layout = zstd_layout("busybox", ZstdFormat::Chunked);
-    let (_, manifest) = layout_manifest(&layout);
-    assert!(
-        manifest["layers"][0]["annotations"]["io.containers.zstd-chunked.manifest-checksum"]
-            .is_string(),
-        "not zstd:chunked: {manifest:#}"
-    );
-    let image = push_layout_exact(&registry, &layout, "bb-chunked", "latest");
-    let mount = LazyMount::mount(&sochi, &image, &[]);
+    let layout = zstd_layout("debian-python", ZstdFormat::Chunked);
+    let image = push_layout_exact(&registry, &layout, "py-chunked", "latest");
+    let args = ["--metrics-address", "127.0.0.1:0", "--no-background-fetch"];
+    let mount = LazyMount::mount(&sochi, &image, &args);
     let state = mount.state().clone();
-    assert_unpacked_saying(&state, &[ZSTD_REASON]);
-    assert_trees_equal(&oracle_rootfs("busybox"), mount.mountpoint(), &[]);
+    assert_eq!(state.index, None, "{:#}", state.json);
+    assert_eq!(state.layers.len(), 3);
+    assert!(state.layers.iter().all(|l| l.is_lazy()), "{:#}", state.json);
+
+    let before = demand(&mount);
+    let small = "etc/debian_version";
+    let expected = std::fs::read(oracle_rootfs("debian-python").join(small)).unwrap();
+    assert_eq!(std::fs::read(mount.path(small)).unwrap(), expected);
+    let after = demand(&mount);
+    let (requests, bytes) = (after.0 - before.0, after.1 - before.1);
+    eprintln!("{small}: {requests} request(s), {bytes} bytes");
+    assert_eq!(requests, 1, "{}", mount.metrics().summary());
+    assert!(
+        bytes < 4096,
+        "{bytes} bytes for a {}-byte file",
+        expected.len()
+    );
+
+    let out = run_ok(
+        Command::new("chroot")
+            .arg(mount.mountpoint())
+            .args(["/usr/bin/python3", "/app/main.py"]),
+    );
+    assert_python_ready(&String::from_utf8_lossy(&out.stdout));
+    assert_trees_equal(&oracle_rootfs("debian-python"), mount.mountpoint(), &[]);
     mount.unmount();
 }
 
-/// A chunked layer whose uncompressed digest is not the config's
-/// `diff_id` (what skopeo 1.9 writes for a tar with padding past its end,
-/// environment.md) is refused naming the layer and the digests; the mount
-/// fails and leaves nothing mounted.
+/// The same image through the snapshotter (`sochi pull`, then `ctr run`):
+/// lazy without an index, python runs, and the root filesystem of a
+/// running container equals the image unpacked by tar.
 #[test]
-fn zstd_chunked_image_with_a_wrong_diff_id_is_refused_naming_the_layer() {
+fn zstd_chunked_image_runs_lazily_through_the_snapshotter() {
+    let registry = Registry::plain();
+    let containerd = Containerd::start();
+    let snapshotter = Snapshotter::for_containerd(&containerd);
+    let sochi = Sochi::for_registry(&registry);
+    let layout = zstd_layout("debian-python", ZstdFormat::Chunked);
+    let image = push_layout_exact(&registry, &layout, "py-chunked", "latest");
+
+    let report = pull(&sochi, &containerd, &image);
+    for layer in report["layers"].as_array().unwrap() {
+        assert_eq!(layer["outcome"], "lazy", "{report:#}");
+    }
+    assert_eq!(snapshotter.layers_total("lazy"), 3);
+    assert_eq!(snapshotter.layers_total("containerd_no_index"), 0);
+    let args = ["/usr/bin/python3", "/app/main.py"];
+    let out = containerd.run_container("sochi", &image, &container_id("chunked"), &args);
+    assert_python_ready(&out);
+
+    let id = container_id("chunked-rootfs");
+    containerd.ctr([
+        "run",
+        "-d",
+        "--snapshotter",
+        "sochi",
+        &image,
+        &id,
+        "/bin/sleep",
+        "2147483647",
+    ]);
+    let rootfs = containerd.task_rootfs("default", &id);
+    assert_trees_equal(&oracle_rootfs("debian-python"), &rootfs, &[]);
+    containerd.ctr(["tasks", "kill", "--signal", "SIGKILL", &id]);
+}
+
+/// busybox as zstd:chunked, pushed twice: as it is, and with a
+/// `manifest-checksum` its table does not match. The second mounts with
+/// its layer unpacked, saying why. Then a chunk is corrupted in the
+/// registry's storage: reading it is EIO (never other bytes) while the
+/// file's other chunks read; and the unpack of the image with the bad table fails
+/// naming the layer, whose blob digest no longer matches.
+#[test]
+fn zstd_chunked_bad_chunks_are_eio_and_a_bad_table_unpacks() {
+    let registry = Registry::plain();
+    let layout = zstd_layout("busybox", ZstdFormat::Chunked);
+    let (_, manifest) = layout_manifest(&layout);
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let good = push_layout_exact(&registry, &layout, "bb-chunked", "latest");
+    let work = tempfile::tempdir().unwrap();
+    let bad_layout = work.path().join("layout");
+    run_ok(Command::new("cp").arg("-a").arg(&layout).arg(&bad_layout));
+    let wrong = format!("sha256:{}", "1".repeat(64));
+    set_layer_annotation(
+        &bad_layout,
+        0,
+        "io.containers.zstd-chunked.manifest-checksum",
+        &wrong,
+    );
+    let bad_toc = push_layout_exact(&registry, &bad_layout, "bb-chunked", "bad-toc");
+
+    let sochi = Sochi::for_registry(&registry);
+    let mount = LazyMount::mount(&sochi, &bad_toc, &["--metrics-address", "127.0.0.1:0"]);
+    assert_unpacked_saying(mount.state(), &["table of contents", &wrong]);
+    assert_eq!(
+        not_lazy(&mount, "chunked_toc"),
+        1,
+        "{}",
+        mount.metrics().summary()
+    );
+    assert_trees_equal(&oracle_rootfs("busybox"), mount.mountpoint(), &[]);
+    mount.unmount();
+
+    // The biggest file's first chunk, corrupted where the registry keeps it.
+    let toc = chunked_toc(&layout, 0);
+    let entries = toc["entries"].as_array().unwrap();
+    let victim = entries
+        .iter()
+        .filter(|e| e["type"] == "reg")
+        .max_by_key(|e| e["size"].as_u64().unwrap_or(0))
+        .unwrap();
+    let name = victim["name"].as_str().unwrap();
+    let start = victim["offset"].as_u64().unwrap();
+    let end = entries
+        .iter()
+        .find(|e| e["type"] == "chunk" && e["name"] == name)
+        .map_or(victim["endOffset"].as_u64().unwrap(), |chunk| {
+            chunk["offset"].as_u64().unwrap()
+        });
+    let blob = registry.blob_file(&layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let at = usize::try_from((start + end) / 2).unwrap();
+    bytes[at] ^= 0x5a;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    let sochi = Sochi::for_registry(&registry);
+    let args = ["--metrics-address", "127.0.0.1:0", "--no-background-fetch"];
+    let mount = LazyMount::mount(&sochi, &good, &args);
+    assert!(
+        mount.state().layers[0].is_lazy(),
+        "{:#}",
+        mount.state().json
+    );
+    let error = std::fs::read(mount.path(name)).expect_err("a corrupted chunk was served");
+    assert_eq!(error.raw_os_error(), Some(5), "{name}: {error}");
+    // The file's last chunk is another frame: it reads.
+    let last = entries
+        .iter()
+        .rfind(|e| e["type"] == "chunk" && e["name"] == name)
+        .unwrap();
+    let (offset, size) = (
+        last["chunkOffset"].as_u64().unwrap(),
+        last["chunkSize"].as_u64().unwrap() as usize,
+    );
+    let mut piece = vec![0; size];
+    let file = std::fs::File::open(mount.path(name)).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut piece, offset).unwrap();
+    let whole = std::fs::read(oracle_rootfs("busybox").join(name)).unwrap();
+    assert!(
+        piece == whole[offset as usize..][..size],
+        "{name} at {offset}: wrong bytes"
+    );
+    drop(file);
+    mount.unmount();
+
+    let sochi = Sochi::for_registry(&registry);
+    let mountpoint = work.path().join("rootfs");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let mountpoint_text = mountpoint.to_str().unwrap();
+    let output = sochi.output(["mount", "--json", &bad_toc, mountpoint_text]);
+    if output.status.success() {
+        sochi.output(["unmount", mountpoint_text]);
+        panic!("unpacked a corrupted layer: {}", output.stdout);
+    }
+    for word in [layer.as_str(), "digest"] {
+        assert!(
+            output.stderr.contains(word),
+            "{word:?} not in {}",
+            output.stderr
+        );
+    }
+    assert_nothing_mounted(&mountpoint);
+}
+
+/// A zstd layer whose uncompressed digest is not the config's `diff_id`
+/// (what skopeo 1.9 writes for a zstd:chunked tar with padding past its
+/// end, environment.md) is refused when unpacked, naming the layer and
+/// the digests; the mount fails and leaves nothing mounted.
+#[test]
+fn zstd_image_with_a_wrong_diff_id_is_refused_naming_the_layer() {
     let registry = Registry::plain();
     let sochi = Sochi::for_registry(&registry);
     let work = tempfile::tempdir().unwrap();
@@ -318,7 +505,7 @@ fn zstd_chunked_image_with_a_wrong_diff_id_is_refused_naming_the_layer() {
     run_ok(
         Command::new("cp")
             .arg("-a")
-            .arg(zstd_layout("busybox", ZstdFormat::Chunked))
+            .arg(zstd_layout("busybox", ZstdFormat::Zstd))
             .arg(&layout),
     );
     let wrong = format!("sha256:{}", "0".repeat(64));
@@ -328,7 +515,7 @@ fn zstd_chunked_image_with_a_wrong_diff_id_is_refused_naming_the_layer() {
         .as_str()
         .unwrap()
         .to_string();
-    let image = push_layout_exact(&registry, &layout, "bb-chunked", "wrong-diff-id");
+    let image = push_layout_exact(&registry, &layout, "bb-zstd", "wrong-diff-id");
     let mountpoint = work.path().join("rootfs");
     std::fs::create_dir(&mountpoint).unwrap();
     let mountpoint_text = mountpoint.to_str().unwrap();

@@ -1,5 +1,5 @@
 //! `Zinfo::parse` on arbitrary bytes: the first byte picks the algorithm
-//! (even: gzip, odd: uncompressed), the rest is the blob. Whatever parses
+//! (modulo 3: gzip, uncompressed, zstd frames), the rest is the blob. Whatever parses
 //! must yield every checkpoint it claims, in strictly increasing order.
 
 #![no_main]
@@ -11,10 +11,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, blob)) = data.split_first() else {
         return;
     };
-    let algorithm = if selector % 2 == 0 {
-        CompressionAlgorithm::Gzip
-    } else {
-        CompressionAlgorithm::Uncompressed
+    let algorithm = match selector % 3 {
+        0 => CompressionAlgorithm::Gzip,
+        1 => CompressionAlgorithm::Uncompressed,
+        _ => CompressionAlgorithm::Zstd,
     };
     let Ok(zinfo) = Zinfo::parse(algorithm, blob) else {
         return;
@@ -53,6 +53,20 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Zinfo::Tar(again)) => assert_eq!(again, tar),
                 other => panic!("re-serialized TarZinfo: {other:?}"),
             }
+        }
+        Zinfo::Zstd(zstd) => {
+            assert_eq!(max_span_id, zstd.len() as i64 - 1);
+            let mut previous: Option<sochi_format::FrameSpan> = None;
+            for index in 0..zstd.len() {
+                let span = zstd.span(index).expect("every span it counts");
+                assert!(span.compressed.start <= span.compressed.end);
+                if let Some(previous) = previous {
+                    assert!(span.compressed.start >= previous.compressed.end);
+                    assert!(span.uncompressed_start > previous.uncompressed_start);
+                }
+                previous = Some(span);
+            }
+            assert!(zstd.span(zstd.len()).is_none());
         }
     }
 });

@@ -1,7 +1,8 @@
 //! What sochi reads of zstd layers before decompressing anything: the
 //! frame map of a zstd stream, and the zstd:chunked table of contents with
-//! its position (annotation or footer). Nothing may panic; what parses
-//! must be consistent: frames tile the input, positions fit the blob.
+//! its position (annotation or footer), and the zTOC made of the table.
+//! Nothing may panic; what parses must be consistent: frames tile the
+//! input, positions fit the blob, a table's zTOC has valid spans.
 //!
 //! Input: byte 0 picks the parser, the rest is the document.
 
@@ -43,7 +44,15 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
-            let _ = ChunkedToc::from_json(document, size);
+            // A table that parses is made into a zTOC, or refused: whatever
+            // it makes has spans a span store accepts.
+            if let Ok(toc) = ChunkedToc::from_json(document, size) {
+                if let Ok(ztoc) = toc.to_ztoc(size) {
+                    let geometry = ztoc.span_geometry().expect("a zTOC to_ztoc made");
+                    assert_eq!(geometry.span_count(), ztoc.compression.span_digests.len());
+                    assert!(!ztoc.has_tar_headers());
+                }
+            }
         }
     }
 });

@@ -34,10 +34,13 @@ pub use prefetch::{
     PrefetchArtifact, PrefetchSpan, MAX_PREFETCH_ARTIFACT_SIZE, PREFETCH_ARTIFACT_VERSION,
 };
 pub use soci_index::{annotations, IndexVersion, SociIndex, EMPTY_CONFIG};
-pub use zinfo::{CheckpointRef, GzipZinfo, GzipZinfoWriter, TarZinfo, Zinfo, WINDOW_SIZE};
+pub use zinfo::{
+    CheckpointRef, FrameSpan, FrameZinfo, FrameZinfoWriter, GzipZinfo, GzipZinfoWriter, TarZinfo,
+    Zinfo, WINDOW_SIZE,
+};
 pub use zstd_chunked::{
-    check_toc_digest, ChunkedToc, TocEntry, TocPosition, FOOTER_LEN as ZSTD_CHUNKED_FOOTER_LEN,
-    MANIFEST_CHECKSUM as ZSTD_CHUNKED_MANIFEST_CHECKSUM,
+    check_toc_digest, ChunkedToc, TocEntry, TocPosition, CHUNKED_BUILD_TOOL,
+    FOOTER_LEN as ZSTD_CHUNKED_FOOTER_LEN, MANIFEST_CHECKSUM as ZSTD_CHUNKED_MANIFEST_CHECKSUM,
     MANIFEST_POSITION as ZSTD_CHUNKED_MANIFEST_POSITION,
 };
 pub use zstd_frames::{zstd_frames, ZstdFrame, ZSTD_MAGIC};

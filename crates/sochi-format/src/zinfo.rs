@@ -19,6 +19,10 @@ use std::fmt;
 use crate::error::{Error, Result};
 use crate::flatbuffer::{vtable_offset, FlatBuffer};
 
+pub use self::frames::{FrameSpan, FrameZinfo, FrameZinfoWriter};
+
+mod frames;
+
 /// How the layer blob is compressed (FlatBuffers enum, docs/format.md §1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompressionAlgorithm {
@@ -26,6 +30,9 @@ pub enum CompressionAlgorithm {
     Gzip,
     /// `Uncompressed = 2`
     Uncompressed,
+    /// `Zstd = 3`: a sochi extension the reference does not know
+    /// ([`FrameZinfo`], docs/zstd.md).
+    Zstd,
 }
 
 impl CompressionAlgorithm {
@@ -34,6 +41,7 @@ impl CompressionAlgorithm {
         match self {
             CompressionAlgorithm::Gzip => "gzip",
             CompressionAlgorithm::Uncompressed => "uncompressed",
+            CompressionAlgorithm::Zstd => "zstd",
         }
     }
 }
@@ -74,6 +82,8 @@ pub enum Zinfo<'a> {
     Gzip(GzipZinfo<'a>),
     /// Fixed-size spans of an uncompressed tar layer.
     Tar(TarZinfo),
+    /// Spans of whole zstd frames.
+    Zstd(FrameZinfo<'a>),
 }
 
 impl<'a> Zinfo<'a> {
@@ -82,6 +92,7 @@ impl<'a> Zinfo<'a> {
         match algorithm {
             CompressionAlgorithm::Gzip => GzipZinfo::parse(blob).map(Zinfo::Gzip),
             CompressionAlgorithm::Uncompressed => TarZinfo::parse(blob).map(Zinfo::Tar),
+            CompressionAlgorithm::Zstd => FrameZinfo::parse(blob).map(Zinfo::Zstd),
         }
     }
 
@@ -90,6 +101,7 @@ impl<'a> Zinfo<'a> {
         match self {
             Zinfo::Gzip(_) => CompressionAlgorithm::Gzip,
             Zinfo::Tar(_) => CompressionAlgorithm::Uncompressed,
+            Zinfo::Zstd(_) => CompressionAlgorithm::Zstd,
         }
     }
 
@@ -99,6 +111,8 @@ impl<'a> Zinfo<'a> {
         match self {
             Zinfo::Gzip(gzip) => gzip.span_size(),
             Zinfo::Tar(tar) => tar.span_size,
+            // Spans follow the frames; there is no size to ask for.
+            Zinfo::Zstd(_) => 0,
         }
     }
 
@@ -111,6 +125,9 @@ impl<'a> Zinfo<'a> {
                 .unwrap_or(i64::MAX)
                 .saturating_sub(1),
             Zinfo::Tar(tar) => tar.max_span_id(),
+            Zinfo::Zstd(zstd) => i64::try_from(zstd.len())
+                .unwrap_or(i64::MAX)
+                .saturating_sub(1),
         }
     }
 }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::digest::{Digest, Sha256Digest};
 use crate::error::{Error, Result};
+use crate::{CompressionAlgorithm, CompressionInfo, EntryType, FileMetadata, Ztoc};
 
 /// The layer annotation holding the digest of the compressed table.
 pub const MANIFEST_CHECKSUM: &str = "io.containers.zstd-chunked.manifest-checksum";
@@ -264,6 +265,164 @@ impl ChunkedToc {
             }
         }
         Ok(toc)
+    }
+}
+
+/// What a lazy mount of a zstd:chunked layer is built from: a zTOC whose
+/// file table comes from the table of contents and whose spans are its
+/// chunks ([`crate::FrameZinfo`], digests of the uncompressed chunks).
+/// The files' data sit back to back in a layer space of their own (the
+/// tar headers are not in it), which is what `uncompressed_offset` means
+/// here. Never written out: it is made again from the table.
+pub const CHUNKED_BUILD_TOOL: &str = "sochi zstd:chunked";
+
+impl ChunkedToc {
+    /// The zTOC of the layer this table describes (`blob_size` bytes):
+    /// every file, and one span per chunk, in blob order.
+    ///
+    /// Fails when the table does not describe a layer sochi can serve: a
+    /// file whose chunks do not add up to its size, chunks out of blob
+    /// order or overlapping, or no file data at all (such a layer is
+    /// small: it is unpacked).
+    pub fn to_ztoc(&self, blob_size: u64) -> Result<Ztoc> {
+        use base64::Engine as _;
+
+        let mut toc = Vec::new();
+        let mut spans = crate::FrameZinfoWriter::new(true);
+        let mut digests = Vec::new();
+        let mut layer_offset = 0u64;
+        let entries = &self.entries;
+        let mut index = 0;
+        while let Some(entry) = entries.get(index) {
+            let bad =
+                |detail: String| invalid(format!("entry {index} ({:?}): {detail}", entry.name));
+            let entry_type = match entry.kind.as_str() {
+                "reg" => EntryType::Regular,
+                "dir" => EntryType::Directory,
+                "symlink" => EntryType::Symlink,
+                "hardlink" => EntryType::Hardlink,
+                "char" => EntryType::CharDevice,
+                "block" => EntryType::BlockDevice,
+                "fifo" => EntryType::Fifo,
+                other => return Err(bad(format!("a {other:?} entry where a file was expected"))),
+            };
+            // This file's further chunks follow it.
+            let chunk_count = entries
+                .get(index + 1..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|next| next.kind == "chunk")
+                .count();
+            let chunks = entries
+                .get(index + 1..index + 1 + chunk_count)
+                .unwrap_or_default();
+            let size = u64::try_from(entry.size).map_err(|_| bad("negative size".into()))?;
+            let file_offset = layer_offset;
+            if entry_type == EntryType::Regular && size > 0 {
+                // (compressed start, uncompressed size, digest) of each chunk.
+                let first_size = if entry.chunk_size > 0 {
+                    entry.chunk_size
+                } else {
+                    entry.size
+                };
+                let first_digest = if entry.chunk_digest.is_empty() {
+                    &entry.digest
+                } else {
+                    &entry.chunk_digest
+                };
+                let mut pieces = vec![(entry.offset, first_size, first_digest)];
+                pieces.extend(
+                    chunks
+                        .iter()
+                        .map(|chunk| (chunk.offset, chunk.chunk_size, &chunk.chunk_digest)),
+                );
+                let mut covered = 0u64;
+                for (at, (start, chunk_size, digest)) in pieces.iter().enumerate() {
+                    let end = match pieces.get(at + 1) {
+                        Some((next, _, _)) => *next,
+                        None => entry.end_offset,
+                    };
+                    let (Ok(start), Ok(end), Ok(chunk_size)) = (
+                        u64::try_from(*start),
+                        u64::try_from(end),
+                        u64::try_from(*chunk_size),
+                    ) else {
+                        return Err(bad(format!("chunk {at}: negative offset or size")));
+                    };
+                    let digest = Digest::parse(digest)
+                        .and_then(|d| d.sha256())
+                        .map_err(|_| bad(format!("chunk {at}: no sha256 digest")))?;
+                    spans
+                        .push(start..end, layer_offset)
+                        .map_err(|error| bad(format!("chunk {at}: {error}")))?;
+                    digests.push(digest);
+                    covered = covered.saturating_add(chunk_size);
+                    layer_offset = layer_offset
+                        .checked_add(chunk_size)
+                        .ok_or_else(|| bad("sizes overflow".into()))?;
+                }
+                if covered != size {
+                    return Err(bad(format!(
+                        "its chunks hold {covered} bytes, its size is {size}"
+                    )));
+                }
+            }
+            let mut pax_records = Vec::with_capacity(entry.xattrs.len());
+            for (name, value) in &entry.xattrs {
+                let value = base64::engine::general_purpose::STANDARD
+                    .decode(value)
+                    .map_err(|_| bad(format!("xattr {name:?} is not base64")))?;
+                pax_records.push((format!("SCHILY.xattr.{name}").into_bytes(), value));
+            }
+            let id = |value: i64, what: &str| {
+                u32::try_from(value).map_err(|_| bad(format!("{what} {value} out of range")))
+            };
+            toc.push(FileMetadata {
+                name: entry.name.as_bytes().to_vec(),
+                entry_type,
+                uncompressed_offset: i64::try_from(file_offset)
+                    .map_err(|_| bad("offset overflows".into()))?,
+                uncompressed_size: if entry_type == EntryType::Regular {
+                    entry.size
+                } else {
+                    0
+                },
+                linkname: entry.link_name.as_bytes().to_vec(),
+                mode: entry.mode,
+                uid: id(entry.uid, "uid")?,
+                gid: id(entry.gid, "gid")?,
+                uname: Vec::new(),
+                gname: Vec::new(),
+                mod_time: entry.modtime.clone(),
+                devmajor: entry.dev_major,
+                devminor: entry.dev_minor,
+                pax_records,
+            });
+            index += 1 + chunk_count;
+        }
+        if spans.is_empty() {
+            return Err(invalid("no file data: nothing to fetch lazily".into()));
+        }
+        let max_span_id = i32::try_from(spans.len() - 1)
+            .map_err(|_| invalid(format!("{} chunks", spans.len())))?;
+        let too_big = |what: &str| invalid(format!("{what} does not fit an int64"));
+        let ztoc = Ztoc {
+            version: "0.9".into(),
+            build_tool_identifier: CHUNKED_BUILD_TOOL.into(),
+            compressed_archive_size: i64::try_from(blob_size).map_err(|_| too_big("blob size"))?,
+            uncompressed_archive_size: i64::try_from(layer_offset)
+                .map_err(|_| too_big("the files' size"))?,
+            toc,
+            compression: CompressionInfo {
+                algorithm: CompressionAlgorithm::Zstd,
+                max_span_id,
+                span_digests: digests,
+                checkpoints: spans.finish(),
+            },
+        };
+        // The same checks as for a zTOC read from a registry.
+        ztoc.span_geometry()?;
+        Ok(ztoc)
     }
 }
 

@@ -139,7 +139,9 @@ impl LayerFs {
         ztoc: Arc<Ztoc>,
         options: LayerConfig,
     ) -> Result<LayerFs> {
-        let verified = if options.verify {
+        // Headers are checked where the file table came from the tar; the
+        // chunks of zstd:chunked are checked against their digests instead.
+        let verified = if options.verify && ztoc.has_tar_headers() {
             Some(Arc::new(HeaderCheck::new(&ztoc)?))
         } else {
             None

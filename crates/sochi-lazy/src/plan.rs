@@ -22,6 +22,7 @@ use sochi_format::{
 use sochi_registry::{Client, DiscoveryOptions, FoundBy, Reference};
 use sochi_spans::PrefetchRefusal;
 
+use self::chunked::{plan_chunked, ChunkedPlan};
 pub use self::not_lazy::render_plan_metrics;
 use self::not_lazy::{is_zstd, not_lazy, NotLazy};
 
@@ -170,6 +171,15 @@ async fn plan_manifest(
     let manifest = ImageManifest::from_json(bytes)
         .with_context(|| format!("decoding the image manifest {}", manifest_descriptor.digest))?;
     let diff_ids = layer_diff_ids(client, reference, &manifest, cache).await?;
+    // zstd:chunked layers carry their own table of contents: lazy with or
+    // without an index.
+    let chunked = try_join_all(
+        manifest
+            .layers()
+            .iter()
+            .map(|layer| plan_chunked(client, reference, layer, cache)),
+    )
+    .await?;
     let cached_index = discovery
         .explicit_index
         .as_deref()
@@ -197,6 +207,7 @@ async fn plan_manifest(
                         manifest_descriptor,
                         &manifest,
                         &diff_ids,
+                        &chunked,
                         NotLazy::IndexMissing,
                         &why,
                     );
@@ -219,6 +230,7 @@ async fn plan_manifest(
                     manifest_descriptor,
                     &manifest,
                     &diff_ids,
+                    &chunked,
                     NotLazy::NoIndex,
                     "the image has no SOCI index",
                 ));
@@ -241,20 +253,22 @@ async fn plan_manifest(
         tracing::warn!(image = %manifest_descriptor.digest, index = %index_digest, "the SOCI index names none of the image's layers: every layer is unpacked");
         why
     });
-    let fetches = manifest
-        .layers()
-        .iter()
-        .zip(&diff_ids)
-        .map(|(layer, diff_id)| {
-            let context = LayerContext {
-                client,
-                reference,
-                index,
-                stale: stale.as_deref(),
-                cache,
-            };
-            plan_layer(context, layer, diff_id.clone())
-        });
+    let fetches =
+        manifest
+            .layers()
+            .iter()
+            .zip(&diff_ids)
+            .zip(&chunked)
+            .map(|((layer, diff_id), chunked)| {
+                let context = LayerContext {
+                    client,
+                    reference,
+                    index,
+                    stale: stale.as_deref(),
+                    cache,
+                };
+                plan_layer(context, layer, diff_id.clone(), chunked)
+            });
     let layers = try_join_all(fetches).await?;
     Ok(ImagePlan {
         repository: reference.clone(),
@@ -269,12 +283,13 @@ async fn plan_manifest(
 }
 
 /// The plan of an image without a usable index: every layer unpacked, for
-/// `why` (`detail` in words).
+/// `why` (`detail` in words), but zstd:chunked ones.
 fn unindexed_plan(
     reference: &Reference,
     manifest_descriptor: Descriptor,
     manifest: &ImageManifest,
     diff_ids: &[String],
+    chunked: &[ChunkedPlan],
     why: NotLazy,
     detail: &str,
 ) -> ImagePlan {
@@ -282,12 +297,9 @@ fn unindexed_plan(
         .layers()
         .iter()
         .zip(diff_ids)
-        .map(|(layer, diff_id)| PlannedLayer {
-            descriptor: layer.clone(),
-            ztoc: None,
-            no_ztoc_reason: Some(not_lazy(layer, why, detail)),
-            diff_id: diff_id.clone().into(),
-            prefetch: None,
+        .zip(chunked)
+        .map(|((layer, diff_id), chunked)| {
+            without_index(layer, diff_id.clone(), chunked, why, detail)
         })
         .collect();
     ImagePlan {
@@ -296,6 +308,29 @@ fn unindexed_plan(
         layers,
         index: None,
         index_problem: None,
+    }
+}
+
+/// A layer no SOCI index serves: lazy when it is zstd:chunked and its
+/// table of contents can serve it, else unpacked for `why` (`detail`).
+fn without_index(
+    layer: &Descriptor,
+    diff_id: String,
+    chunked: &ChunkedPlan,
+    why: NotLazy,
+    detail: &str,
+) -> PlannedLayer {
+    let (ztoc, reason) = match chunked {
+        ChunkedPlan::Lazy(ztoc) => (Some(Arc::clone(ztoc)), None),
+        ChunkedPlan::Unpacked(reason) => (None, Some(not_lazy(layer, NotLazy::ChunkedToc, reason))),
+        ChunkedPlan::NotChunked => (None, Some(not_lazy(layer, why, detail))),
+    };
+    PlannedLayer {
+        descriptor: layer.clone(),
+        ztoc,
+        no_ztoc_reason: reason,
+        diff_id: diff_id.into(),
+        prefetch: None,
     }
 }
 
@@ -329,6 +364,7 @@ async fn plan_layer(
     context: LayerContext<'_>,
     layer: &Descriptor,
     diff_id: String,
+    chunked: &ChunkedPlan,
 ) -> Result<PlannedLayer> {
     let LayerContext {
         client,
@@ -337,13 +373,12 @@ async fn plan_layer(
         stale,
         cache,
     } = context;
-    let unpacked = |why: NotLazy, detail: &str| PlannedLayer {
-        descriptor: layer.clone(),
-        ztoc: None,
-        no_ztoc_reason: Some(not_lazy(layer, why, detail)),
-        diff_id: diff_id.clone().into(),
-        prefetch: None,
-    };
+    let unpacked =
+        |why: NotLazy, detail: &str| without_index(layer, diff_id.clone(), chunked, why, detail);
+    if !matches!(chunked, ChunkedPlan::NotChunked) {
+        // No zTOC describes zstd: the layer's own table decides.
+        return Ok(unpacked(NotLazy::Zstd, "zstd:chunked"));
+    }
     let Some(ztoc_descriptor) = index.ztoc_for_layer(&layer.digest) else {
         return Ok(match stale {
             Some(why) => unpacked(NotLazy::IndexStale, why),
@@ -581,6 +616,7 @@ fn check_ztoc_fits_layer(ztoc: &Ztoc, layer: &Descriptor) -> std::result::Result
     Ok(())
 }
 
+mod chunked;
 mod not_lazy;
 #[cfg(test)]
 mod tests;

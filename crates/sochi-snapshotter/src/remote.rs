@@ -197,7 +197,9 @@ impl RemoteLayers {
             Err(failure) if failure.no_credentials => return Offer::NoCredentials(failure.reason),
             Err(failure) => return Offer::PlanFailed(failure.reason),
         };
-        if plan.index.is_none() {
+        // Without an index only zstd:chunked layers can be lazy; an image
+        // with none is containerd's to pull.
+        if plan.index.is_none() && plan.lazy_layers() == 0 {
             return Offer::NoIndex(plan.index_problem.clone());
         }
         match plan
@@ -228,9 +230,9 @@ impl RemoteLayers {
             Ok(plan) => plan,
             Err(failure) => return Outcome::Failed(failure.reason),
         };
-        let Some(index) = &plan.index else {
+        if plan.index.is_none() && plan.lazy_layers() == 0 {
             return Outcome::NoIndex;
-        };
+        }
         let Some(layer) = plan
             .layers
             .iter()
@@ -287,7 +289,7 @@ impl RemoteLayers {
                 self.mounts.lock().insert(id, mount);
                 Outcome::Provided {
                     mode,
-                    index: Some(index.digest.clone()),
+                    index: plan.index.as_ref().map(|index| index.digest.clone()),
                     reason,
                 }
             }

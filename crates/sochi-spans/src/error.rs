@@ -27,6 +27,28 @@ pub enum Error {
         /// The digest of the bytes read.
         actual: sochi_format::Sha256Digest,
     },
+    /// A zstd:chunked chunk decoded to bytes whose digest is not the one
+    /// its table of contents gives, also after one retry; none of its
+    /// bytes were used.
+    #[error(
+        "span {span}: the chunk decodes to digest {actual}, the table of contents says {expected}"
+    )]
+    ChunkDigestMismatch {
+        /// The span (the chunk).
+        span: SpanId,
+        /// The digest from the table of contents.
+        expected: sochi_format::Sha256Digest,
+        /// The digest of the decoded bytes.
+        actual: sochi_format::Sha256Digest,
+    },
+    /// A span's zstd frames did not decode to the span's size.
+    #[error("span {span}: zstd: {detail}")]
+    Zstd {
+        /// The span.
+        span: SpanId,
+        /// What libzstd reported, or how the size differs.
+        detail: String,
+    },
     /// A span whose digest matched did not decompress.
     #[error("span {span}: cannot decompress")]
     Inflate {
@@ -106,4 +128,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// Whether the bytes read were not the layer's (a digest that does not
+    /// match, or zstd frames that do not decode to their span): worth
+    /// reading once more, never worth serving.
+    pub(crate) fn is_bad_bytes(&self) -> bool {
+        matches!(
+            self,
+            Error::SpanDigestMismatch { .. }
+                | Error::ChunkDigestMismatch { .. }
+                | Error::Zstd { .. }
+        )
+    }
 }

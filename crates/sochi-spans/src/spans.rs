@@ -228,6 +228,9 @@ impl Drop for Claim<'_> {
 /// cache.
 pub struct SpanManager {
     algorithm: CompressionAlgorithm,
+    /// The span digests are of the uncompressed spans (zstd:chunked,
+    /// whose table gives chunk digests): checked after decoding.
+    uncompressed_digests: bool,
     /// The zTOC's zinfo blob, parsed again for each fetch (cheap next to a
     /// range request) because [`Zinfo`] borrows.
     zinfo: ZinfoBytes,
@@ -350,6 +353,8 @@ impl SpanManager {
         cache_dir: Option<PathBuf>,
     ) -> Result<SpanManager> {
         let geometry = ztoc.span_geometry()?;
+        let uncompressed_digests =
+            matches!(geometry.zinfo(), Zinfo::Zstd(zstd) if zstd.uncompressed_digests());
         let invalid = |detail: String| {
             Error::Ztoc(sochi_format::Error::Invalid {
                 what: "ztoc",
@@ -397,6 +402,7 @@ impl SpanManager {
         let memory_key = memory.register();
         Ok(SpanManager {
             algorithm: geometry.algorithm(),
+            uncompressed_digests,
             zinfo: ZinfoBytes::Owned(ztoc.compression.checkpoints.clone()),
             spans,
             uncompressed_size: geometry.uncompressed_archive_size(),
@@ -835,14 +841,25 @@ impl SpanManager {
                 clock = Instant::now();
             }
         };
-        let bytes = loop {
+        let zinfo = Zinfo::parse(self.algorithm, self.zinfo.bytes())?;
+        let spans = loop {
             let bytes = self.fetch_range(start..end, kind)?;
             lap(&self.metrics, 0);
             let verified = self.verify(run.clone(), start, &bytes);
             lap(&self.metrics, 1);
-            match verified {
-                Ok(()) => break bytes,
-                Err(error) => {
+            // Chunks of zstd:chunked are checked as they are decoded.
+            let decoded = verified.and_then(|()| {
+                run.clone()
+                    .map(|span| {
+                        let compressed = self.compressed_slice(span, start, &bytes)?;
+                        self.decompress(&zinfo, span, compressed)
+                    })
+                    .collect::<Result<Vec<_>>>()
+            });
+            lap(&self.metrics, 2);
+            match decoded {
+                Ok(spans) => break spans,
+                Err(error) if error.is_bad_bytes() => {
                     LayerMetrics::add(&self.metrics.digest_mismatches, 1);
                     if retried {
                         return Err(error);
@@ -852,6 +869,7 @@ impl SpanManager {
                     tracing::warn!(spans = ?run, error = %error, "span digest mismatch; reading these spans from the layer blob once more");
                     retried = true;
                 }
+                Err(error) => return Err(error),
             }
         };
         match kind {
@@ -862,15 +880,7 @@ impl SpanManager {
             // Counted by the background fetch as it caches them.
             FetchKind::Background => {}
         }
-        let zinfo = Zinfo::parse(self.algorithm, self.zinfo.bytes())?;
-        let spans = run
-            .map(|span| {
-                let compressed = self.compressed_slice(span, start, &bytes)?;
-                self.decompress(&zinfo, span, compressed)
-            })
-            .collect();
-        lap(&self.metrics, 2);
-        spans
+        Ok(spans)
     }
 
     /// Exactly `range` of the blob, counted as a `kind` read.
@@ -925,6 +935,9 @@ impl SpanManager {
     }
 
     pub(crate) fn verify(&self, run: Range<usize>, start: u64, bytes: &[u8]) -> Result<()> {
+        if self.uncompressed_digests {
+            return Ok(());
+        }
         for span in run {
             let actual = Sha256Digest::of(self.compressed_slice(span, start, bytes)?);
             let expected = self.span(span)?.digest;
@@ -965,6 +978,35 @@ impl SpanManager {
                 )?;
                 Ok(Arc::from(out))
             }
+            Zinfo::Zstd(_) => {
+                let mut out = vec![0; len];
+                let zstd_error = |detail: String| Error::Zstd {
+                    span: SpanId(span),
+                    detail,
+                };
+                // Every frame of the span, skippable ones skipped; more
+                // output than the span holds is an error, not a bigger
+                // buffer.
+                let written = zstd::bulk::decompress_to_buffer(compressed, &mut out[..])
+                    .map_err(|error| zstd_error(error.to_string()))?;
+                if written != len {
+                    return Err(zstd_error(format!(
+                        "decoded {written} bytes, the span holds {len}"
+                    )));
+                }
+                if self.uncompressed_digests {
+                    let actual = Sha256Digest::of(&out);
+                    let expected = self.span(span)?.digest;
+                    if actual != expected {
+                        return Err(Error::ChunkDigestMismatch {
+                            span: SpanId(span),
+                            expected,
+                            actual,
+                        });
+                    }
+                }
+                Ok(Arc::from(out))
+            }
         }
     }
 }
@@ -989,6 +1031,8 @@ impl std::fmt::Debug for SpanManager {
     }
 }
 
+#[cfg(test)]
+mod chunked_tests;
 #[cfg(test)]
 mod tests;
 

@@ -85,6 +85,9 @@ pub(super) use slot::{xattr as xattr_slot, ztoc as ztoc_slot};
 pub(super) const ALGORITHM_GZIP: i8 = 1;
 /// The FlatBuffers value of `CompressionAlgorithm.Uncompressed`.
 pub(super) const ALGORITHM_UNCOMPRESSED: i8 = 2;
+/// sochi's value for zstd frames (docs/zstd.md); not in the reference's
+/// schema.
+pub(super) const ALGORITHM_ZSTD: i8 = 3;
 
 impl Ztoc {
     /// Decodes and validates a zTOC blob.
@@ -425,6 +428,7 @@ fn read_compression_info(
     let algorithm = match algorithm_value {
         ALGORITHM_GZIP => CompressionAlgorithm::Gzip,
         ALGORITHM_UNCOMPRESSED => CompressionAlgorithm::Uncompressed,
+        ALGORITHM_ZSTD => CompressionAlgorithm::Zstd,
         other => {
             return Err(table.corrupt(
                 algorithm_at.unwrap_or(table.pos()),

@@ -73,6 +73,19 @@ impl Ztoc {
     }
 }
 
+impl Ztoc {
+    /// Whether the files' offsets are offsets in the layer's tar, with each
+    /// file's tar header before its data: false for a zstd:chunked layer,
+    /// whose span digests are of its uncompressed chunks and whose files
+    /// lie back to back ([`crate::ChunkedToc::to_ztoc`]).
+    pub fn has_tar_headers(&self) -> bool {
+        !matches!(
+            Zinfo::parse(self.compression.algorithm, &self.compression.checkpoints),
+            Ok(Zinfo::Zstd(zstd)) if zstd.uncompressed_digests()
+        )
+    }
+}
+
 impl<'a> SpanGeometry<'a> {
     /// Checks `zinfo` against a zTOC's `max_span_id` and archive sizes
     /// (docs/format.md §1.3) and returns the geometry.
@@ -125,6 +138,18 @@ impl<'a> SpanGeometry<'a> {
         let last_start = geometry
             .start_compressed(SpanId(last))
             .ok_or_else(|| invalid(format!("span {last}: start offset overflows")))?;
+        if let Zinfo::Zstd(zstd) = zinfo {
+            let last_span = zstd
+                .span(last)
+                .ok_or_else(|| invalid(format!("span {last} missing")))?;
+            if last_span.compressed.end > compressed_archive_size
+                || last_span.uncompressed_start >= uncompressed_archive_size
+            {
+                return Err(invalid(format!(
+                    "span {last} ({last_span:?}) is past the end of the layer ({compressed_archive_size} bytes, {uncompressed_archive_size} uncompressed)"
+                )));
+            }
+        }
         if last_start > compressed_archive_size {
             return Err(invalid(format!(
                 "span {last} starts at compressed offset {last_start}, past the end of the layer ({compressed_archive_size} bytes)"
@@ -191,6 +216,7 @@ impl<'a> SpanGeometry<'a> {
                     .checked_sub(u64::from(checkpoint.bits != 0))
             }
             Zinfo::Tar(tar) => Self::tar_offset(tar.span_size, span),
+            Zinfo::Zstd(zstd) => Some(zstd.span(span)?.compressed.start),
         }
     }
 
@@ -202,6 +228,11 @@ impl<'a> SpanGeometry<'a> {
         if span >= self.span_count {
             return None;
         }
+        // A zstd span ends where its frames do: the gaps of zstd:chunked
+        // (tar headers, the table of contents) belong to no span.
+        if let Zinfo::Zstd(zstd) = &self.zinfo {
+            return Some(zstd.span(span)?.compressed.end);
+        }
         if span == self.max_span_id().index() {
             return Some(self.compressed_archive_size);
         }
@@ -209,6 +240,7 @@ impl<'a> SpanGeometry<'a> {
         match &self.zinfo {
             Zinfo::Gzip(gzip) => Some(gzip.checkpoint(next)?.compressed_offset),
             Zinfo::Tar(tar) => Self::tar_offset(tar.span_size, next),
+            Zinfo::Zstd(zstd) => Some(zstd.span(next)?.compressed.start),
         }
     }
 
@@ -221,6 +253,7 @@ impl<'a> SpanGeometry<'a> {
         match &self.zinfo {
             Zinfo::Gzip(gzip) => Some(gzip.checkpoint(span)?.uncompressed_offset),
             Zinfo::Tar(tar) => Self::tar_offset(tar.span_size, span),
+            Zinfo::Zstd(zstd) => Some(zstd.span(span)?.uncompressed_start),
         }
     }
 
@@ -255,6 +288,21 @@ impl<'a> SpanGeometry<'a> {
                     let start = gzip
                         .checkpoint(mid)
                         .map_or(u64::MAX, |checkpoint| checkpoint.uncompressed_offset);
+                    if start <= uncompressed_offset {
+                        low = mid + 1;
+                    } else {
+                        high = mid;
+                    }
+                }
+                low.saturating_sub(1)
+            }
+            Zinfo::Zstd(zstd) => {
+                let (mut low, mut high) = (0usize, self.span_count);
+                while low < high {
+                    let mid = low + (high - low) / 2;
+                    let start = zstd
+                        .span(mid)
+                        .map_or(u64::MAX, |span| span.uncompressed_start);
                     if start <= uncompressed_offset {
                         low = mid + 1;
                     } else {

@@ -11,7 +11,7 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use super::read::{
     compression_slot, file_slot, toc_slot, xattr_slot, ztoc_slot, ALGORITHM_GZIP,
-    ALGORITHM_UNCOMPRESSED,
+    ALGORITHM_UNCOMPRESSED, ALGORITHM_ZSTD,
 };
 use super::{CompressionAlgorithm, FileMetadata, Ztoc};
 use crate::error::{Error, Result};
@@ -139,6 +139,7 @@ impl Ztoc {
         let algorithm = match self.compression.algorithm {
             CompressionAlgorithm::Gzip => ALGORITHM_GZIP,
             CompressionAlgorithm::Uncompressed => ALGORITHM_UNCOMPRESSED,
+            CompressionAlgorithm::Zstd => ALGORITHM_ZSTD,
         };
         // Gzip is the schema default, so it is not written.
         builder.push_slot::<i8>(

@@ -38,16 +38,19 @@ pub(crate) enum NotLazy {
     ZtocMismatch,
     /// A zstd layer, which no zTOC describes.
     Zstd,
+    /// A zstd:chunked layer whose table of contents cannot serve it.
+    ChunkedToc,
 }
 
 impl NotLazy {
-    const ALL: [NotLazy; 6] = [
+    const ALL: [NotLazy; 7] = [
         NotLazy::NoIndex,
         NotLazy::IndexMissing,
         NotLazy::IndexStale,
         NotLazy::NoZtoc,
         NotLazy::ZtocMismatch,
         NotLazy::Zstd,
+        NotLazy::ChunkedToc,
     ];
 
     /// The `why` label.
@@ -59,12 +62,14 @@ impl NotLazy {
             NotLazy::NoZtoc => "no_ztoc",
             NotLazy::ZtocMismatch => "ztoc_mismatch",
             NotLazy::Zstd => "zstd",
+            NotLazy::ChunkedToc => "chunked_toc",
         }
     }
 
     fn counter(self) -> &'static AtomicU64 {
-        // One per variant, indexed by the discriminant (0..6, as in ALL).
-        static COUNTS: [AtomicU64; NotLazy::ALL.len()] = [const { AtomicU64::new(0) }; 6];
+        // One per variant, indexed by the discriminant (as in ALL).
+        static COUNTS: [AtomicU64; NotLazy::ALL.len()] =
+            [const { AtomicU64::new(0) }; NotLazy::ALL.len()];
         &COUNTS[self as usize]
     }
 }
@@ -97,7 +102,7 @@ pub(crate) fn not_lazy(layer: &Descriptor, why: NotLazy, detail: &str) -> String
 pub fn render_plan_metrics(out: &mut String) {
     let _ = writeln!(
         out,
-        "# HELP sochi_layers_not_lazy_total Layers planned to be fetched whole and unpacked, by why (no_index, index_missing, index_stale, no_ztoc, ztoc_mismatch, zstd)."
+        "# HELP sochi_layers_not_lazy_total Layers planned to be fetched whole and unpacked, by why (no_index, index_missing, index_stale, no_ztoc, ztoc_mismatch, zstd, chunked_toc)."
     );
     let _ = writeln!(out, "# TYPE sochi_layers_not_lazy_total counter");
     for kind in NotLazy::ALL {

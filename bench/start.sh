@@ -9,8 +9,8 @@
 #   --links   comma list of loopback, 1gbit, 100mbit (default all three;
 #             any NNmbit or Ngbit works)
 #   --runs    cold runs per system, image and link (default 3; medians)
-#   --systems comma list of overlayfs, sochi, sochi-lo, sochi-wrong
-#             (default overlayfs,sochi)
+#   --systems comma list of overlayfs, sochi, sochi-lo, sochi-wrong,
+#             overlayfs-chunked, sochi-chunked (default overlayfs,sochi)
 #   --sochi-config  TOML appended to the snapshotter's configuration (e.g.
 #             `[background_fetch]` settings); default: sochi's defaults
 #   --quick   debian-python on loopback, 1 run
@@ -46,6 +46,12 @@
 #              per image, cached in bench/work/start/): NAME:soci-lo
 #   sochi-wrong "wrong load order": as sochi-lo, recorded for another
 #              command (`python3 -c 'import json, email'`): NAME:soci-wrong
+#   overlayfs-chunked  as overlayfs, of NAME:chunked: the image copied by
+#              skopeo with `--dest-compress-format zstd:chunked` (its
+#              diff_ids recomputed: skopeo 1.9 can write them wrong), no
+#              SOCI index; cached in bench/work/start/
+#   sochi-chunked  as sochi, of NAME:chunked: lazy from the layers' own
+#              tables of contents
 # Warm (loopback only; nothing goes over the link then): after the last
 # cold run of a system, its image pulled and run once, for sochi the
 # background fetch finished (every span cached on disk), and `sync` (the
@@ -100,7 +106,7 @@ IFS=, read -r -a images <<<"$images_arg"
 IFS=, read -r -a links <<<"$links_arg"
 IFS=, read -r -a systems <<<"$systems_arg"
 for s in "${systems[@]}"; do
-  case "$s" in overlayfs|sochi|sochi-lo|sochi-wrong) ;; *) echo "start.sh: unknown system $s" >&2; exit 2 ;; esac
+  case "$s" in overlayfs|sochi|sochi-lo|sochi-wrong|overlayfs-chunked|sochi-chunked) ;; *) echo "start.sh: unknown system $s" >&2; exit 2 ;; esac
 done
 [ -z "$sochi_config" ] || [ -f "$sochi_config" ] || { echo "start.sh: no file $sochi_config" >&2; exit 2; }
 for i in "${images[@]}"; do
@@ -210,13 +216,20 @@ for img in "${images[@]}"; do
   scripts/build-test-images.sh --keep-existing --only "$img" "$imgdir" >/dev/null
 done
 
-manifest_of() { jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == "latest") | .digest' "$imgdir/$1/index.json"; }
-layer_blobs() { # registry blob files of IMAGE's layers
-  local m
-  m=$(manifest_of "$1")
-  jq -r '.layers[].digest | sub("sha256:"; "")' "$imgdir/$1/blobs/sha256/${m#sha256:}" |
+manifest_of() { jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == "latest") | .digest' "${2:-$imgdir/$1}/index.json"; }
+layer_blobs() { # IMAGE [LAYOUT]: registry blob files of IMAGE's layers (as in LAYOUT)
+  local m layout=${2:-$imgdir/$1}
+  m=$(manifest_of "$1" "$layout")
+  jq -r '.layers[].digest | sub("sha256:"; "")' "$layout/blobs/sha256/${m#sha256:}" |
     while read -r h; do echo "$tmp/registry/data/docker/registry/v2/blobs/sha256/${h:0:2}/$h/data"; done
 }
+chunked_layout() { # IMAGE: the path of its zstd:chunked copy (made once, cached)
+  local m
+  m=$(manifest_of "$1")
+  echo "$cache/$1-chunked-${m:7:16}"
+}
+wants_chunked=false
+for s in "${systems[@]}"; do case "$s" in *-chunked) wants_chunked=true ;; esac; done
 
 # --- registries --------------------------------------------------------------
 mkdir -p "$tmp/registry"
@@ -231,10 +244,28 @@ for img in "${images[@]}"; do
     "oci:$imgdir/$img:latest" "$loop_reg/$img:soci" >/dev/null
 done
 
+# zstd:chunked copies, made once per image with skopeo and pushed as
+# NAME:chunked.
+if $wants_chunked; then
+  for img in "${images[@]}"; do
+    layout=$(chunked_layout "$img")
+    if [ ! -s "$layout/index.json" ]; then
+      log "copying $img as zstd:chunked"
+      rm -rf "$layout.part"
+      skopeo copy --quiet --dest-compress --dest-compress-format zstd:chunked \
+        "oci:$imgdir/$img:latest" "oci:$layout.part:latest"
+      "$helper" fix-diff-ids "$layout.part"
+      mv "$layout.part" "$layout"
+    fi
+    skopeo copy --quiet --preserve-digests --dest-tls-verify=false \
+      "oci:$layout:latest" "docker://$loop_reg/$img:chunked"
+  done
+fi
+
 # Load orders, recorded once per image (and sochi binary) from a run of the
 # command under `sochi load-order record`, then converted into NAME:soci-lo
 # (main.py) and NAME:soci-wrong (another command).
-tag_of() { case "$1" in sochi-lo) echo soci-lo ;; sochi-wrong) echo soci-wrong ;; *) echo soci ;; esac; }
+tag_of() { case "$1" in sochi-lo) echo soci-lo ;; sochi-wrong) echo soci-wrong ;; *-chunked) echo chunked ;; overlayfs) echo latest ;; *) echo soci ;; esac; }
 sochi_sum=$(sha256sum "$sochi" | cut -c1-12)
 for img in "${images[@]}"; do
   for system in "${systems[@]}"; do
@@ -329,6 +360,10 @@ for img in "${images[@]}"; do
     mv "$floor.part" "$floor"
   fi
   cp "$floor" "bench/results/start-$stamp-floor-$img.json"
+  if $wants_chunked; then
+    "$helper" chunk-floor --opened "$cache/opened-$img-${mhex:0:16}.txt" --layout "$(chunked_layout "$img")" \
+      --json "bench/results/start-$stamp-floor-$img-chunked.json" >&2
+  fi
 done
 
 # --- runs ----------------------------------------------------------------------
@@ -359,12 +394,16 @@ env_up() {
   eval "$(scripts/containerd.sh start "$ctd" 2>/dev/null)"
 }
 
-# cold_caches IMAGE: drop the page cache, then read the registry's blobs of
-# IMAGE back in (the remote registry is warm, this machine is not).
+# cold_caches IMAGE SYSTEM: drop the page cache, then read the registry's
+# blobs of IMAGE (as SYSTEM pulls it) back in (the remote registry is warm,
+# this machine is not).
 cold_caches() {
   sync
   echo 3 >/proc/sys/vm/drop_caches
-  layer_blobs "$1" | xargs cat >/dev/null
+  case "$2" in
+    *-chunked) layer_blobs "$1" "$(chunked_layout "$1")" | xargs cat >/dev/null ;;
+    *) layer_blobs "$1" | xargs cat >/dev/null ;;
+  esac
 }
 
 rec() { # IMAGE LINK SYSTEM PHASE RUN < "metric value" lines
@@ -404,12 +443,12 @@ for img in "${images[@]}"; do
         for attempt in 1 2 3; do
           log "$img $link $system cold run $run/$runs$([ "$attempt" = 1 ] || echo " (attempt $attempt)")"
           env_up "$system"
-          cold_caches "$img"
+          cold_caches "$img" "$system"
           id=start-$system-$run-$RANDOM
-          if [ "$system" = overlayfs ]; then
+          if [ "${system%%-*}" = overlayfs ]; then
             "$helper" timed --ready "$ready" --reglog "$reglog" \
-              --pull "ctr -a $ctd/containerd.sock images pull --plain-http $reg/$img:latest" \
-              --run "ctr -a $ctd/containerd.sock run --rm $reg/$img:latest $id" >"$tmp/out"
+              --pull "ctr -a $ctd/containerd.sock images pull --plain-http $reg/$img:$(tag_of "$system")" \
+              --run "ctr -a $ctd/containerd.sock run --rm $reg/$img:$(tag_of "$system") $id" >"$tmp/out"
           else
             "$helper" timed --ready "$ready" --reglog "$reglog" --metrics "$metrics" \
               --pull "$sochi --plain-http pull -a $ctd/containerd.sock --root $snap_root-pull $reg/$img:$(tag_of "$system")" \
@@ -422,8 +461,8 @@ for img in "${images[@]}"; do
         done
         echo "attempts $attempt" >>"$tmp/out"
         rec "$img" "$link" "$system" cold "$run" <"$tmp/out"
-        # Warm runs of the load-order systems would be sochi's again.
-        if [ "$link" = loopback ] && [ "$run" = "$runs" ] && [ "${system#sochi-}" = "$system" ]; then
+        # Warm runs only for overlayfs and sochi: the others' would be theirs again.
+        if [ "$link" = loopback ] && [ "$run" = "$runs" ] && { [ "$system" = overlayfs ] || [ "$system" = sochi ]; }; then
           if [ "$system" = sochi ]; then
             if grep -Eq '^[[:space:]]*disable[[:space:]]*=[[:space:]]*true' "$snap_root.toml"; then
               bg=0   # background fetch off: warm means page cache and demand-fetched spans only

@@ -27,8 +27,17 @@
         whose zTOC has it; the union of the compressed ranges of the spans
         that hold those files, per layer, plus the zTOCs' sizes. Prints a
         summary and writes the details as JSON.
+  fix-diff-ids LAYOUT  recomputes the config's diff_ids of LAYOUT's `latest`
+        from its zstd layers (skopeo 1.9's zstd:chunked writer can leave
+        them wrong, environment.md) and rewrites config, manifest and
+        index.json
+  chunk-floor --opened LIST --layout L [--json OUT]  the byte floor of a
+        lazy start of the zstd:chunked image in layout L: for each opened
+        file, the top layer whose table of contents has it; the union of
+        the compressed ranges of its chunks, plus the tables' sizes
   summary CSV [FLOOR_PREFIX]  the README tables (medians) from the CSV; the
-        floor of IMAGE is read from FLOOR_PREFIX + IMAGE + ".json"
+        floor of IMAGE is read from FLOOR_PREFIX + IMAGE + ".json" (its
+        zstd:chunked floor from FLOOR_PREFIX + IMAGE + "-chunked.json")
 """
 
 import json
@@ -525,6 +534,144 @@ def cmd_soci_ztocs(registry, repo, tag, outdir):
 # --- summary ------------------------------------------------------------------
 
 
+def latest_manifest(layout):
+    """(index, manifest descriptor in the index, manifest) of LAYOUT's `latest`."""
+    index = json.load(open(os.path.join(layout, "index.json")))
+    desc = [m for m in index["manifests"]
+            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "latest"][0]
+    return index, desc, json.load(open(blob_path(layout, desc["digest"])))
+
+
+def blob_path(layout, digest):
+    return os.path.join(layout, "blobs", "sha256", digest.split(":", 1)[1])
+
+
+def write_blob(layout, data):
+    import hashlib
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with open(blob_path(layout, digest), "wb") as f:
+        f.write(data)
+    return digest, len(data)
+
+
+def cmd_fix_diff_ids(layout):
+    import hashlib
+    index, desc, manifest = latest_manifest(layout)
+    diff_ids = []
+    for layer in manifest["layers"]:
+        proc = subprocess.Popen(["zstd", "-dc", blob_path(layout, layer["digest"])],
+                                stdout=subprocess.PIPE)
+        h = hashlib.sha256()
+        for chunk in iter(lambda: proc.stdout.read(1 << 20), b""):
+            h.update(chunk)
+        if proc.wait() != 0:
+            sys.exit(f"fix-diff-ids: zstd -dc of {layer['digest']} failed")
+        diff_ids.append("sha256:" + h.hexdigest())
+    config = json.load(open(blob_path(layout, manifest["config"]["digest"])))
+    if config["rootfs"]["diff_ids"] == diff_ids:
+        return
+    config["rootfs"]["diff_ids"] = diff_ids
+    manifest["config"]["digest"], manifest["config"]["size"] = write_blob(
+        layout, json.dumps(config, separators=(",", ":")).encode())
+    desc["digest"], desc["size"] = write_blob(
+        layout, json.dumps(manifest, separators=(",", ":")).encode())
+    json.dump(index, open(os.path.join(layout, "index.json"), "w"))
+
+
+def chunked_toc(layout, layer):
+    offset, length, _, _ = map(int, layer["annotations"][
+        "io.containers.zstd-chunked.manifest-position"].split(":"))
+    with open(blob_path(layout, layer["digest"]), "rb") as f:
+        f.seek(offset)
+        frame = f.read(length)
+    out = subprocess.run(["zstd", "-dc"], input=frame, stdout=subprocess.PIPE, check=True).stdout
+    return json.loads(out), length
+
+
+def cmd_chunk_floor(argv):
+    import argparse
+    p = argparse.ArgumentParser(prog="helper.py chunk-floor")
+    p.add_argument("--opened", required=True)
+    p.add_argument("--layout", required=True)
+    p.add_argument("--json")
+    a = p.parse_args(argv)
+    _, _, manifest = latest_manifest(a.layout)
+    layers = []
+    for layer in manifest["layers"]:
+        toc, toc_size = chunked_toc(a.layout, layer)
+        files = {}
+        for e in toc["entries"]:
+            if e["type"] == "chunk":
+                continue
+            files[clean(e["name"])] = e
+        layers.append({"layer": layer["digest"], "size": layer["size"], "files": files,
+                       "toc_size": toc_size, "ranges": [], "count": 0})
+    opened = [l.strip() for l in open(a.opened) if l.strip()]
+    missing = []
+    for path in opened:
+        name = clean(path)
+        for l in reversed(layers):
+            e = l["files"].get(name)
+            if e is None:
+                continue
+            if e["type"] == "hardlink":
+                e = l["files"].get(clean(e.get("linkName", "")), e)
+            if e["type"] == "reg" and e.get("size", 0) > 0:
+                l["ranges"].append((e["offset"], e["endOffset"]))
+                l["count"] += 1
+            break
+        else:
+            missing.append(path)
+    chunks = sum(union_length(l["ranges"]) for l in layers)
+    tocs = sum(l["toc_size"] for l in layers)
+    result = {"opened_files": len(opened), "in_no_table": missing,
+              "layers": [{"layer": l["layer"], "layer_size": l["size"], "files": l["count"],
+                          "chunk_bytes": union_length(l["ranges"]), "toc_size": l["toc_size"]}
+                         for l in layers],
+              "chunk_bytes": chunks, "toc_bytes": tocs, "floor_bytes": chunks + tocs,
+              "image_bytes": sum(l["size"] for l in layers)}
+    if a.json:
+        json.dump(result, open(a.json, "w"), indent=1)
+    print(f"zstd:chunked floor: {result['floor_bytes'] / 1e6:.2f} MB = chunks {chunks / 1e6:.2f} MB"
+          f" + tables {tocs / 1e6:.2f} MB (image {result['image_bytes'] / 1e6:.1f} MB; "
+          f"{len(missing)} opened files in no table)")
+
+
+def chunked_summary(images, links, med, sec, mb, floor_prefix):
+    """zstd:chunked: sochi's lazy start against the full pull of the same image, beside gzip."""
+    if not any(med(i, l, "sochi-chunked", "cold", "ready_s") is not None
+               for i in images for l in links):
+        return
+    print()
+    print("zstd:chunked (the image copied by skopeo 1.9 with `--dest-compress-format "
+          "zstd:chunked`, no SOCI index): cold start through sochi against its full pull "
+          "(overlayfs), beside the gzip image's lazy / full; registry bytes before the ready "
+          "line against the chunk floor (the compressed chunks of the files the workload "
+          "opens, plus the tables of contents). Medians.")
+    print()
+    print("| image | link | full pull (zstd:chunked) | sochi (zstd:chunked) | lazy / full "
+          "| gzip SOCI lazy / full | MB before ready | chunk floor MB | vs floor | demand req |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for img in images:
+        floor = None
+        if floor_prefix and os.path.exists(f"{floor_prefix}{img}-chunked.json"):
+            floor = json.load(open(f"{floor_prefix}{img}-chunked.json"))["floor_bytes"]
+        for link in links:
+            full = med(img, link, "overlayfs-chunked", "cold", "ready_s")
+            lazy = med(img, link, "sochi-chunked", "cold", "ready_s")
+            if lazy is None:
+                continue
+            gfull = med(img, link, "overlayfs", "cold", "ready_s")
+            glazy = med(img, link, "sochi", "cold", "ready_s")
+            ratio = f"**{lazy / full * 100:.0f}%**" if full and lazy else "–"
+            gratio = f"{glazy / gfull * 100:.0f}%" if gfull and glazy else "–"
+            reg = med(img, link, "sochi-chunked", "cold", "reg_bytes")
+            vs = f"{reg / floor:.2f}×" if floor and reg else "–"
+            req = med(img, link, "sochi-chunked", "cold", "demand_requests")
+            print(f"| {img} | {link} | {sec(full)} | {sec(lazy)} | {ratio} | {gratio} | {mb(reg)} | "
+                  f"{'–' if floor is None else mb(floor)} | {vs} | {'–' if req is None else int(req)} |")
+
+
 def cmd_summary(csv_path, floor_prefix=None):
     import csv
     rows = list(csv.DictReader(open(csv_path)))
@@ -613,6 +760,7 @@ def cmd_summary(csv_path, floor_prefix=None):
                   f"{'–' if floor is None else mb(floor)} | {vs} |")
 
     load_order_summary(images, links, med, sec, mb, floor_prefix)
+    chunked_summary(images, links, med, sec, mb, floor_prefix)
 
 
 def link_bits_per_s(link):
@@ -704,6 +852,10 @@ def main():
         cmd_soci_ztocs(*args)
     elif cmd == "floor":
         cmd_floor(args)
+    elif cmd == "fix-diff-ids":
+        cmd_fix_diff_ids(args[0])
+    elif cmd == "chunk-floor":
+        cmd_chunk_floor(args)
     elif cmd == "summary":
         cmd_summary(*args)
     else:

@@ -1,6 +1,8 @@
-//! zstd images never fail (issue 16): images skopeo recompressed as zstd
-//! or zstd:chunked mount through `sochi mount` (their layers unpacked,
-//! each saying why) with the gzip image's files, and run through the
+//! zstd images never fail, and zstd:chunked ones are lazy (issue 16):
+//! zstd:chunked images made by skopeo mount lazily from their layers'
+//! tables of contents, through `sochi mount` and the snapshotter, with the
+//! gzip image's files; bad chunks are EIO, a bad table unpacks; plain zstd
+//! images mount unpacked (each layer saying why) and run through the
 //! snapshotter; a SOCI-enabled image copied with recompression keeps an
 //! annotation naming an index its repository does not have (or one made
 //! for the gzip layers) and is mounted without it, the reason shown in

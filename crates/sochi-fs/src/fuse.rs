@@ -288,7 +288,7 @@ impl FileData {
         let mut done = 0;
         while done < want {
             let at = start + offset + done as u64;
-            match self.spans.read(at, &mut buf[done..]) {
+            match self.spans.read_in_file(at, &mut buf[done..], start + len) {
                 Ok(0) => return Err(Errno::EIO),
                 Ok(n) => done += n,
                 Err(e) => {

@@ -73,6 +73,14 @@ const SEQUENTIAL_STREAK: u64 = 8 << 20;
 /// How far ahead of a sequential reader disk-cached spans are read.
 const DISK_READ_AHEAD: u64 = 16 << 20;
 
+/// In a zstd:chunked layer, a read of a file
+/// ([`SpanManager::read_in_file`]) that has to fetch also fetches the
+/// file's following chunks, as long as the request stays within this many
+/// compressed bytes: chunks are tens of KiB, and without it a file costs
+/// a round trip per chunk. (SOCI spans do not end at files, and are big
+/// enough already: their reads fetch what they touch, as before.)
+const FILE_READ_AHEAD: u64 = 1 << 20;
+
 /// One span's geometry (docs/format.md §2.4) and digest.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Span {
@@ -540,6 +548,18 @@ impl SpanManager {
     /// Reads uncompressed layer bytes at `offset` into `buf`; returns how
     /// many were read: `buf.len()` clamped to the end of the layer.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_in_file(offset, buf, 0)
+    }
+
+    /// [`SpanManager::read`] for a reader of a file whose data ends at
+    /// uncompressed `file_end`: in a zstd:chunked layer a fetch takes the
+    /// file's following chunks along ([`FILE_READ_AHEAD`]).
+    pub fn read_in_file(&self, offset: u64, buf: &mut [u8], file_end: u64) -> Result<usize> {
+        let file_end = if self.uncompressed_digests {
+            file_end
+        } else {
+            0
+        };
         if offset >= self.uncompressed_size || buf.is_empty() {
             return Ok(0);
         }
@@ -575,7 +595,7 @@ impl SpanManager {
                 span += 1;
                 continue;
             }
-            for data in self.obtain(span, last)? {
+            for data in self.obtain(span, last, file_end)? {
                 let (from, to) = self.piece_of(span, offset, end)?;
                 let piece = usize::try_from(from)
                     .ok()
@@ -696,8 +716,9 @@ impl SpanManager {
     }
 
     /// The uncompressed bytes of `span` and maybe of following spans up to
-    /// `last` that were fetched with it: a non-empty run starting at `span`.
-    fn obtain(&self, span: usize, last: usize) -> Result<Vec<Arc<[u8]>>> {
+    /// `last` (or, read ahead, up to `file_end`) that were fetched with it:
+    /// a non-empty run starting at `span`.
+    fn obtain(&self, span: usize, last: usize, file_end: u64) -> Result<Vec<Arc<[u8]>>> {
         if let Some(data) = self.cached(span)? {
             return Ok(vec![data]);
         }
@@ -726,10 +747,17 @@ impl SpanManager {
             // Extend the run over adjacent spans that nobody is fetching and
             // that are not cached (an in-memory check: no I/O under the lock).
             let mut end = span + 1;
-            while end <= last
-                && !flights.contains_key(&end)
-                && !self.in_memory(end)
-                && !self.on_disk(end)
+            let free =
+                |id: usize| !flights.contains_key(&id) && !self.in_memory(id) && !self.on_disk(id);
+            while end <= last && free(end) {
+                end += 1;
+            }
+            // Then the rest of the file, within the read-ahead bound.
+            let start = self.spans.get(span).map_or(0, |s| s.start_compressed);
+            while self.spans.get(end).is_some_and(|next| {
+                next.end_uncompressed <= file_end
+                    && next.end_compressed.saturating_sub(start) <= FILE_READ_AHEAD
+            }) && free(end)
             {
                 end += 1;
             }

@@ -243,3 +243,31 @@ fn tables_that_do_not_add_up_are_refused() {
         assert!(toc.to_ztoc(100).is_err(), "{json}");
     }
 }
+
+#[test]
+fn a_read_in_a_file_takes_the_files_next_chunks_along_and_no_other_files() {
+    let layer = chunked_layer();
+    let (offset, size) = extent(&layer.ztoc, "usr/bin/tool");
+    let spans = SpanManager::new(&layer.ztoc, Arc::new(MemoryBlob::new(layer.blob)), None).unwrap();
+    let mut head = [0u8; 100];
+    spans
+        .read_in_file(offset, &mut head, offset + size)
+        .unwrap();
+    let metrics = spans.metrics();
+    assert_eq!(LayerMetrics::get(&metrics.demand_requests), 1);
+    assert_eq!(
+        LayerMetrics::get(&metrics.demand_spans),
+        3,
+        "the file's three chunks"
+    );
+    // The rest of the file is here now; the next file is not.
+    let mut rest = vec![0u8; (size - 100) as usize];
+    spans
+        .read_in_file(offset + 100, &mut rest, offset + size)
+        .unwrap();
+    assert_eq!(LayerMetrics::get(&metrics.demand_requests), 1);
+    let (name, content, _) = &layer.files[2];
+    assert_eq!(&read_file(&spans, &layer.ztoc, name).unwrap(), content);
+    assert_eq!(LayerMetrics::get(&metrics.demand_requests), 2);
+    assert_eq!(LayerMetrics::get(&metrics.demand_spans), 4);
+}

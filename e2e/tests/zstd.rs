@@ -22,7 +22,7 @@ use sochi_e2e::zstd::{
     chunked_toc, copy_recompressed, layout_manifest, set_diff_ids, set_layer_annotation,
     zstd_layout, ZstdFormat,
 };
-use sochi_e2e::{run_ok, Containerd, Registry, Snapshotter, Sochi};
+use sochi_e2e::{run_ok, Containerd, FaultProxy, Registry, Snapshotter, SnapshotterOptions, Sochi};
 
 use crate::cri::layer_records;
 
@@ -381,6 +381,73 @@ fn zstd_chunked_image_runs_lazily_through_the_snapshotter() {
     let rootfs = containerd.task_rootfs("default", &id);
     assert_trees_equal(&oracle_rootfs("debian-python"), &rootfs, &[]);
     containerd.ctr(["tasks", "kill", "--signal", "SIGKILL", &id]);
+}
+
+/// The snapshotter killed (SIGKILL) and started again: the zstd:chunked
+/// layers are mounted again from the same root without fetching anything
+/// (tables from the artifact cache, chunks from the span cache), and a
+/// new container runs python.
+#[test]
+fn zstd_chunked_layers_mount_again_after_a_snapshotter_restart() {
+    let registry = Registry::plain();
+    let proxy = FaultProxy::start(&registry);
+    let containerd = Containerd::start();
+    let mut snapshotter = Snapshotter::start(
+        &containerd.snapshotter_address(),
+        SnapshotterOptions {
+            background_fetch: false,
+            ..SnapshotterOptions::default()
+        },
+    );
+    let sochi = Sochi::for_registry(&registry);
+    let layout = zstd_layout("debian-python", ZstdFormat::Chunked);
+    push_layout_exact(&registry, &layout, "py-chunked", "latest");
+    let image = proxy.reference("py-chunked:latest");
+    let report = pull(&sochi, &containerd, &image);
+    let top = report["layers"]
+        .as_array()
+        .and_then(|layers| layers.last())
+        .and_then(|layer| layer["chain_id"].as_str())
+        .unwrap()
+        .to_string();
+    let args = ["/usr/bin/python3", "/app/main.py"];
+    let out = containerd.run_container("sochi", &image, &container_id("before"), &args);
+    assert_python_ready(&out);
+
+    snapshotter.kill9();
+    proxy.clear_requests();
+    snapshotter.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !containerd
+        .ctr_output(["snapshots", "--snapshotter", "sochi", "info", &top])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd does not reach the restarted snapshotter:\n{}",
+            snapshotter.log_tail(40)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        sochi_e2e::lazy::mounts_under(&snapshotter.root()).len(),
+        3,
+        "{}",
+        snapshotter.log_tail(40)
+    );
+    let out = containerd.run_container("sochi", &image, &container_id("after"), &args);
+    assert_python_ready(&out);
+    let blob_gets: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        blob_gets.is_empty(),
+        "fetched again after the restart: {blob_gets:?}"
+    );
 }
 
 /// busybox as zstd:chunked, pushed twice: as it is, and with a

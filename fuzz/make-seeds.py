@@ -259,3 +259,44 @@ for name, data in gzips.items():
 # corrupt_checkpoint: 8 bytes of damage (see the target) + gzip.
 for i, (name, data) in enumerate(gzips.items()):
     write("corrupt_checkpoint", name, bytes([0, 1, 0x12, 0x34 + i, 1 << (i % 8), i, 0, 0x20]) + data)
+
+
+# zinfo_reader: sochi's zstd zinfo (selector 2): two spans, compressed
+# digests; and one span of a zstd:chunked layer (uncompressed digests).
+def frame_zinfo(flags, spans):
+    out = b"sochizf1" + struct.pack("<II", flags, len(spans))
+    for start, end, uncompressed in spans:
+        out += struct.pack("<QQQ", start, end, uncompressed)
+    return out
+
+
+write("zinfo_reader", "zstd-two", b"\x02" + frame_zinfo(0, [(0, 100, 0), (100, 250, 4096)]))
+write("zinfo_reader", "zstd-chunked-one", b"\x02" + frame_zinfo(1, [(120, 180, 0)]))
+
+
+# zstd_layers: byte 0 picks the parser (0 frame map, 1 position, 2 table).
+def zstd_frame(data):
+    return subprocess.run(["zstd", "-q", "-c", "-3"], input=data, check=True, stdout=subprocess.PIPE).stdout
+
+
+skippable = struct.pack("<II", 0x184D2A50, 4) + b"toc!"
+frames = zstd_frame(b"header" * 100) + zstd_frame(b"data" * 1000) + skippable
+write("zstd_layers", "frames", b"\x00" + frames)
+footer = struct.pack("<II", 0x184D2A50, 40) + struct.pack("<QQQQ", 10, 20, 30, 1) + b"GnUlInUx"
+write("zstd_layers", "footer", b"\x01" + bytes(64) + footer)
+write("zstd_layers", "annotation", b"\x01" + b"10:20:30:1" + bytes(40))
+digest = "sha256:" + "3d9f2889d6782537624a4e1a10e68a2ddd53e0ee8bac02676f27308f42ec6bf6"
+table = (
+    '{"version":1,"entries":['
+    '{"type":"dir","name":"bin/","mode":493},'
+    '{"type":"symlink","name":"bin/sh","linkName":"/bin/busybox","mode":511},'
+    '{"type":"reg","name":"bin/busybox","mode":493,"size":5000,"digest":"%s",'
+    '"offset":167,"endOffset":900,"chunkSize":1755,"chunkDigest":"%s"},'
+    '{"type":"chunk","name":"bin/busybox","offset":674,"chunkSize":2341,"chunkOffset":1755,'
+    '"chunkDigest":"%s","chunkType":"zeros"},'
+    '{"type":"chunk","name":"bin/busybox","offset":697,"chunkSize":904,"chunkOffset":4096,'
+    '"chunkDigest":"%s"},'
+    '{"type":"reg","name":"etc/hostname","size":6,"digest":"%s","offset":950,"endOffset":990,'
+    '"xattrs":{"user.a":"eA=="}}]}' % ((digest,) * 5)
+)
+write("zstd_layers", "table", b"\x02" + table.encode() + b" " * (1000 - len(table)))

@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use sochi_e2e::layouts::blob_path;
 use sochi_e2e::lazy::{
     assert_python_ready, oracle_rootfs, push_layout_exact, LazyMount, MountState,
 };
@@ -341,6 +342,69 @@ fn zstd_chunked_image_mounts_lazily_from_its_tables_of_contents() {
             .args(["/usr/bin/python3", "/app/main.py"]),
     );
     assert_python_ready(&String::from_utf8_lossy(&out.stdout));
+    assert_trees_equal(&oracle_rootfs("debian-python"), mount.mountpoint(), &[]);
+    mount.unmount();
+}
+
+/// An OCI layout of debian-python whose top layer is the zstd:chunked
+/// copy's (the same tar): gzip, gzip, zstd:chunked.
+fn mixed_layout(dir: &Path) -> std::path::PathBuf {
+    use sha2::Digest as _;
+    let images = sochi_e2e::TestImages::get();
+    let gzip = images.layout("debian-python");
+    let chunked = zstd_layout("debian-python", ZstdFormat::Chunked);
+    let (_, chunked_manifest) = layout_manifest(&chunked);
+    let mut manifest = images.manifest("debian-python");
+    manifest["layers"][2] = chunked_manifest["layers"][2].clone();
+    let layout = dir.join("mixed");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let copy = |from: &Path, digest: &serde_json::Value| {
+        let digest = digest.as_str().unwrap();
+        std::fs::copy(blob_path(from, digest), blob_path(&layout, digest)).unwrap();
+    };
+    copy(&gzip, &manifest["config"]["digest"]);
+    copy(&gzip, &manifest["layers"][0]["digest"]);
+    copy(&gzip, &manifest["layers"][1]["digest"]);
+    copy(&chunked, &manifest["layers"][2]["digest"]);
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    std::fs::write(blob_path(&layout, &digest), &bytes).unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    layout
+}
+
+/// An image mixing gzip layers and a zstd:chunked one, converted by
+/// `sochi convert` (which indexes the gzip layers and skips the zstd one,
+/// as the reference does): every layer lazy, the gzip ones through the
+/// SOCI index and the zstd:chunked one through its table.
+#[test]
+fn image_mixing_soci_and_zstd_chunked_layers_is_lazy_throughout() {
+    let registry = Registry::plain();
+    let sochi = Sochi::for_registry(&registry);
+    let work = tempfile::tempdir().unwrap();
+    let layout = mixed_layout(work.path());
+    let source = push_layout_exact(&registry, &layout, "mixed", "latest");
+    let converted = registry.reference("mixed:soci");
+    sochi.run(["convert", "--min-layer-size", "0", &source, &converted]);
+    let mount = LazyMount::mount(&sochi, &converted, &[]);
+    let state = mount.state().clone();
+    assert!(state.index.is_some(), "{:#}", state.json);
+    assert_eq!(state.layers.len(), 3);
+    assert!(state.layers.iter().all(|l| l.is_lazy()), "{:#}", state.json);
     assert_trees_equal(&oracle_rootfs("debian-python"), mount.mountpoint(), &[]);
     mount.unmount();
 }

@@ -376,8 +376,9 @@ async fn plan_layer(
     let unpacked =
         |why: NotLazy, detail: &str| without_index(layer, diff_id.clone(), chunked, why, detail);
     if !matches!(chunked, ChunkedPlan::NotChunked) {
-        // No zTOC describes zstd: the layer's own table decides.
-        return Ok(unpacked(NotLazy::Zstd, "zstd:chunked"));
+        // No zTOC describes zstd: the layer's own table decides (lazy, or
+        // unpacked for the table's reason; `why` is not used then).
+        return Ok(unpacked(NotLazy::ChunkedToc, "zstd:chunked"));
     }
     let Some(ztoc_descriptor) = index.ztoc_for_layer(&layer.digest) else {
         return Ok(match stale {

@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use sochi_format::{annotations, media_types, ImageManifest, SociIndex};
+use sochi_format::{
+    annotations, media_types, ImageManifest, Sha256Digest, SociIndex,
+    ZSTD_CHUNKED_MANIFEST_CHECKSUM, ZSTD_CHUNKED_MANIFEST_POSITION,
+};
 use sochi_registry::{Client, ClientConfig, DiscoveryOptions, Reference};
 use sochi_testkit::{Config, FakeRegistry};
 
@@ -406,4 +409,90 @@ mod prefetch {
             );
         }
     }
+}
+
+/// A one-layer zstd:chunked image in the fake's `chunked`: a file frame,
+/// then the table of contents (its checksum annotation `checksum`, or
+/// the right one). Returns the manifest's digest.
+fn serve_chunked_image(fake: &FakeRegistry, checksum: Option<&str>) -> String {
+    let content = b"hello from a chunk\n";
+    let mut blob = zstd::bulk::compress(b"a tar header", 3).unwrap();
+    let offset = blob.len();
+    blob.extend(zstd::bulk::compress(content, 3).unwrap());
+    let end = blob.len();
+    let table = format!(
+        r#"{{"version":1,"entries":[{{"type":"reg","name":"etc/motd","mode":420,"size":{},"digest":"{}","offset":{offset},"endOffset":{end}}}]}}"#,
+        content.len(),
+        Sha256Digest::of(content)
+    );
+    let compressed = zstd::bulk::compress(table.as_bytes(), 3).unwrap();
+    let position = format!("{end}:{}:{}:1", compressed.len(), table.len());
+    let right = Sha256Digest::of(&compressed).to_string();
+    blob.extend(compressed);
+    let layer = fake.add_blob("chunked", &blob);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+        Sha256Digest::of(b"not checked by a lazy mount")
+    );
+    let config = fake.add_blob("chunked", config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_types::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.size},
+        "layers": [{
+            "mediaType": media_types::OCI_LAYER_ZSTD,
+            "digest": layer.digest,
+            "size": layer.size,
+            "annotations": {
+                ZSTD_CHUNKED_MANIFEST_CHECKSUM: checksum.unwrap_or(&right),
+                ZSTD_CHUNKED_MANIFEST_POSITION: position,
+            },
+        }],
+    });
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    fake.add_manifest("chunked", None, media_types::OCI_MANIFEST, &bytes);
+    Sha256Digest::of(&bytes).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zstd_chunked_layer_is_planned_lazy_without_an_index_or_unpacked_saying_why() {
+    let fake = FakeRegistry::start(Config::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repository = Reference::parse(&fake.repository("chunked")).unwrap();
+    let cache = dir.path().join("cache");
+
+    let good = serve_chunked_image(&fake, None);
+    let plan = plan_image_manifest(
+        &client(&dir),
+        &repository,
+        &good,
+        &DiscoveryOptions::default(),
+        Some(&cache),
+    )
+    .await
+    .unwrap();
+    assert!(plan.index.is_none());
+    assert_eq!(plan.lazy_layers(), 1);
+    let ztoc = plan.layers[0].ztoc.as_ref().unwrap();
+    assert!(!ztoc.has_tar_headers());
+    assert_eq!(ztoc.toc.len(), 1);
+    assert_eq!(ztoc.compression.span_digests.len(), 1);
+
+    let wrong = format!("sha256:{}", "2".repeat(64));
+    let bad = serve_chunked_image(&fake, Some(&wrong));
+    let plan = plan_image_manifest(
+        &client(&dir),
+        &repository,
+        &bad,
+        &DiscoveryOptions::default(),
+        Some(&cache),
+    )
+    .await
+    .unwrap();
+    assert_eq!(plan.lazy_layers(), 0);
+    let reason = plan.layers[0].no_ztoc_reason.as_deref().unwrap();
+    assert!(
+        reason.contains("table of contents") && reason.contains(&wrong),
+        "{reason}"
+    );
 }

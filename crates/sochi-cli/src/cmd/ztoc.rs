@@ -1,11 +1,11 @@
 //! `sochi ztoc build|info|get-file|list`.
 
 use std::fs::{self, File};
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sochi_build::{extract_file, find_entry, LayerCompression, DEFAULT_SPAN_SIZE};
 use sochi_format::{Sha256Digest, Ztoc, ZtocInfo};
 use sochi_image::{build_ztoc_file, list_ztocs, stored_layer_of, ZtocFilter};
@@ -35,8 +35,12 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = DEFAULT_SPAN_SIZE)]
     span_size: u64,
     /// Layer compression; by default guessed from the first bytes.
-    #[arg(long, value_parser = ["gzip", "uncompressed"])]
+    #[arg(long, value_parser = ["gzip", "uncompressed", "zstd"])]
     algorithm: Option<String>,
+    /// Index a multi-frame zstd layer at its frame starts. A sochi
+    /// extension: the reference and AWS Fargate cannot read the zTOC.
+    #[arg(long)]
+    zstd_frames: bool,
     /// Where to write the zTOC.
     #[arg(long, short = 'o')]
     output: PathBuf,
@@ -99,9 +103,22 @@ pub fn run(global: &Global, command: Command) -> Result<ExitCode> {
 fn build(args: BuildArgs) -> Result<ExitCode> {
     let compression = match args.algorithm.as_deref() {
         Some("gzip") => Some(LayerCompression::Gzip),
+        Some("zstd") => Some(LayerCompression::Zstd),
         Some(_) => Some(LayerCompression::Uncompressed),
         None => None,
     };
+    if !args.zstd_frames {
+        let is_zstd = match compression {
+            Some(compression) => compression == LayerCompression::Zstd,
+            None => starts_like_zstd(&args.layer)?,
+        };
+        if is_zstd {
+            bail!(
+                "{} is zstd: its zTOC would be sochi's multi-frame zstd variant, which the reference and AWS Fargate cannot read (pass --zstd-frames to build it)",
+                args.layer.display()
+            );
+        }
+    }
     let report = build_ztoc_file(&args.layer, &args.output, args.span_size, compression)?;
     if args.json {
         print_json_line(&report)?;
@@ -112,6 +129,15 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `layer` starts with zstd's magic (the guess `build` makes).
+fn starts_like_zstd(layer: &Path) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let n = File::open(layer)
+        .and_then(|mut file| file.read(&mut magic))
+        .with_context(|| format!("reading {}", layer.display()))?;
+    Ok(LayerCompression::sniff(magic.get(..n).unwrap_or_default()) == LayerCompression::Zstd)
 }
 
 /// Reads a zTOC named by a digest in the store or by a file path.

@@ -107,19 +107,17 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         Some(_) => Some(LayerCompression::Uncompressed),
         None => None,
     };
-    if !args.zstd_frames {
-        let is_zstd = match compression {
-            Some(compression) => compression == LayerCompression::Zstd,
-            None => starts_like_zstd(&args.layer)?,
-        };
-        if is_zstd {
-            bail!(
-                "{} is zstd: its zTOC would be sochi's multi-frame zstd variant, which the reference and AWS Fargate cannot read (pass --zstd-frames to build it)",
-                args.layer.display()
-            );
-        }
+    let compression = match compression {
+        Some(compression) => compression,
+        None => guess_compression(&args.layer)?,
+    };
+    if compression == LayerCompression::Zstd && !args.zstd_frames {
+        bail!(
+            "{} is zstd: its zTOC would be sochi's multi-frame zstd variant, which the reference and AWS Fargate cannot read (pass --zstd-frames to build it)",
+            args.layer.display()
+        );
     }
-    let report = build_ztoc_file(&args.layer, &args.output, args.span_size, compression)?;
+    let report = build_ztoc_file(&args.layer, &args.output, args.span_size, Some(compression))?;
     if args.json {
         print_json_line(&report)?;
     } else {
@@ -131,13 +129,18 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether `layer` starts with zstd's magic (the guess `build` makes).
-fn starts_like_zstd(layer: &Path) -> Result<bool> {
+/// The compression of `layer`, from its first bytes. A zstd stream may
+/// open with a skippable frame (`pzstd` puts one before every frame,
+/// RFC 8878 §3.1.2), which `LayerCompression::sniff` does not know.
+fn guess_compression(layer: &Path) -> Result<LayerCompression> {
     let mut magic = [0u8; 4];
     let n = File::open(layer)
         .and_then(|mut file| file.read(&mut magic))
         .with_context(|| format!("reading {}", layer.display()))?;
-    Ok(LayerCompression::sniff(magic.get(..n).unwrap_or_default()) == LayerCompression::Zstd)
+    if n == 4 && u32::from_le_bytes(magic) & 0xFFFF_FFF0 == 0x184D_2A50 {
+        return Ok(LayerCompression::Zstd);
+    }
+    Ok(LayerCompression::sniff(magic.get(..n).unwrap_or_default()))
 }
 
 /// Reads a zTOC named by a digest in the store or by a file path.

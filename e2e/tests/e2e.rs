@@ -40,3 +40,4 @@ mod load_order;
 
 // zstd and zstd:chunked images, and SOCI images copied with recompression.
 mod zstd;
+mod zstd_frames;

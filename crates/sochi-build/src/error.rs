@@ -68,6 +68,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The layer is read fine but a zTOC cannot help it (a zstd layer of
+    /// one frame): an index build skips it with `reason`.
+    #[error("layer {layer}: {reason}")]
+    NotIndexable {
+        /// The layer (digest or file name).
+        layer: String,
+        /// Why, as a sentence for the user.
+        reason: String,
+    },
     /// The image or options do not allow an index to be built.
     #[error("{0}")]
     Invalid(String),

@@ -12,7 +12,8 @@ use sochi_format::{
 
 use crate::error::{Error, Result};
 use crate::layer::{
-    build_layer_ztoc, has_xattrs, LayerKind, LayerOptions, LayerZtoc, DEFAULT_SPAN_SIZE,
+    build_layer_ztoc, has_xattrs, LayerCompression, LayerKind, LayerOptions, LayerZtoc,
+    DEFAULT_SPAN_SIZE,
 };
 use crate::prefetch::{build_load_order_prefetch, build_prefetch, PrefetchBuild};
 use crate::source::{ImageSource, PlatformManifest};
@@ -74,6 +75,10 @@ pub struct BuildOptions {
     /// `--load-order`: a recorded load order, made into prefetch artifacts
     /// in first-use order (docs/prefetch.md); not with `prefetch_paths`.
     pub load_order: Option<std::sync::Arc<LoadOrder>>,
+    /// `--zstd-frames`: index multi-frame zstd layers with the sochi zTOC
+    /// variant (docs/zstd.md), which the reference and AWS Fargate cannot
+    /// read. Off, zstd layers are skipped as the reference skips them.
+    pub zstd_frames: bool,
 }
 
 impl Default for BuildOptions {
@@ -85,6 +90,7 @@ impl Default for BuildOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             prefetch_paths: Vec::new(),
             load_order: None,
+            zstd_frames: false,
         }
     }
 }
@@ -365,6 +371,13 @@ fn index_one_layer(
                 reason: "not a layer (prefetch artifact)".to_string(),
             })
         }
+        LayerKind::Unsupported
+            if options.zstd_frames
+                && LayerCompression::of_media_type(&layer.media_type)
+                    == Some(LayerCompression::Zstd) =>
+        {
+            LayerCompression::Zstd
+        }
         LayerKind::Unsupported => {
             return Ok(LayerOutcome::Skipped {
                 reason: format!("compressed in an unsupported format ({})", layer.media_type),
@@ -408,7 +421,18 @@ fn index_one_layer(
         source_verifies_digest: source.verifies_digests(),
     };
     let progress = |read| events(BuildEvent::LayerProgress { layer, read });
-    let ztoc = build_layer_ztoc(blob, &layer_options, &layer.digest, &progress)?;
+    let ztoc = match build_layer_ztoc(blob, &layer_options, &layer.digest, &progress) {
+        Ok(ztoc) => ztoc,
+        Err(Error::NotIndexable { reason, .. }) => {
+            let outcome = LayerOutcome::Skipped { reason };
+            events(BuildEvent::LayerDone {
+                layer,
+                outcome: &outcome,
+            });
+            return Ok(outcome);
+        }
+        Err(error) => return Err(error),
+    };
     tracing::info!(layer = %layer.digest, ztoc = %ztoc.digest, spans = ztoc.ztoc.compression.span_digests.len(), "layer indexed");
     let descriptor = ztoc_descriptor(layer, &ztoc, options.span_size, options.optimize_xattrs);
     let outcome = LayerOutcome::Built {

@@ -3,7 +3,9 @@
 //!
 //! - [`build_layer_ztoc`] reads a layer once (gzip or tar) and returns the
 //!   zTOC: the TOC from a Go-`archive/tar`-exact reader (`sochi-tar`), the
-//!   checkpoints and span digests from `sochi-zran`.
+//!   checkpoints and span digests from `sochi-zran`. A multi-frame zstd
+//!   layer gets sochi's zTOC variant, spans cut at frame starts, when
+//!   asked for ([`BuildOptions::zstd_frames`]).
 //! - [`build_index`] indexes the layers of one image manifest concurrently.
 //! - [`convert`] makes the SOCI-enabled image (index manifest v2).
 //! - [`build_prefetch`] makes the prefetch artifacts of `--prefetch-file`
@@ -66,3 +68,4 @@ mod layer;
 mod prefetch;
 mod source;
 mod span_hasher;
+mod zstd;

@@ -611,10 +611,20 @@ fn check_ztoc_fits_layer(ztoc: &Ztoc, layer: &Descriptor) -> std::result::Result
             ztoc.compressed_archive_size, layer.size
         ));
     }
-    if is_zstd(layer) {
-        return Err("the SOCI index has a zTOC for it, which cannot describe zstd".into());
+    // Only sochi's multi-frame variant (`--zstd-frames`) describes zstd,
+    // and it describes nothing else.
+    let zstd_ztoc = ztoc.compression.algorithm == sochi_format::CompressionAlgorithm::Zstd;
+    match (is_zstd(layer), zstd_ztoc) {
+        (true, false) => Err(format!(
+            "the SOCI index has a {} zTOC for it, which cannot describe zstd",
+            ztoc.compression.algorithm.as_str()
+        )),
+        (false, true) => Err(format!(
+            "the SOCI index has a zstd zTOC for it, but the layer is not zstd ({})",
+            layer.media_type
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 mod chunked;

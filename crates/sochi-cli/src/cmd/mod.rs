@@ -144,6 +144,12 @@ pub struct BuildArgs {
     /// prefetch artifact listing those spans in the order of first use.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["prefetch_file", "prefetch_files_json"])]
     pub load_order: Option<PathBuf>,
+    /// Index multi-frame zstd layers (pzstd, zstd:chunked) at their frame
+    /// starts. A sochi extension: the reference and AWS Fargate cannot
+    /// read these zTOCs. Without it zstd layers get none, as with the
+    /// reference; a zstd layer of one frame never gets one.
+    #[arg(long)]
+    pub zstd_frames: bool,
 }
 
 impl BuildArgs {
@@ -152,6 +158,7 @@ impl BuildArgs {
         let mut options = BuildOptions {
             span_size: self.span_size,
             min_layer_size: self.min_layer_size,
+            zstd_frames: self.zstd_frames,
             ..BuildOptions::default()
         };
         for o in &self.optimizations {

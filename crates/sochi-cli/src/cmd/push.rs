@@ -66,6 +66,7 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
         prefetch_file: Vec::new(),
         prefetch_files_json: None,
         load_order: None,
+        zstd_frames: false,
     };
     let (_, selection) = build.options()?;
     let store = global.store()?;

@@ -1,11 +1,11 @@
 //! `sochi ztoc build|info|get-file|list`.
 
 use std::fs::{self, File};
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sochi_build::{extract_file, find_entry, LayerCompression, DEFAULT_SPAN_SIZE};
 use sochi_format::{Sha256Digest, Ztoc, ZtocInfo};
 use sochi_image::{build_ztoc_file, list_ztocs, stored_layer_of, ZtocFilter};
@@ -35,8 +35,12 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = DEFAULT_SPAN_SIZE)]
     span_size: u64,
     /// Layer compression; by default guessed from the first bytes.
-    #[arg(long, value_parser = ["gzip", "uncompressed"])]
+    #[arg(long, value_parser = ["gzip", "uncompressed", "zstd"])]
     algorithm: Option<String>,
+    /// Index a multi-frame zstd layer at its frame starts. A sochi
+    /// extension: the reference and AWS Fargate cannot read the zTOC.
+    #[arg(long)]
+    zstd_frames: bool,
     /// Where to write the zTOC.
     #[arg(long, short = 'o')]
     output: PathBuf,
@@ -99,10 +103,21 @@ pub fn run(global: &Global, command: Command) -> Result<ExitCode> {
 fn build(args: BuildArgs) -> Result<ExitCode> {
     let compression = match args.algorithm.as_deref() {
         Some("gzip") => Some(LayerCompression::Gzip),
+        Some("zstd") => Some(LayerCompression::Zstd),
         Some(_) => Some(LayerCompression::Uncompressed),
         None => None,
     };
-    let report = build_ztoc_file(&args.layer, &args.output, args.span_size, compression)?;
+    let compression = match compression {
+        Some(compression) => compression,
+        None => guess_compression(&args.layer)?,
+    };
+    if compression == LayerCompression::Zstd && !args.zstd_frames {
+        bail!(
+            "{} is zstd: its zTOC would be sochi's multi-frame zstd variant, which the reference and AWS Fargate cannot read (pass --zstd-frames to build it)",
+            args.layer.display()
+        );
+    }
+    let report = build_ztoc_file(&args.layer, &args.output, args.span_size, Some(compression))?;
     if args.json {
         print_json_line(&report)?;
     } else {
@@ -112,6 +127,20 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The compression of `layer`, from its first bytes. A zstd stream may
+/// open with a skippable frame (`pzstd` puts one before every frame,
+/// RFC 8878 §3.1.2), which `LayerCompression::sniff` does not know.
+fn guess_compression(layer: &Path) -> Result<LayerCompression> {
+    let mut magic = [0u8; 4];
+    let n = File::open(layer)
+        .and_then(|mut file| file.read(&mut magic))
+        .with_context(|| format!("reading {}", layer.display()))?;
+    if n == 4 && u32::from_le_bytes(magic) & 0xFFFF_FFF0 == 0x184D_2A50 {
+        return Ok(LayerCompression::Zstd);
+    }
+    Ok(LayerCompression::sniff(magic.get(..n).unwrap_or_default()))
 }
 
 /// Reads a zTOC named by a digest in the store or by a file path.

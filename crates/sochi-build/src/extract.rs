@@ -11,6 +11,10 @@ use crate::error::{Error, Result};
 /// compressed byte inflates to at most 1032 bytes. Bounds the output buffer
 /// for a span, whatever sizes a (possibly hostile) zTOC claims.
 const MAX_DEFLATE_RATIO: u64 = 1032;
+/// The most a zstd span may claim to decode to per compressed byte (a
+/// block of 128 KiB of one byte repeated is a few bytes); beyond it the
+/// zTOC is refused rather than trusted with an allocation.
+const MAX_ZSTD_RATIO: u64 = 1 << 16;
 
 /// Cleans a tar name the way the snapshotter does (`Clean("/" + name)`,
 /// leading `/` dropped): `./a//b/../c/` → `a/c`. `..` cannot climb above
@@ -132,9 +136,6 @@ pub fn extract_file<B: Read + Seek>(
         else {
             return Err(Error::Invalid(format!("span {span} is not in the zTOC")));
         };
-        let checkpoint = geometry
-            .checkpoint(span)
-            .ok_or_else(|| Error::Invalid(format!("span {span} has no checkpoint")))?;
         let from = start.max(u_start);
         let to = end.min(u_end);
         if to <= from {
@@ -146,7 +147,7 @@ pub fn extract_file<B: Read + Seek>(
         let c_len = c_end.saturating_sub(c_start);
         read_span(blob, span, c_start, c_len, &mut compressed)?;
         let max_inflated = c_len.saturating_add(1).saturating_mul(MAX_DEFLATE_RATIO);
-        if to - u_start > max_inflated {
+        if ztoc.compression.algorithm != CompressionAlgorithm::Zstd && to - u_start > max_inflated {
             return Err(Error::Invalid(format!(
                 "span {span}: {} uncompressed bytes cannot come from {c_len} compressed bytes",
                 to - u_start
@@ -155,12 +156,41 @@ pub fn extract_file<B: Read + Seek>(
         let len = usize::try_from(to - from)
             .map_err(|_| Error::Invalid(format!("span {span} is too large")))?;
         data.resize(len, 0);
-        sochi_zran::inflate_span(checkpoint, &compressed, from - u_start, &mut data).map_err(
-            |source| Error::Gzip {
-                layer: format!("span {span}"),
-                source,
-            },
-        )?;
+        match geometry.checkpoint(span) {
+            Some(checkpoint) => {
+                sochi_zran::inflate_span(checkpoint, &compressed, from - u_start, &mut data)
+                    .map_err(|source| Error::Gzip {
+                        layer: format!("span {span}"),
+                        source,
+                    })?;
+            }
+            // zstd frames start without history: the span decodes from
+            // its first byte (sochi's `--zstd-frames` zTOCs).
+            None if ztoc.compression.algorithm == CompressionAlgorithm::Zstd => {
+                if u_end - u_start > c_len.saturating_add(1).saturating_mul(MAX_ZSTD_RATIO) {
+                    return Err(Error::Invalid(format!(
+                        "span {span}: {} uncompressed bytes cannot come from {c_len} compressed bytes",
+                        u_end - u_start
+                    )));
+                }
+                let whole = usize::try_from(u_end - u_start)
+                    .map_err(|_| Error::Invalid(format!("span {span} is too large")))?;
+                let mut decoded = vec![0; whole];
+                let n = zstd::bulk::decompress_to_buffer(&compressed, &mut decoded[..])
+                    .map_err(|error| Error::Invalid(format!("span {span}: zstd: {error}")))?;
+                let piece = usize::try_from(from - u_start)
+                    .ok()
+                    .and_then(|at| decoded.get(at..at + len))
+                    .filter(|_| n == whole)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "span {span}: decodes to {n} bytes, the zTOC says {whole}"
+                        ))
+                    })?;
+                data.copy_from_slice(piece);
+            }
+            None => return Err(Error::Invalid(format!("span {span} has no checkpoint"))),
+        }
         out.write_all(&data)
             .map_err(io("writing file data".to_string()))?;
         written += data.len() as u64;

@@ -611,6 +611,15 @@ fn check_ztoc_fits_layer(ztoc: &Ztoc, layer: &Descriptor) -> std::result::Result
             ztoc.compressed_archive_size, layer.size
         ));
     }
+    // A zTOC whose spans are checked only after decoding and whose files
+    // are not checked against tar headers is what sochi makes of a
+    // zstd:chunked layer's own table; from an index it would be a file
+    // tree bound to nothing in the layer.
+    if !ztoc.has_tar_headers() {
+        return Err(
+            "the SOCI index's zTOC for it has digests of uncompressed spans and no tar headers to check files against (only a layer's own zstd:chunked table is read so)".into(),
+        );
+    }
     // Only sochi's multi-frame variant (`--zstd-frames`) describes zstd,
     // and it describes nothing else.
     let zstd_ztoc = ztoc.compression.algorithm == sochi_format::CompressionAlgorithm::Zstd;

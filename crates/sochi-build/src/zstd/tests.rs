@@ -168,6 +168,14 @@ fn check_ztoc(tar: &[u8], blob: &[u8], uncompressed_starts: &[u64], span_size: u
     let mut all = vec![0; tar.len()];
     assert_eq!(manager.read(0, &mut all).unwrap(), tar.len());
     assert!(all == tar);
+    // And `sochi ztoc get-file`'s extraction gives each file too.
+    for entry in &ztoc.toc {
+        let mut out = Vec::new();
+        crate::extract_file(ztoc, &mut std::io::Cursor::new(blob), entry, &mut out).unwrap();
+        let offset = entry.uncompressed_offset as usize;
+        assert!(out == tar[offset..offset + out.len()], "{:?}", entry.name);
+        assert_eq!(out.len() as i64, entry.uncompressed_size);
+    }
 }
 
 #[test]

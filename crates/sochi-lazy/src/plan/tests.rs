@@ -496,3 +496,57 @@ async fn a_zstd_chunked_layer_is_planned_lazy_without_an_index_or_unpacked_sayin
         "{reason}"
     );
 }
+
+#[test]
+fn a_ztoc_fits_a_layer_of_its_size_and_compression_only() {
+    use sochi_format::{CompressionAlgorithm, CompressionInfo, FrameZinfoWriter};
+    let ztoc = |algorithm: CompressionAlgorithm, uncompressed_digests: bool| {
+        let mut spans = FrameZinfoWriter::new(uncompressed_digests);
+        spans.push(0..100, 0).unwrap();
+        Ztoc {
+            version: "0.9".into(),
+            build_tool_identifier: "test".into(),
+            compressed_archive_size: 100,
+            uncompressed_archive_size: 1000,
+            toc: Vec::new(),
+            compression: CompressionInfo {
+                algorithm,
+                max_span_id: 0,
+                span_digests: vec![Sha256Digest::of(b"x")],
+                checkpoints: match algorithm {
+                    CompressionAlgorithm::Zstd => spans.finish(),
+                    _ => Vec::new(),
+                },
+            },
+        }
+    };
+    let layer = |media_type: &str, size: i64| Descriptor {
+        media_type: media_type.into(),
+        size,
+        ..Descriptor::of(media_type, b"layer")
+    };
+    let zstd = layer(media_types::OCI_LAYER_ZSTD, 100);
+    let gzip = layer(media_types::OCI_LAYER_GZIP, 100);
+    let frames = ztoc(CompressionAlgorithm::Zstd, false);
+    assert_eq!(check_ztoc_fits_layer(&frames, &zstd), Ok(()));
+    let refused = |ztoc: &Ztoc, layer: &Descriptor, words: &str| {
+        let why = check_ztoc_fits_layer(ztoc, layer).unwrap_err();
+        assert!(why.contains(words), "{why}");
+    };
+    refused(&frames, &gzip, "not zstd");
+    refused(
+        &frames,
+        &layer(media_types::OCI_LAYER_ZSTD, 99),
+        "another blob",
+    );
+    refused(
+        &ztoc(CompressionAlgorithm::Gzip, false),
+        &zstd,
+        "cannot describe zstd",
+    );
+    refused(
+        &ztoc(CompressionAlgorithm::Zstd, true),
+        &zstd,
+        "no tar headers",
+    );
+}

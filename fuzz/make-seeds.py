@@ -300,3 +300,11 @@ table = (
     '"xattrs":{"user.a":"eA=="}}]}' % ((digest,) * 5)
 )
 write("zstd_layers", "table", b"\x02" + table.encode() + b" " * (1000 - len(table)))
+
+# zstd_frame_index: byte 0 the span size (1 << (byte0 % 24)), then a tiny
+# tar cut into zstd frames, a skippable frame at the end.
+for name, data in list(tars.items())[:2]:
+    pieces = [data[i:i + 700] for i in range(0, len(data), 700)]
+    blob = b"".join(zstd_frame(piece) for piece in pieces) + skippable
+    write("zstd_frame_index", name + ".frames", b"\x0a" + blob)
+    write("zstd_frame_index", name + ".one", b"\x0a" + zstd_frame(data))

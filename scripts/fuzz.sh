@@ -20,7 +20,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(ztoc_reader zinfo_reader tar_reader checkpoint_builder corrupt_checkpoint ztoc_extract manifests)
+    targets=(ztoc_reader zinfo_reader tar_reader checkpoint_builder corrupt_checkpoint ztoc_extract manifests zstd_layers zstd_frame_index)
 fi
 
 if ! command -v cargo-fuzz >/dev/null; then

@@ -33,6 +33,7 @@ impl Layer {
     /// [`crate::Error::XattrRefused`]), or its spans are malformed.
     pub fn open(ztoc: Arc<Ztoc>, blob: Arc<dyn BlobReader>, config: LayerConfig) -> Result<Layer> {
         let spans = Arc::new(SpanManager::open(&ztoc, blob, &config.spans)?);
+        spans.start_read_ahead();
         let tree = Arc::new(LayerTree::build(&ztoc)?);
         Ok(Layer {
             tree,

@@ -272,6 +272,9 @@ pub struct SpanManager {
     advised: Mutex<Range<u64>>,
     /// Where reads are recorded for a load order, once set.
     pub(crate) recording: OnceLock<Arc<LayerRecording>>,
+    /// The read-ahead thread of a zstd:chunked layer, once started
+    /// ([`read_ahead`]).
+    read_ahead: OnceLock<read_ahead::ReadAheadSender>,
 }
 
 /// Where and how much a [`SpanManager`] caches, and how long its readers
@@ -431,6 +434,7 @@ impl SpanManager {
             sequential_bytes: AtomicU64::new(0),
             advised: Mutex::new(0..0),
             recording: OnceLock::new(),
+            read_ahead: OnceLock::new(),
         })
     }
 
@@ -785,6 +789,9 @@ impl SpanManager {
             u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        if fetched.is_ok() {
+            self.read_ahead_from(claim.run.end);
+        }
         match fetched {
             Ok(run) => {
                 for (id, data) in claim.run.clone().zip(&run) {
@@ -1068,6 +1075,7 @@ mod budget;
 mod disk;
 mod prefetch;
 mod queue;
+mod read_ahead;
 
 pub use budget::DiskBudget;
 pub use prefetch::{prefetch_order, PrefetchOptions, PrefetchRanges};

@@ -271,3 +271,39 @@ fn a_read_in_a_file_takes_the_files_next_chunks_along_and_no_other_files() {
     assert_eq!(LayerMetrics::get(&metrics.demand_requests), 2);
     assert_eq!(LayerMetrics::get(&metrics.demand_spans), 4);
 }
+
+#[test]
+fn after_a_readers_fetch_the_next_chunks_come_in_the_background() {
+    let layer = chunked_layer();
+    let spans = Arc::new(
+        SpanManager::new(&layer.ztoc, Arc::new(MemoryBlob::new(layer.blob)), None).unwrap(),
+    );
+    spans.start_read_ahead();
+    let (name, content, _) = &layer.files[0];
+    assert_eq!(&read_file(&spans, &layer.ztoc, name).unwrap(), content);
+    let metrics = Arc::clone(spans.metrics());
+    assert_eq!(
+        LayerMetrics::get(&metrics.demand_spans),
+        1,
+        "the reader's own chunk"
+    );
+    // The other four chunks (under 1 MiB together) follow in one request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while LayerMetrics::get(&metrics.prefetch_spans) < 4 {
+        assert!(std::time::Instant::now() < deadline, "no read-ahead");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(LayerMetrics::get(&metrics.prefetch_requests), 1);
+    for (name, content, _) in &layer.files[1..] {
+        assert_eq!(&read_file(&spans, &layer.ztoc, name).unwrap(), content);
+    }
+    assert_eq!(
+        LayerMetrics::get(&metrics.demand_requests),
+        1,
+        "all read ahead"
+    );
+    // The thread holds no reference: the manager goes away.
+    let weak = Arc::downgrade(&spans);
+    drop(spans);
+    assert!(weak.upgrade().is_none());
+}

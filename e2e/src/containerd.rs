@@ -332,6 +332,23 @@ impl Containerd {
         self.ctr(command)
     }
 
+    /// `ctr run -d --snapshotter SNAPSHOTTER IMAGE ID /bin/sleep …`: a
+    /// container that runs until it is killed (or this containerd is
+    /// dropped, which deletes every task).
+    #[track_caller]
+    pub fn run_detached(&self, snapshotter: &str, image: &str, id: &str) {
+        self.ctr([
+            "run",
+            "-d",
+            "--snapshotter",
+            snapshotter,
+            image,
+            id,
+            "/bin/sleep",
+            "2147483647",
+        ]);
+    }
+
     /// `sochi pull --json IMAGE` into this containerd through
     /// `snapshotter`: the pull report.
     #[track_caller]

@@ -173,7 +173,14 @@ pub fn set_diff_ids(layout: &Path, diff_ids: &[String]) {
     let config = write_json_blob(layout, &config);
     manifest["config"]["digest"] = config.0.into();
     manifest["config"]["size"] = config.1.into();
-    let (digest, size) = write_json_blob(layout, &manifest);
+    write_manifest(layout, &manifest);
+}
+
+/// Writes `manifest` as a blob of `layout` and points `index.json`'s
+/// only entry at it.
+#[track_caller]
+fn write_manifest(layout: &Path, manifest: &serde_json::Value) {
+    let (digest, size) = write_json_blob(layout, manifest);
     let index_path = layout.join("index.json");
     let mut index = read_json(&index_path);
     index["manifests"][0]["digest"] = digest.into();
@@ -187,12 +194,7 @@ pub fn set_diff_ids(layout: &Path, diff_ids: &[String]) {
 pub fn set_layer_annotation(layout: &Path, layer: usize, key: &str, value: &str) {
     let (_, mut manifest) = layout_manifest(layout);
     manifest["layers"][layer]["annotations"][key] = value.into();
-    let (digest, size) = write_json_blob(layout, &manifest);
-    let index_path = layout.join("index.json");
-    let mut index = read_json(&index_path);
-    index["manifests"][0]["digest"] = digest.into();
-    index["manifests"][0]["size"] = size.into();
-    write_file(&index_path, &json_bytes(&index));
+    write_manifest(layout, &manifest);
 }
 
 /// The zstd:chunked table of contents of layer `layer` of `layout`'s only

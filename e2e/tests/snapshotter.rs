@@ -654,16 +654,7 @@ fn running_container_survives_restart() {
     let (image, layers, report) = pull_python_via(&proxy, &registry, &containerd);
     let top = report["chain_id"].as_str().unwrap().to_string();
     let id = container_id("py-survivor");
-    containerd.ctr([
-        "run",
-        "-d",
-        "--snapshotter",
-        "sochi",
-        &image,
-        &id,
-        "/bin/sleep",
-        "600",
-    ]);
+    containerd.run_detached("sochi", &image, &id);
     let root = snapshotter.root();
     let keeper = keeper_pid(&root).expect("a FUSE keeper runs beside the snapshotter");
     let mounted = snapshotter.mounts();

@@ -432,16 +432,7 @@ fn zstd_chunked_image_runs_lazily_through_the_snapshotter() {
     assert_python_ready(&out);
 
     let id = container_id("chunked-rootfs");
-    containerd.ctr([
-        "run",
-        "-d",
-        "--snapshotter",
-        "sochi",
-        &image,
-        &id,
-        "/bin/sleep",
-        "2147483647",
-    ]);
+    containerd.run_detached("sochi", &image, &id);
     let rootfs = containerd.task_rootfs("default", &id);
     assert_trees_equal(&oracle_rootfs("debian-python"), &rootfs, &[]);
     containerd.ctr(["tasks", "kill", "--signal", "SIGKILL", &id]);

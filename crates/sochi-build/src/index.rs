@@ -447,4 +447,4 @@ fn index_one_layer(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -17,8 +17,8 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 /// The top layer of the fixture image (gnu-mixed.tar.gz).
 const TOP_LAYER: &str = "sha256:e1f2a4768c5a1c9dcddc823c8ecf8e582a2dddf5ad29882dc626d6c849bc71cf";
 
-/// Blobs by digest, in memory.
-struct MemorySource(HashMap<String, Vec<u8>>);
+/// Blobs by digest, in memory (also for the zstd indexer's tests).
+pub(crate) struct MemorySource(pub(crate) HashMap<String, Vec<u8>>);
 
 impl MemorySource {
     /// Every blob of the fixture image layout.
@@ -36,7 +36,7 @@ impl MemorySource {
         MemorySource(blobs)
     }
 
-    fn add(&mut self, media_type: &str, bytes: Vec<u8>) -> Descriptor {
+    pub(crate) fn add(&mut self, media_type: &str, bytes: Vec<u8>) -> Descriptor {
         let descriptor = Descriptor::of(media_type, &bytes);
         self.0.insert(descriptor.digest.to_string(), bytes);
         descriptor

@@ -11,9 +11,10 @@ use sochi_format::{
 };
 
 use super::*;
+use crate::index::tests::MemorySource;
 use crate::{
-    build_index, build_layer_ztoc, BuildOptions, ImageSource, LayerCompression, LayerOptions,
-    LayerOutcome, PlatformManifest, SourceError,
+    build_index, build_layer_ztoc, BuildOptions, LayerCompression, LayerOptions, LayerOutcome,
+    PlatformManifest,
 };
 
 /// Bytes that compress somewhat but not to nothing: text with a counter
@@ -248,41 +249,6 @@ fn a_truncated_or_corrupt_blob_is_an_error() {
     let err = build_layer_ztoc(&garbage[..], &zstd_options(1 << 16), "bad", &|_| {}).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
     assert!(build_layer_ztoc(&[][..], &zstd_options(1 << 16), "empty", &|_| {}).is_err());
-}
-
-/// Blobs by digest, in memory.
-struct MemorySource(HashMap<String, Vec<u8>>);
-
-impl MemorySource {
-    fn add(&mut self, media_type: &str, bytes: Vec<u8>) -> Descriptor {
-        let descriptor = Descriptor::of(media_type, &bytes);
-        self.0.insert(descriptor.digest.to_string(), bytes);
-        descriptor
-    }
-}
-
-impl ImageSource for MemorySource {
-    fn read_blob(&self, descriptor: &Descriptor) -> std::result::Result<Vec<u8>, SourceError> {
-        self.0
-            .get(descriptor.digest.as_str())
-            .cloned()
-            .ok_or_else(|| format!("no blob {}", descriptor.digest).into())
-    }
-
-    fn open_blob(
-        &self,
-        descriptor: &Descriptor,
-    ) -> std::result::Result<Box<dyn Read + Send + '_>, SourceError> {
-        let bytes = self
-            .0
-            .get(descriptor.digest.as_str())
-            .ok_or_else(|| format!("no blob {}", descriptor.digest))?;
-        Ok(Box::new(bytes.as_slice()))
-    }
-
-    fn has_blob(&self, descriptor: &Descriptor) -> bool {
-        self.0.contains_key(descriptor.digest.as_str())
-    }
 }
 
 /// An image of a gzip layer, a multi-frame zstd layer and a one-frame

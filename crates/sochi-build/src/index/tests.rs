@@ -78,6 +78,23 @@ fn fixture_manifest(source: &MemorySource) -> PlatformManifest {
         .remove(0)
 }
 
+/// A linux/amd64 image manifest of `config` and `layers`.
+pub(crate) fn linux_image(config: Descriptor, layers: Vec<Descriptor>) -> PlatformManifest {
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: media_types::OCI_MANIFEST.to_string(),
+        config,
+        layers: Some(layers),
+        ..ImageManifest::default()
+    };
+    let bytes = manifest.to_go_json();
+    PlatformManifest {
+        descriptor: Descriptor::of(media_types::OCI_MANIFEST, &bytes),
+        manifest,
+        platform: Platform::parse("linux/amd64").unwrap(),
+    }
+}
+
 fn options(paths: &[&str]) -> BuildOptions {
     BuildOptions {
         span_size: 65536,
@@ -279,19 +296,7 @@ fn every_layer_with_ranges_gets_an_artifact_after_all_ztocs_in_layer_order() {
         media_types::OCI_LAYER_TAR,
         tar(&[("b", 10), ("shared", 10)]),
     );
-    let manifest = ImageManifest {
-        schema_version: 2,
-        media_type: media_types::OCI_MANIFEST.to_string(),
-        config,
-        layers: Some(vec![bottom.clone(), small.clone(), top.clone()]),
-        ..ImageManifest::default()
-    };
-    let bytes = manifest.to_go_json();
-    let image = PlatformManifest {
-        descriptor: Descriptor::of(media_types::OCI_MANIFEST, &bytes),
-        manifest,
-        platform: Platform::parse("linux/amd64").unwrap(),
-    };
+    let image = linux_image(config, vec![bottom.clone(), small.clone(), top.clone()]);
     let mut opts = options(&["shared", "tiny", "a", "b"]);
     opts.span_size = 512;
     // The middle layer is below the minimum size: no zTOC, no artifact.

@@ -5,16 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sochi_format::{
-    media_types, zstd_frames, Descriptor, EntryType, FrameZinfo, ImageManifest, IndexVersion,
-    Platform, Ztoc,
-};
+use sochi_format::{media_types, zstd_frames, EntryType, FrameZinfo, IndexVersion, Ztoc};
 
 use super::*;
-use crate::index::tests::MemorySource;
+use crate::index::tests::{linux_image, MemorySource};
 use crate::{
     build_index, build_layer_ztoc, BuildOptions, LayerCompression, LayerOptions, LayerOutcome,
-    PlatformManifest,
 };
 
 /// Bytes that compress somewhat but not to nothing: text with a counter
@@ -270,19 +266,7 @@ fn zstd_layers_are_indexed_only_with_the_flag() {
         media_types::DOCKER_LAYER_ZSTD,
         zstd::bulk::compress(&tar, 3).unwrap(),
     );
-    let manifest = ImageManifest {
-        schema_version: 2,
-        media_type: media_types::OCI_MANIFEST.to_string(),
-        config,
-        layers: Some(vec![gzip.clone(), multi.clone(), single.clone()]),
-        ..ImageManifest::default()
-    };
-    let bytes = manifest.to_go_json();
-    let image = PlatformManifest {
-        descriptor: Descriptor::of(media_types::OCI_MANIFEST, &bytes),
-        manifest,
-        platform: Platform::parse("linux/amd64").unwrap(),
-    };
+    let image = linux_image(config, vec![gzip.clone(), multi.clone(), single.clone()]);
     let mut options = BuildOptions {
         span_size: 1 << 16,
         min_layer_size: 0,

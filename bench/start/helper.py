@@ -637,6 +637,14 @@ def cmd_chunk_floor(argv):
           f"{len(missing)} opened files in no table)")
 
 
+def read_floor(floor_prefix, name):
+    """The floor bytes of FLOOR_PREFIX + NAME + ".json", if there is one."""
+    path = f"{floor_prefix}{name}.json" if floor_prefix else None
+    if not path or not os.path.exists(path):
+        return None
+    return json.load(open(path))["floor_bytes"]
+
+
 def chunked_summary(images, links, med, sec, mb, floor_prefix):
     """zstd:chunked: sochi's lazy start against the full pull of the same image, beside gzip."""
     if not any(med(i, l, "sochi-chunked", "cold", "ready_s") is not None
@@ -653,9 +661,7 @@ def chunked_summary(images, links, med, sec, mb, floor_prefix):
           "| gzip SOCI lazy / full | MB before ready | chunk floor MB | vs floor | demand req |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for img in images:
-        floor = None
-        if floor_prefix and os.path.exists(f"{floor_prefix}{img}-chunked.json"):
-            floor = json.load(open(f"{floor_prefix}{img}-chunked.json"))["floor_bytes"]
+        floor = read_floor(floor_prefix, f"{img}-chunked")
         for link in links:
             full = med(img, link, "overlayfs-chunked", "cold", "ready_s")
             lazy = med(img, link, "sochi-chunked", "cold", "ready_s")
@@ -744,9 +750,7 @@ def cmd_summary(csv_path, floor_prefix=None):
           "demand req / MB | background req / MB | registry MB before ready | floor MB | vs floor |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for img in images:
-        floor = None
-        if floor_prefix and os.path.exists(f"{floor_prefix}{img}.json"):
-            floor = json.load(open(f"{floor_prefix}{img}.json"))["floor_bytes"]
+        floor = read_floor(floor_prefix, img)
         for link in links:
             ready = med(img, link, "sochi", "cold", "ready_s")
             if ready is None:
@@ -788,9 +792,7 @@ def load_order_summary(images, links, med, sec, mb, floor_prefix):
           "| MB before ready (lo) | lo vs floor |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for img in images:
-        floor = None
-        if floor_prefix and os.path.exists(f"{floor_prefix}{img}.json"):
-            floor = json.load(open(f"{floor_prefix}{img}.json"))["floor_bytes"]
+        floor = read_floor(floor_prefix, img)
         warm = med(img, "loopback", "sochi", "warm", "ready_s")
         for link in links:
             base = med(img, link, "sochi", "cold", "ready_s")

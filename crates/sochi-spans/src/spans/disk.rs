@@ -372,7 +372,7 @@ impl DiskCache {
     /// The bytes of `span`, if on disk; a span this process has not
     /// written or checked yet is hashed against its slot first (a
     /// mismatch is a miss).
-    pub(super) fn load(&self, span: usize, info: &Span) -> Option<Vec<u8>> {
+    pub(super) fn load(&self, span: usize, info: &Span) -> Option<Arc<[u8]>> {
         let _gate = self.gate.read();
         let verified = {
             let mut index = self.index.lock();
@@ -382,11 +382,12 @@ impl DiskCache {
             index.verified.contains(&span)
         };
         self.touch_budget(span);
-        let mut data = vec![0u8; usize::try_from(info.uncompressed_len()).ok()?];
+        let mut data = super::zeroed_span(usize::try_from(info.uncompressed_len()).ok()?);
+        let buffer = Arc::get_mut(&mut data)?;
         let mut digest = [0u8; DIGEST_LEN as usize];
         let good = self
             .data
-            .read_exact_at(&mut data, info.start_uncompressed)
+            .read_exact_at(buffer, info.start_uncompressed)
             .is_ok()
             && (verified
                 || (self

@@ -56,10 +56,15 @@
 # cold run of a system, its image pulled and run once, for sochi the
 # background fetch finished (every span cached on disk), and `sync` (the
 # write-back of the unpack or of the span cache is over): `ctr run --rm` to
-# the ready line, RUNS times (at least 5).
+# the ready line, RUNS times (at least 5). Then "dropped": the same with
+# the page cache dropped before each run (at least 3): every byte on this
+# machine's disk, none over the link, the kernel's caches cold (the
+# container's files, ctr, runc, the shim): a cold start with no network.
 # At the ready line the helper reads the registry's access log (GET/HEAD
-# requests and bytes since t0) and the snapshotter's metrics (demand and
-# background range requests and bytes, FUSE reads and their summed time).
+# requests and bytes since t0), the snapshotter's metrics (demand and
+# background range requests and bytes, FUSE reads and their summed time)
+# and, for cold runs, the CPU seconds since t0 of the whole machine, the
+# snapshotter, the registry and containerd (/proc).
 # A run during which another process dropped the page cache (/proc/vmstat
 # drop_pagecache; other benchmarks on a shared machine do) is repeated, up
 # to 3 attempts; before a warm run after such a drop one untimed run warms
@@ -433,9 +438,11 @@ for img in "${images[@]}"; do
     if [ "$link" = loopback ]; then
       reg=$loop_reg
       reglog=$tmp/registry/registry.log
+      reg_pid=$SOCHI_REGISTRY_PID
     else
       reg=$ns_reg
       reglog=$tmp/nsreg/registry.log
+      reg_pid=$nsreg_pid
       "$netns_sh" rate "$ns" "$link"
     fi
     for run in $(seq "$runs"); do
@@ -445,12 +452,14 @@ for img in "${images[@]}"; do
           env_up "$system"
           cold_caches "$img" "$system"
           id=start-$system-$run-$RANDOM
+          cpu=(--cpu "registry=$reg_pid" --cpu "containerd=$SOCHI_CONTAINERD_PID")
+          [ -z "$snap_pid" ] || cpu+=(--cpu "snapshotter=$snap_pid")
           if [ "${system%%-*}" = overlayfs ]; then
-            "$helper" timed --ready "$ready" --reglog "$reglog" \
+            "$helper" timed "${cpu[@]}" --ready "$ready" --reglog "$reglog" \
               --pull "ctr -a $ctd/containerd.sock images pull --plain-http $reg/$img:$(tag_of "$system")" \
               --run "ctr -a $ctd/containerd.sock run --rm $reg/$img:$(tag_of "$system") $id" >"$tmp/out"
           else
-            "$helper" timed --ready "$ready" --reglog "$reglog" --metrics "$metrics" \
+            "$helper" timed "${cpu[@]}" --ready "$ready" --reglog "$reglog" --metrics "$metrics" \
               --pull "$sochi --plain-http pull -a $ctd/containerd.sock --root $snap_root-pull $reg/$img:$(tag_of "$system")" \
               --run "ctr -a $ctd/containerd.sock run --rm --snapshotter sochi $reg/$img:$(tag_of "$system") $id" >"$tmp/out"
           fi
@@ -487,6 +496,19 @@ for img in "${images[@]}"; do
             done
             echo "attempts $attempt" >>"$tmp/out"
             rec "$img" "$link" "$system" warm "$w" <"$tmp/out"
+          done
+          # The same with the page cache dropped before each run: every
+          # byte is on this machine's disk (the unpacked snapshot, or
+          # sochi's span cache), nothing goes over the link, but the kernel
+          # has to read the container's files, ctr, runc and the shim
+          # again: what a cold start costs with no network at all.
+          for w in $(seq "$(( runs > 3 ? runs : 3 ))"); do
+            sync
+            echo 3 >/proc/sys/vm/drop_caches
+            "$helper" timed --ready "$ready" ${metrics:+--metrics "$metrics"} \
+              --run "$warm_cmd start-$system-dropped-$w-$RANDOM" >"$tmp/out"
+            log "  warm run $w with the page cache dropped: ready after $(awk '$1 == "ready_s" { print $2 }' "$tmp/out") s"
+            rec "$img" "$link" "$system" dropped "$w" <"$tmp/out"
           done
         fi
         [ "${system%%-*}" = sochi ] && cp "$snap_root.log" "$cache/snapshotter-$img-$link-$system.log"

@@ -131,6 +131,27 @@ def drop_count():
     return 0
 
 
+def cpu_seconds(watched):
+    """CPU seconds so far: of the whole machine (busy, all cores: `cpu_busy_s`) and
+    of each watched (NAME, PID) process and its threads (`cpu_NAME_s`)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {}
+    try:
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+        out["cpu_busy_s"] = (sum(fields[:8]) - fields[3] - fields[4]) / hz
+    except (OSError, ValueError, IndexError):
+        pass
+    for name, pid in watched:
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+            rest = stat[stat.rindex(")") + 2:].split()
+            out[f"cpu_{name}_s"] = (int(rest[11]) + int(rest[12])) / hz
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 # --- timed runs ---------------------------------------------------------------
 
 
@@ -143,10 +164,14 @@ def cmd_timed(argv):
     p.add_argument("--metrics")
     p.add_argument("--reglog")
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--cpu", action="append", default=[], metavar="NAME=PID",
+                   help="record the CPU seconds of process PID from the start to the ready line")
     a = p.parse_args(argv)
     res = {}
     reg0 = reglog(a.reglog)[0] if a.reglog else 0
     drops0 = drop_count()
+    watched = [tuple(w.split("=", 1)) for w in a.cpu]
+    cpu0 = cpu_seconds(watched)
     t0 = time.monotonic()
     if a.pull:
         r = subprocess.run(shlex.split(a.pull), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -165,6 +190,8 @@ def cmd_timed(argv):
         seen.append(line)
         if ready is None and a.ready in line:
             ready = time.monotonic() - t0
+            for k, v in cpu_seconds(watched).items():
+                res[k] = v - cpu0.get(k, 0.0)
             if a.reglog:
                 _, res["reg_requests"], res["reg_bytes"] = reglog(a.reglog, reg0)
             if a.metrics:
@@ -733,15 +760,22 @@ def cmd_summary(csv_path, floor_prefix=None):
     print("Warm start (image pulled and run once, sochi's background fetch finished): "
           "`ctr run` to the ready line, loopback, median:")
     print()
-    print("| image | overlayfs | sochi | sochi / overlayfs |")
-    print("|---|---|---|---|")
+    print("| image | overlayfs | sochi | sochi / overlayfs | overlayfs, page cache dropped "
+          "| sochi, page cache dropped |")
+    print("|---|---|---|---|---|---|")
     for img in images:
         wf = med(img, "loopback", "overlayfs", "warm", "ready_s")
         wl = med(img, "loopback", "sochi", "warm", "ready_s")
         if wf is None and wl is None:
             continue
         ratio = f"**{wl / wf:.2f}×**" if wf and wl else "–"
-        print(f"| {img} | {sec(wf)} | {sec(wl)} | {ratio} |")
+        df = med(img, "loopback", "overlayfs", "dropped", "ready_s")
+        dl = med(img, "loopback", "sochi", "dropped", "ready_s")
+        print(f"| {img} | {sec(wf)} | {sec(wl)} | {ratio} | {sec(df)} | {sec(dl)} |")
+    print()
+    print("(Page cache dropped: `sync; echo 3 > /proc/sys/vm/drop_caches` before each warm "
+          "run; every byte is on the local disk, none goes over the link, but the kernel reads "
+          "the container's files, ctr, runc and the shim again.)")
     print()
     print("Lazy cold runs (medians): where the time goes, and the bytes against the floor "
           "(spans holding the files the workload opens, plus the zTOCs):")
@@ -765,6 +799,8 @@ def cmd_summary(csv_path, floor_prefix=None):
 
     load_order_summary(images, links, med, sec, mb, floor_prefix)
     chunked_summary(images, links, med, sec, mb, floor_prefix)
+    cpu_summary(images, links, ["overlayfs", "sochi", "sochi-lo", "sochi-wrong",
+                                "overlayfs-chunked", "sochi-chunked"], med, sec)
 
 
 def link_bits_per_s(link):
@@ -834,6 +870,33 @@ def load_order_summary(images, links, med, sec, mb, floor_prefix):
                       f"{sec(g('fetch_time_s'))} | {sec(g('verify_time_s'))} | "
                       f"{sec(g('inflate_time_s'))} | {int(g('demand_requests'))} | "
                       f"{int(g('prefetch_requests'))} / {mb(g('prefetch_bytes'))} |")
+
+
+def cpu_summary(images, links, systems, med, sec):
+    """Where the CPU went from the start of the pull to the ready line."""
+    rows = [(i, l, s) for i in images for l in links for s in systems
+            if med(i, l, s, "cold", "cpu_busy_s") is not None]
+    if not rows:
+        return
+    cores = os.cpu_count() or 1
+    print()
+    print(f"CPU from the start of the pull to the ready line (cold, medians; {cores} cores): "
+          "busy CPU seconds of the whole machine, and how much of the cores that is over the "
+          "wall time; of it the snapshotter (fetch, verify, inflate, FUSE), the registry (on "
+          "this machine, also for the shaped links), containerd, and the rest (the container, "
+          "`sochi pull`, ctr, runc, the shim, the kernel, other tenants):")
+    print()
+    print("| image | link | system | wall | busy CPU | of the cores | snapshotter | registry "
+          "| containerd | rest |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for img, link, system in rows:
+        g = lambda m: med(img, link, system, "cold", m)
+        wall, busy = g("ready_s") or 0, g("cpu_busy_s") or 0
+        snap, reg, ctd = g("cpu_snapshotter_s"), g("cpu_registry_s"), g("cpu_containerd_s")
+        share = f"{busy / (cores * wall) * 100:.0f}%" if wall else "–"
+        rest = max(0.0, busy - (snap or 0) - (reg or 0) - (ctd or 0))
+        print(f"| {img} | {link} | {system} | {sec(wall)} | {sec(busy)} | {share} | {sec(snap)} | "
+              f"{sec(reg)} | {sec(ctd)} | {sec(rest)} |")
 
 
 def main():

@@ -176,15 +176,14 @@ pub fn extract_file<B: Read + Seek>(
                 let whole = usize::try_from(u_end - u_start)
                     .map_err(|_| Error::Invalid(format!("span {span} is too large")))?;
                 let mut decoded = vec![0; whole];
-                let n = zstd::bulk::decompress_to_buffer(&compressed, &mut decoded[..])
-                    .map_err(|error| Error::Invalid(format!("span {span}: zstd: {error}")))?;
+                sochi_zran::decode_zstd_span(&compressed, &mut decoded)
+                    .map_err(|error| Error::Invalid(format!("span {span}: {error}")))?;
                 let piece = usize::try_from(from - u_start)
                     .ok()
                     .and_then(|at| decoded.get(at..at + len))
-                    .filter(|_| n == whole)
                     .ok_or_else(|| {
                         Error::Invalid(format!(
-                            "span {span}: decodes to {n} bytes, the zTOC says {whole}"
+                            "span {span}: the file's bytes lie outside the span's {whole}"
                         ))
                     })?;
                 data.copy_from_slice(piece);

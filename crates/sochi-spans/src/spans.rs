@@ -1023,13 +1023,10 @@ impl SpanManager {
                 // Every frame of the span, skippable ones skipped; more
                 // output than the span holds is an error, not a bigger
                 // buffer.
-                let written = zstd::bulk::decompress_to_buffer(compressed, buffer)
-                    .map_err(|error| zstd_error(error.to_string()))?;
-                if written != len {
-                    return Err(zstd_error(format!(
-                        "decoded {written} bytes, the span holds {len}"
-                    )));
-                }
+                sochi_zran::decode_zstd_span(compressed, buffer).map_err(|error| match error {
+                    sochi_zran::Error::Zstd { detail } => zstd_error(detail),
+                    other => zstd_error(other.to_string()),
+                })?;
                 if self.uncompressed_digests {
                     let actual = Sha256Digest::of(buffer);
                     let expected = self.span(span)?.digest;

@@ -90,6 +90,13 @@ pub enum Error {
         /// The requested span size.
         span_size: u64,
     },
+    /// A span of zstd frames does not decode to exactly its length
+    /// ([`decode_zstd_span`](crate::decode_zstd_span)).
+    #[error("zstd: {detail}")]
+    Zstd {
+        /// What libzstd reported, or how the input differs.
+        detail: String,
+    },
     /// The reader was used again after it returned an error that left its
     /// index incomplete.
     #[error("checkpointing reader used after an earlier error")]

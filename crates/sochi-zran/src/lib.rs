@@ -15,6 +15,8 @@
 //! - [`inflate_span`] decompresses bytes of one span from its checkpoint and
 //!   the span's compressed bytes (docs/format.md §2.5), as the snapshotter does on a
 //!   lazy read.
+//! - [`decode_zstd_span`] decodes a span of whole zstd frames, with the
+//!   streaming decoder the indexer and an unpack use.
 //!
 //! ```
 //! # fn main() -> Result<(), sochi_zran::Error> {
@@ -52,6 +54,7 @@
 pub use error::{Error, Result};
 pub use reader::{CheckpointingReader, GzipLayerIndex};
 pub use span::{inflate_span, inflate_span_to_vec};
+pub use zstd_span::decode_zstd_span;
 
 mod error;
 #[allow(unsafe_code)]
@@ -59,3 +62,4 @@ mod ffi;
 mod reader;
 mod span;
 mod span_digests;
+mod zstd_span;
